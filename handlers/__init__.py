@@ -1,0 +1,1 @@
+"""crm-ingest core: Kafka consumers that write inbound events into PostgreSQL."""

@@ -1,0 +1,1 @@
+"""crm-ingest provider edge: webhook gateway, transport adapters, event publishing."""

@@ -1,0 +1,104 @@
+"""Service settings, read once from the environment (pydantic-settings).
+
+`DATABASE_URL` and `KAFKA_BOOTSTRAP_SERVERS` keep their conventional names; everything else
+lives under the `CRM_INGEST_` prefix. Empty `DATABASE_URL` / `KAFKA_BOOTSTRAP_SERVERS` mean
+"not configured": `crm-ingest dev` and the tests then start embedded services.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Transport = Literal["telegram", "whatsapp", "sms", "email"]
+TRANSPORTS: tuple[Transport, ...] = ("telegram", "whatsapp", "sms", "email")
+
+
+class SettingsError(ValueError):
+    """A setting is invalid; the message names the environment variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CRM_INGEST_", extra="ignore", frozen=True)
+
+    database_url: str = Field(
+        default="", validation_alias=AliasChoices("DATABASE_URL", "CRM_INGEST_DATABASE_URL")
+    )
+    kafka_bootstrap_servers: str = Field(
+        default="",
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "CRM_INGEST_KAFKA_BOOTSTRAP_SERVERS"),
+    )
+
+    # Kafka topology
+    topic_prefix: str = Field(default="crm.", pattern=r"^[A-Za-z0-9._-]*$")
+    partitions: int = Field(default=8, ge=1, le=1000)
+    replication_factor: int = Field(default=1, ge=1, le=10)
+
+    # Producer (gateway). Idempotence is right for Apache Kafka; the embedded Tansu broker
+    # rejects InitProducerId, so `crm-ingest dev` and the embedded tests switch it off.
+    producer_idempotence: bool = True
+    producer_linger_ms: int = Field(default=5, ge=0, le=1000)
+    producer_compression: Literal["none", "gzip", "lz4", "zstd", "snappy"] = "none"
+    publish_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    retry_after_s: int = Field(default=5, ge=1, le=3600)
+
+    # Consumer (handlers)
+    consumer_group: str = Field(default="crm-ingest", min_length=1)
+    batch_max_records: int = Field(default=500, ge=1, le=100_000)
+    batch_timeout_ms: int = Field(default=100, ge=1, le=60_000)
+    retry_backoff_initial_s: float = Field(default=0.5, gt=0, le=60)
+    retry_backoff_max_s: float = Field(default=30.0, gt=0, le=3600)
+    db_pool_min: int = Field(default=1, ge=1, le=100)
+    db_pool_max: int = Field(default=4, ge=1, le=100)
+
+    # HTTP gateway
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    channel_cache_ttl_s: float = Field(default=30.0, ge=0, le=3600)
+    max_body_bytes_telegram: int = Field(default=1_048_576, ge=1024)
+    max_body_bytes_whatsapp: int = Field(default=3 * 1_048_576, ge=1024)
+    max_body_bytes_sms: int = Field(default=262_144, ge=1024)
+    max_body_bytes_email: int = Field(default=26_214_400, ge=1024)
+
+    # Identity
+    default_phone_region: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
+
+    # Logging and local state
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    data_dir: Path = Path(".crm-ingest")
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+    def inbound_topic(self, transport: Transport) -> str:
+        return self.topic(f"inbound.{transport}")
+
+    @property
+    def inbound_topics(self) -> list[str]:
+        return [self.inbound_topic(t) for t in TRANSPORTS]
+
+    @property
+    def dlq_topic(self) -> str:
+        return self.topic("inbound.dlq")
+
+    @property
+    def chat_events_topic(self) -> str:
+        return self.topic("chat.events")
+
+    def max_body_bytes(self, transport: Transport) -> int:
+        return int(getattr(self, f"max_body_bytes_{transport}"))
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings; a bad value raises SettingsError naming the variable in one line."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "?"
+        env = field if field.isupper() else f"CRM_INGEST_{field.upper()}"
+        raise SettingsError(f"invalid setting {env}: {first['msg']}") from exc

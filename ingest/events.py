@@ -1,0 +1,140 @@
+"""The event contract between the provider edge and the core: versioned inbound events.
+
+Every event a transport adapter produces is one of the models below, serialized as JSON on the
+inbound topic of its transport. The models are the only thing `ingest/` and `handlers/` share.
+
+- `schema_version` is bumped on any incompatible change; consumers dead-letter versions they do
+  not know instead of guessing.
+- `event_id` is deterministic: the same provider delivery always yields the same id (UUIDv5 over
+  the channel and the provider's own identifiers), so redeliveries and replays can be recognised.
+- The Kafka key is `conversation_key` (tenant + transport + sender identity): one partition holds
+  one conversation, so its events are consumed in order.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+
+from ingest.config import Transport
+
+SCHEMA_VERSION = 1
+
+# Fixed namespace for deterministic event ids; never change it (ids would stop matching).
+EVENT_ID_NAMESPACE = uuid.UUID("6f1c1c56-3a5e-4f0e-9a57-7d3c2b1e8a40")
+
+ContactType = Literal["telegram", "whatsapp", "phone", "email", "other"]
+MessageStatus = Literal["sent", "delivered", "read", "failed"]
+
+
+def make_event_id(channel_id: uuid.UUID, *provider_ids: object) -> uuid.UUID:
+    """Deterministic id: the same channel and provider identifiers give the same UUID."""
+    name = "|".join([str(channel_id), *(str(p) for p in provider_ids)])
+    return uuid.uuid5(EVENT_ID_NAMESPACE, name)
+
+
+def conversation_key(tenant_id: uuid.UUID, transport: Transport, identity: str) -> str:
+    return f"{tenant_id}:{transport}:{identity}"
+
+
+def utc_from_unix(seconds: int | float | str) -> datetime:
+    return datetime.fromtimestamp(float(seconds), tz=UTC)
+
+
+class _Model(BaseModel):
+    # Tolerant reader: a newer producer may add optional fields without breaking older consumers.
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class Attachment(_Model):
+    """Metadata of a provider-hosted file; the bytes are fetched separately (or never)."""
+
+    kind: str = Field(min_length=1, max_length=50)  # photo, document, voice, video, image, ...
+    provider_ref: str = Field(min_length=1)  # Telegram file_id, WhatsApp media id, media URL
+    mime_type: str | None = None
+    size_bytes: int | None = Field(default=None, ge=0)
+    filename: str | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)  # width, height, duration, sha256, ...
+
+
+class Sender(_Model):
+    """Who sent a message, as the provider identifies them."""
+
+    contact_type: ContactType
+    # The stable identity within the transport: Telegram user/chat id, E.164 phone, email.
+    contact_value: str = Field(min_length=1, max_length=255)
+    first_name: str = Field(min_length=1, max_length=255)
+    last_name: str | None = Field(default=None, max_length=255)
+    # Normalized cross-channel identifiers, when the provider gives them.
+    phone_e164: str | None = Field(default=None, max_length=20)
+    email: str | None = Field(default=None, max_length=255)
+
+
+class _InboundEvent(_Model):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: uuid.UUID
+    tenant_id: uuid.UUID
+    channel_id: uuid.UUID
+    transport: Transport
+    conversation_key: str = Field(min_length=1)
+    received_at: AwareDatetime
+    correlation_id: str | None = None
+
+
+class MessageEvent(_InboundEvent):
+    """A message from a customer, new (`message.received`) or edited (`message.edited`).
+
+    An edit carries the whole message as the provider knows it, so an edit that arrives before
+    its original still creates the message; `version` orders edits (higher wins).
+    """
+
+    event_type: Literal["message.received", "message.edited"]
+    external_message_id: str = Field(min_length=1, max_length=512)
+    version: int = Field(ge=0)  # provider version: edit time in ms, else send time in ms
+    sent_at: AwareDatetime
+    edited_at: AwareDatetime | None = None
+    sender: Sender
+    text: str
+    attachments: list[Attachment] = Field(default_factory=list)
+    # Merged into crm_chat_members.transport_meta (chat id, username, ...).
+    member_meta: dict[str, Any] = Field(default_factory=dict)
+    # Per-message provider facts that have no column (location, contact card, reply context).
+    message_meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class StatusEvent(_InboundEvent):
+    """A delivery/read receipt for a message the provider knows by `external_message_id`."""
+
+    event_type: Literal["message.status"]
+    external_message_id: str = Field(min_length=1, max_length=512)
+    status: MessageStatus
+    status_at: AwareDatetime
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+InboundEvent = Annotated[MessageEvent | StatusEvent, Field(discriminator="event_type")]
+inbound_event_adapter: TypeAdapter[MessageEvent | StatusEvent] = TypeAdapter(InboundEvent)
+
+
+def encode_event(event: MessageEvent | StatusEvent) -> bytes:
+    return event.model_dump_json().encode()
+
+
+def decode_event(raw: bytes) -> MessageEvent | StatusEvent:
+    """Parse one Kafka value; raises pydantic.ValidationError on anything not in the contract."""
+    return inbound_event_adapter.validate_json(raw)
+
+
+def event_headers(event: MessageEvent | StatusEvent) -> list[tuple[str, bytes]]:
+    headers = [
+        ("event-type", event.event_type.encode()),
+        ("event-id", str(event.event_id).encode()),
+        ("schema-version", str(event.schema_version).encode()),
+        ("content-type", b"application/json"),
+    ]
+    if event.correlation_id:
+        headers.append(("correlation-id", event.correlation_id.encode()))
+    return headers

@@ -1,0 +1,92 @@
+"""The one narrow interface every transport adapter implements: raw request -> verified events.
+
+Adapters never touch the network, the database or Kafka, so each is testable with a
+`RawRequest` built in memory. They verify authenticity first (on the raw bytes, in constant
+time), then parse, and signal every refusal with an `ingest.errors.WebhookRejected` subclass.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar, Protocol
+
+from ingest.config import Transport
+from ingest.events import MessageEvent, StatusEvent
+
+Event = MessageEvent | StatusEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Channel:
+    """A provider channel of one tenant (a row of `ingest_channels`)."""
+
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    transport: Transport
+    config: Mapping[str, Any]
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class RawRequest:
+    """An HTTP request as received, before anything is trusted."""
+
+    method: str
+    url: str  # the full URL the gateway saw, query string included
+    headers: Mapping[str, str]  # lower-cased names
+    body: bytes = b""
+    query: Sequence[tuple[str, str]] = field(default_factory=tuple)
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+    @property
+    def media_type(self) -> str:
+        raw = self.header("content-type") or ""
+        return raw.split(";", 1)[0].strip().lower()
+
+    def query_value(self, name: str) -> str | None:
+        for key, value in self.query:
+            if key == name:
+                return value
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ParseContext:
+    """What the gateway knows about a request besides its bytes."""
+
+    channel: Channel
+    received_at: datetime
+    correlation_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookResult:
+    """What a verified request yields: events to publish, and the body the provider expects."""
+
+    events: list[Event]
+    body: bytes = b'{"ok":true}'
+    media_type: str = "application/json"
+    ignored: str | None = None  # why a valid request produced no events (logged)
+
+
+class TransportAdapter(Protocol):
+    transport: ClassVar[Transport]
+
+    def handle(self, request: RawRequest, ctx: ParseContext) -> WebhookResult:
+        """Verify and parse; raise a WebhookRejected subclass for anything refused."""
+        ...
+
+    def channel_config(self, given: Mapping[str, str]) -> dict[str, Any]:
+        """Validate `channel add --config` values and generate missing secrets."""
+        ...
+
+
+def generate_token(nbytes: int = 32) -> str:
+    """A URL-safe secret using only A-Za-z0-9_- (valid as a Telegram secret_token)."""
+    return secrets.token_urlsafe(nbytes)
