@@ -29,7 +29,9 @@ class Settings(BaseSettings):
     )
     kafka_bootstrap_servers: str = Field(
         default="",
-        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "CRM_INGEST_KAFKA_BOOTSTRAP_SERVERS"),
+        validation_alias=AliasChoices(
+            "KAFKA_BOOTSTRAP_SERVERS", "CRM_INGEST_KAFKA_BOOTSTRAP_SERVERS"
+        ),
     )
 
     # Kafka topology

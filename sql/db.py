@@ -1,0 +1,39 @@
+"""asyncpg connections configured the one way crm-ingest uses them.
+
+Sessions run in UTC: the seed's columns are TIMESTAMP (without time zone), so NOW() defaults and
+the provider times we write must agree on the zone. JSONB is exchanged as Python objects.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import asyncpg
+
+SERVER_SETTINGS = {"timezone": "UTC", "application_name": "crm-ingest"}
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    for typename in ("json", "jsonb"):
+        await conn.set_type_codec(
+            typename, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+
+
+async def connect(url: str, **kwargs: Any) -> asyncpg.Connection:
+    conn = await asyncpg.connect(url, server_settings=SERVER_SETTINGS, **kwargs)
+    await init_connection(conn)
+    return conn
+
+
+async def create_pool(url: str, *, min_size: int = 1, max_size: int = 4) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        server_settings=SERVER_SETTINGS,
+        init=init_connection,
+    )
+    assert pool is not None
+    return pool

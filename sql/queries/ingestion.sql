@@ -1,0 +1,116 @@
+-- find_identities --
+-- Known senders of a batch: identities claimed earlier, else contacts the host app created
+SELECT k.tenant_id, k.contact_type, k.contact_value,
+       coalesce(i.client_id, hc.client_id) AS client_id,
+       coalesce(i.contact_id, hc.contact_id) AS contact_id,
+       i.contact_id IS NOT NULL AS claimed
+FROM unnest($1::uuid[], $2::text[], $3::text[]) AS k(tenant_id, contact_type, contact_value)
+LEFT JOIN ingest_identities AS i
+       ON i.tenant_id = k.tenant_id AND i.contact_type = k.contact_type
+      AND i.contact_value = k.contact_value
+LEFT JOIN LATERAL (
+    SELECT cc.client_id, cc.id AS contact_id
+    FROM crm_client_contacts AS cc
+    JOIN crm_clients AS c ON c.id = cc.client_id AND c.tenant_id = k.tenant_id
+    WHERE i.contact_id IS NULL
+      AND cc.contact_type = k.contact_type AND cc.contact_value = k.contact_value
+    ORDER BY cc.id
+    LIMIT 1
+) AS hc ON TRUE
+WHERE i.contact_id IS NOT NULL OR hc.contact_id IS NOT NULL;
+
+-- claim_identities --
+-- Claim new sender identities; ids for missing clients/contacts come from their sequences
+INSERT INTO ingest_identities (tenant_id, contact_type, contact_value, client_id, contact_id)
+SELECT k.tenant_id, k.contact_type, k.contact_value,
+       coalesce(k.client_id, nextval('crm_clients_id_seq')::int),
+       coalesce(k.contact_id, nextval('crm_client_contacts_id_seq')::int)
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::int[])
+     AS k(tenant_id, contact_type, contact_value, client_id, contact_id)
+ORDER BY k.tenant_id, k.contact_type, k.contact_value
+ON CONFLICT (tenant_id, contact_type, contact_value) DO NOTHING
+RETURNING tenant_id, contact_type, contact_value, client_id, contact_id;
+
+-- insert_clients --
+-- Create the clients of newly claimed identities with their pre-allocated ids
+INSERT INTO crm_clients (id, tenant_id, first_name, last_name, phone_number, email)
+SELECT * FROM unnest($1::int[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[]);
+
+-- insert_contacts --
+-- Create the contacts of newly claimed identities with their pre-allocated ids
+INSERT INTO crm_client_contacts (id, client_id, contact_type, contact_value)
+SELECT * FROM unnest($1::int[], $2::int[], $3::text[], $4::text[]);
+
+-- find_chats --
+-- The one chat of each (tenant, client)
+SELECT c.tenant_id, c.client_id, c.id
+FROM unnest($1::uuid[], $2::int[]) AS k(tenant_id, client_id)
+JOIN crm_chats AS c ON c.tenant_id = k.tenant_id AND c.client_id = k.client_id;
+
+-- insert_chats --
+-- Create missing chats; a concurrent creator wins silently and is read back with find_chats
+INSERT INTO crm_chats (tenant_id, client_id)
+SELECT * FROM unnest($1::uuid[], $2::int[]) AS k(tenant_id, client_id)
+ORDER BY k.tenant_id, k.client_id
+ON CONFLICT (tenant_id, client_id) DO NOTHING
+RETURNING tenant_id, client_id, id;
+
+-- upsert_members --
+-- Get or create the member of each (chat, contact, transport), merging newer transport_meta
+WITH k AS (
+    SELECT * FROM unnest($1::uuid[], $2::int[], $3::int[], $4::int[], $5::text[], $6::jsonb[], $7::bigint[])
+         AS k(tenant_id, chat_id, client_id, contact_id, transport, meta, version)
+),
+newer AS (
+    -- Sub-statements share one snapshot, so the version bump and the merge decision below
+    -- both read the identity as it was before this statement.
+    UPDATE ingest_identities AS i SET meta_version = k.version
+    FROM k
+    WHERE i.contact_id = k.contact_id AND i.tenant_id = k.tenant_id AND i.meta_version < k.version
+    RETURNING i.contact_id
+)
+INSERT INTO crm_chat_members AS m
+    (id, tenant_id, chat_id, client_id, client_contact_id, transport, transport_meta)
+SELECT gen_random_uuid(), k.tenant_id, k.chat_id, k.client_id, k.contact_id, k.transport, k.meta
+FROM k
+ORDER BY k.chat_id, k.contact_id, k.transport
+ON CONFLICT (chat_id, client_contact_id, transport) WHERE client_contact_id IS NOT NULL
+DO UPDATE SET transport_meta = coalesce(m.transport_meta, '{}'::jsonb) || EXCLUDED.transport_meta,
+              updated_at = NOW()
+    WHERE EXCLUDED.client_contact_id IN (SELECT contact_id FROM newer)
+      AND m.transport_meta IS DISTINCT FROM coalesce(m.transport_meta, '{}'::jsonb) || EXCLUDED.transport_meta
+RETURNING chat_id, client_contact_id, transport, id;
+
+-- find_members --
+-- Members of (chat, contact, transport) that upsert_members left untouched
+SELECT m.chat_id, m.client_contact_id, m.transport, m.id
+FROM unnest($1::int[], $2::int[], $3::text[]) AS k(chat_id, contact_id, transport)
+JOIN crm_chat_members AS m
+  ON m.chat_id = k.chat_id AND m.client_contact_id = k.contact_id AND m.transport = k.transport;
+
+-- upsert_message_refs --
+-- Record provider message ids; new ones get a message id, newer versions win, the rest are no-ops
+INSERT INTO ingest_message_refs AS r (channel_id, external_id, message_id, version)
+SELECT k.channel_id, k.external_id, nextval('crm_chat_messages_id_seq')::int, k.version
+FROM unnest($1::uuid[], $2::text[], $3::bigint[]) AS k(channel_id, external_id, version)
+ORDER BY k.channel_id, k.external_id
+ON CONFLICT (channel_id, external_id) DO UPDATE SET version = EXCLUDED.version
+    WHERE r.version < EXCLUDED.version
+RETURNING r.channel_id, r.external_id, r.message_id, (r.xmax = 0) AS inserted;
+
+-- insert_messages --
+-- Store new messages under the ids their refs allocated
+INSERT INTO crm_chat_messages (id, chat_id, sender_id, message, sent_at)
+SELECT * FROM unnest($1::int[], $2::int[], $3::uuid[], $4::text[], $5::timestamp[]);
+
+-- update_message_texts --
+-- Apply edits that are newer than what is stored
+UPDATE crm_chat_messages AS m SET message = k.message
+FROM unnest($1::int[], $2::text[]) AS k(id, message)
+WHERE m.id = k.id;
+
+-- advance_last_message_at --
+-- Move each chat's last_message_at forward, never backwards
+UPDATE crm_chats AS c SET last_message_at = k.at
+FROM unnest($1::int[], $2::timestamp[]) AS k(id, at)
+WHERE c.id = k.id AND (c.last_message_at IS NULL OR c.last_message_at < k.at);
