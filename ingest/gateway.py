@@ -1,0 +1,317 @@
+"""The webhook HTTP server: provider request -> verified events -> Kafka, then the answer.
+
+A request is checked in a fixed order, cheapest first: transport, declared size, channel, body
+size while streaming, then the adapter (authenticity and parsing), then publishing. 200 means
+every event was acknowledged by the broker; every refusal is a short JSON `{"error": ...}`.
+Nothing escapes as a bare 500: a failure before publishing is the request's fault (400), one
+during publishing is ours (503 + Retry-After, so the provider retries).
+
+Resources are passed to `create_app` explicitly (tests pass fakes); `create_gateway` builds the
+real ones and opens/closes them in the app's lifespan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import ExitStack, asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+
+import asyncpg
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from structlog.contextvars import bound_contextvars
+
+from ingest.channels import ChannelDirectory
+from ingest.config import Settings, SettingsError, Transport
+from ingest.errors import PublishUnavailable, WebhookRejected
+from ingest.logs import get_logger
+from ingest.publisher import EventPublisher
+from ingest.transports import load_adapters
+from ingest.transports.base import (
+    Channel,
+    Event,
+    ParseContext,
+    RawRequest,
+    TransportAdapter,
+    WebhookResult,
+)
+
+log = get_logger(__name__)
+
+CORRELATION_HEADER = "X-Correlation-ID"
+# Only ids that are safe to echo and log verbatim are taken over; anything else gets a new one.
+_CORRELATION_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+UNAVAILABLE = "temporarily unavailable"
+INLINE_PARSE_MAX_BYTES = 64 * 1024
+_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+_T = TypeVar("_T")
+
+
+class Publisher(Protocol):
+    async def publish(self, events: Sequence[Event]) -> None: ...
+
+    async def ping(self) -> bool: ...
+
+
+class Channels(Protocol):
+    async def get(self, channel_id: str) -> Channel | None: ...
+
+    async def ping(self) -> bool: ...
+
+
+class _Refused(Exception):
+    """Ends a request early with `status` and `{"error": reason}`."""
+
+    def __init__(self, status: int, reason: str, *, headers: Mapping[str, str] | None = None):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.headers = dict(headers or {})
+
+
+def correlation_id(headers: Mapping[str, str]) -> str:
+    for name in ("x-correlation-id", "x-request-id"):
+        value = headers.get(name)
+        if value is not None and _CORRELATION_RE.fullmatch(value):
+            return value
+    return uuid.uuid4().hex
+
+
+def create_app(
+    settings: Settings,
+    *,
+    publisher: Publisher,
+    channels: Channels,
+    adapters: Mapping[Transport, TransportAdapter],
+    lifespan: Any = None,
+) -> Starlette:
+    gateway = _Gateway(settings, publisher, channels, adapters)
+    routes = [
+        Route("/webhooks/{transport}/{channel_id}", gateway.webhook, methods=["GET", "POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", gateway.readyz, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def create_gateway(settings: Settings) -> Starlette:
+    """The production app: real pool, channel directory, producer and adapters."""
+    if not settings.database_url:
+        raise SettingsError("DATABASE_URL is not set")
+    if not settings.kafka_bootstrap_servers:
+        raise SettingsError("KAFKA_BOOTSTRAP_SERVERS is not set")
+    channels = ChannelDirectory(settings)
+    publisher = EventPublisher(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        await channels.open()
+        try:
+            # Neither dependency has to be up: each failing one makes readyz and webhooks 503
+            # until it is back, without a restart.
+            await publisher.start()
+            if not await channels.ping():
+                log.warning("database not reachable at startup")
+            log.info("gateway started", transports=sorted(adapters))
+            yield
+        finally:
+            await publisher.stop()
+            await channels.close()
+            log.info("gateway stopped")
+
+    adapters = load_adapters()
+    return create_app(
+        settings, publisher=publisher, channels=channels, adapters=adapters, lifespan=lifespan
+    )
+
+
+async def healthz(_: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+class _Gateway:
+    def __init__(
+        self,
+        settings: Settings,
+        publisher: Publisher,
+        channels: Channels,
+        adapters: Mapping[Transport, TransportAdapter],
+    ) -> None:
+        self.settings = settings
+        self.publisher = publisher
+        self.channels = channels
+        # Keyed by plain str: the path segment is looked up before it is known to be a Transport.
+        self.adapters: dict[str, TransportAdapter] = dict(adapters)
+
+    async def readyz(self, _: Request) -> Response:
+        database, kafka = await asyncio.gather(
+            _safe_ping(self.channels.ping), _safe_ping(self.publisher.ping)
+        )
+        checks = {"database": _ok(database), "kafka": _ok(kafka)}
+        if database and kafka:
+            return JSONResponse({"status": "ready", "checks": checks})
+        return JSONResponse({"status": "unavailable", "checks": checks}, status_code=503)
+
+    async def webhook(self, request: Request) -> Response:
+        transport = request.path_params["transport"]
+        channel_id = request.path_params["channel_id"]
+        cid = correlation_id(request.headers)
+        started = time.perf_counter()
+        with ExitStack() as context:
+            context.enter_context(
+                bound_contextvars(correlation_id=cid, transport=transport, channel_id=channel_id)
+            )
+            try:
+                response, message, fields = await self._serve(
+                    request, transport, channel_id, cid, context
+                )
+            except _Refused as refused:
+                response = JSONResponse(
+                    {"error": refused.reason}, status_code=refused.status, headers=refused.headers
+                )
+                level = log.warning if refused.status >= 500 else log.info
+                level(
+                    "webhook rejected",
+                    status=refused.status,
+                    reason=refused.reason,
+                    duration_ms=_ms_since(started),
+                )
+            else:
+                log.info(
+                    message, status=response.status_code, duration_ms=_ms_since(started), **fields
+                )
+        response.headers[CORRELATION_HEADER] = cid
+        return response
+
+    async def _serve(
+        self, request: Request, transport: str, channel_id: str, cid: str, context: ExitStack
+    ) -> tuple[Response, str, dict[str, Any]]:
+        """The response plus the log line for it; refusals are raised as `_Refused`."""
+        adapter = self.adapters.get(transport)
+        if adapter is None:
+            raise _Refused(404, "unknown transport")
+        handshake = getattr(adapter, "handshake", None)
+        is_post = request.method == "POST"
+        if not is_post and handshake is None:
+            raise _Refused(405, "method not allowed", headers={"Allow": "POST"})
+        limit = self.settings.max_body_bytes(adapter.transport)
+        if is_post:
+            _check_declared_size(request, limit)
+
+        channel = await self._channel(channel_id, transport)
+        context.enter_context(bound_contextvars(tenant_id=str(channel.tenant_id)))
+        raw = RawRequest(
+            method=request.method,
+            url=str(request.url),
+            headers=_headers(request),
+            body=await _read_body(request, limit) if is_post else b"",
+            query=list(request.query_params.multi_items()),
+        )
+        if not is_post:
+            assert handshake is not None
+            text = await _call_adapter(handshake, raw, channel)
+            return PlainTextResponse(text), "webhook handshake", {}
+
+        ctx = ParseContext(channel=channel, received_at=datetime.now(UTC), correlation_id=cid)
+        result: WebhookResult = await _call_adapter(adapter.handle, raw, ctx)
+        try:
+            await self.publisher.publish(result.events)
+        except PublishUnavailable as exc:
+            log.warning("publish failed", error=str(exc), events=len(result.events))
+            raise self._unavailable() from exc
+        except Exception as exc:
+            log.error("publish failed unexpectedly", exc_info=True, events=len(result.events))
+            raise self._unavailable() from exc
+        response = Response(result.body, media_type=result.media_type)
+        if result.events or result.ignored is None:
+            return response, "webhook accepted", {"events": len(result.events)}
+        return response, "webhook ignored", {"ignored": result.ignored}
+
+    async def _channel(self, channel_id: str, transport: str) -> Channel:
+        try:
+            async with asyncio.timeout(self.settings.publish_timeout_s):
+                channel = await self.channels.get(channel_id)
+        except _DB_ERRORS as exc:
+            # Database down or slow: the provider should retry, not give up.
+            log.warning("channel lookup failed", error=repr(exc))
+            raise self._unavailable() from exc
+        except Exception as exc:
+            log.error("channel lookup failed unexpectedly", exc_info=True)
+            raise self._unavailable() from exc
+        if channel is None or not channel.enabled or channel.transport != transport:
+            raise _Refused(404, "unknown channel")
+        return channel
+
+    def _unavailable(self) -> _Refused:
+        return _Refused(503, UNAVAILABLE, headers={"Retry-After": str(self.settings.retry_after_s)})
+
+
+async def _call_adapter(call: Callable[..., _T], raw: RawRequest, arg: Any) -> _T:
+    """Run adapter code; its refusals keep their status, anything unexpected becomes 400.
+
+    Large bodies (email) are parsed in a worker thread so one big MIME message does not stall
+    every other request; small ones inline, where a thread would cost more than the parse.
+    """
+    try:
+        if len(raw.body) > INLINE_PARSE_MAX_BYTES:
+            return await asyncio.to_thread(call, raw, arg)
+        return call(raw, arg)
+    except WebhookRejected as exc:
+        raise _Refused(exc.status_code, exc.reason) from exc
+    except Exception as exc:
+        log.error("adapter failed on a request", exc_info=True)
+        raise _Refused(400, "unparseable request") from exc
+
+
+def _check_declared_size(request: Request, limit: int) -> None:
+    declared = request.headers.get("content-length")
+    if declared is None:
+        return
+    if not (declared.isascii() and declared.isdigit()):
+        raise _Refused(400, "invalid content-length")
+    if int(declared) > limit:
+        raise _Refused(413, "body too large")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, streamed so that no more than `limit` bytes are ever held."""
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            if len(body) + len(chunk) > limit:
+                raise _Refused(413, "body too large")
+            body += chunk
+    except ClientDisconnect as exc:
+        raise _Refused(400, "client disconnected") from exc
+    return bytes(body)
+
+
+def _headers(request: Request) -> dict[str, str]:
+    # First occurrence wins, like Starlette's own `request.headers[name]`.
+    headers: dict[str, str] = {}
+    for name, value in request.headers.items():
+        headers.setdefault(name.lower(), value)
+    return headers
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
+
+
+async def _safe_ping(ping: Callable[[], Awaitable[bool]]) -> bool:
+    try:
+        return bool(await ping())
+    except Exception:
+        log.warning("readiness check raised", exc_info=True)
+        return False
+
+
+def _ok(flag: bool) -> str:
+    return "ok" if flag else "failed"

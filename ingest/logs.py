@@ -1,0 +1,102 @@
+"""structlog, configured once per process.
+
+JSON lines when stderr is not a terminal (production, CI), a console renderer on one.
+`merge_contextvars` comes first so ids bound per request/event (correlation id, event id,
+tenant, channel, transport) appear on every line, including the stdlib loggers of aiokafka,
+asyncpg, uvicorn and faststream, which are routed through the same ProcessorFormatter.
+Secrets never reach a log line: `redact_secrets` masks known secret keys wherever they appear.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+import structlog
+
+SECRET_KEYS = frozenset(
+    {
+        "secret_token",
+        "app_secret",
+        "verify_token",
+        "auth_token",
+        "token",
+        "signing_key",
+        "authorization",
+        "x-telegram-bot-api-secret-token",
+        "x-hub-signature-256",
+        "x-twilio-signature",
+        "password",
+    }
+)
+REDACTED = "***"
+
+
+def redact(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {
+            k: REDACTED if str(k).lower() in SECRET_KEYS else redact(v) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    return value
+
+
+def redact_secrets(
+    _: Any, __: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key in list(event_dict):
+        if key.lower() in SECRET_KEYS:
+            event_dict[key] = REDACTED
+        elif isinstance(event_dict[key], Mapping | list | tuple):
+            event_dict[key] = redact(event_dict[key])
+    return event_dict
+
+
+def configure_logging(log_format: str = "auto", level: str = "INFO") -> None:
+    as_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_secrets,
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
+    )
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info if as_json else _passthrough,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # Library loggers propagate to the root handler; drop their own handlers (uvicorn adds some).
+    for name in ("aiokafka", "asyncpg", "uvicorn", "uvicorn.error", "uvicorn.access", "faststream"):
+        lib = logging.getLogger(name)
+        lib.handlers[:] = []
+        lib.propagate = True
+    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
+
+
+def _passthrough(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    return event_dict
+
+
+def get_logger(name: str) -> structlog.stdlib.BoundLogger:
+    return structlog.stdlib.get_logger(name)
