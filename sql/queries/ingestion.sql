@@ -1,10 +1,11 @@
 -- find_identities --
--- Known senders of a batch: identities claimed earlier, else contacts the host app created
+-- Known senders: claimed identities, else host contacts, else a client with the same phone/email
 SELECT k.tenant_id, k.contact_type, k.contact_value,
-       coalesce(i.client_id, hc.client_id) AS client_id,
+       coalesce(i.client_id, hc.client_id, xc.client_id) AS client_id,
        coalesce(i.contact_id, hc.contact_id) AS contact_id,
        i.contact_id IS NOT NULL AS claimed
-FROM unnest($1::uuid[], $2::text[], $3::text[]) AS k(tenant_id, contact_type, contact_value)
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[])
+     AS k(tenant_id, contact_type, contact_value, phone, email)
 LEFT JOIN ingest_identities AS i
        ON i.tenant_id = k.tenant_id AND i.contact_type = k.contact_type
       AND i.contact_value = k.contact_value
@@ -17,7 +18,29 @@ LEFT JOIN LATERAL (
     ORDER BY cc.id
     LIMIT 1
 ) AS hc ON TRUE
-WHERE i.contact_id IS NOT NULL OR hc.contact_id IS NOT NULL;
+LEFT JOIN LATERAL (
+    -- Cross-channel: the same person reached us (or the host app) on another transport.
+    SELECT client_id FROM (
+        SELECT c.id AS client_id, 0 AS preference FROM crm_clients AS c
+        WHERE c.tenant_id = k.tenant_id AND k.phone IS NOT NULL AND c.phone_number = k.phone
+        UNION ALL
+        SELECT c.id, 1 FROM crm_clients AS c
+        WHERE c.tenant_id = k.tenant_id AND k.email IS NOT NULL AND lower(c.email) = k.email
+        UNION ALL
+        SELECT cc.client_id, 2 FROM crm_client_contacts AS cc
+        JOIN crm_clients AS c ON c.id = cc.client_id AND c.tenant_id = k.tenant_id
+        WHERE k.phone IS NOT NULL AND cc.contact_type IN ('phone', 'whatsapp')
+          AND cc.contact_value = k.phone
+        UNION ALL
+        SELECT cc.client_id, 3 FROM crm_client_contacts AS cc
+        JOIN crm_clients AS c ON c.id = cc.client_id AND c.tenant_id = k.tenant_id
+        WHERE k.email IS NOT NULL AND cc.contact_type = 'email' AND lower(cc.contact_value) = k.email
+    ) AS matches
+    WHERE i.contact_id IS NULL AND hc.contact_id IS NULL
+    ORDER BY preference, client_id
+    LIMIT 1
+) AS xc ON TRUE
+WHERE i.contact_id IS NOT NULL OR hc.contact_id IS NOT NULL OR xc.client_id IS NOT NULL;
 
 -- claim_identities --
 -- Claim new sender identities; ids for missing clients/contacts come from their sequences
@@ -114,3 +137,47 @@ WHERE m.id = k.id;
 UPDATE crm_chats AS c SET last_message_at = k.at
 FROM unnest($1::int[], $2::timestamp[]) AS k(id, at)
 WHERE c.id = k.id AND (c.last_message_at IS NULL OR c.last_message_at < k.at);
+
+-- insert_attachments --
+-- Store attachment metadata as uploads (bytes not fetched; path is the provider reference)
+WITH k AS (
+    SELECT k.*, nextval('core_uploads_id_seq')::int AS upload_id
+    FROM unnest($1::int[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[])
+         AS k(message_id, tenant_id, hash, path, name, size, mimetype)
+),
+uploads AS (
+    INSERT INTO core_uploads (id, tenant_id, hash, path, name, size, mimetype)
+    SELECT upload_id, tenant_id, hash, path, name, size, mimetype FROM k
+)
+INSERT INTO crm_chat_message_attachments (message_id, upload_id)
+SELECT message_id, upload_id FROM k;
+
+-- log_statuses --
+-- Record delivery/read statuses once each (a redelivered status is a no-op)
+INSERT INTO ingest_message_statuses (channel_id, external_id, status, rank, status_at, meta)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::smallint[], $5::timestamp[], $6::jsonb[])
+ORDER BY 1, 2, 3
+ON CONFLICT (channel_id, external_id, status) DO NOTHING;
+
+-- settle_statuses --
+-- Move messages forward to their best logged status: sent -> sent_at, read -> read_at
+WITH best AS (
+    SELECT DISTINCT ON (s.channel_id, s.external_id)
+           s.channel_id, s.external_id, s.rank, s.status, s.status_at
+    FROM ingest_message_statuses AS s
+    JOIN unnest($1::uuid[], $2::text[]) AS k(channel_id, external_id)
+      ON s.channel_id = k.channel_id AND s.external_id = k.external_id
+    ORDER BY s.channel_id, s.external_id, s.rank DESC, s.status_at DESC
+),
+moved AS (
+    UPDATE ingest_message_refs AS r SET status_rank = b.rank, status_at = b.status_at
+    FROM best AS b
+    WHERE r.channel_id = b.channel_id AND r.external_id = b.external_id
+      AND b.rank > r.status_rank AND (r.status_at IS NULL OR b.status_at >= r.status_at)
+    RETURNING r.message_id, b.status, b.status_at
+)
+UPDATE crm_chat_messages AS m
+SET sent_at = CASE WHEN moved.status = 'sent' THEN moved.status_at ELSE m.sent_at END,
+    read_at = CASE WHEN moved.status = 'read' THEN moved.status_at ELSE m.read_at END
+FROM moved
+WHERE m.id = moved.message_id;

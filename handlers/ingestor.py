@@ -1,0 +1,168 @@
+"""The consumer's core: a batch of Kafka records -> one PostgreSQL transaction -> outcome.
+
+Failure policy (offsets are committed by the caller only after `handle` returns):
+- Transient failures (PostgreSQL unreachable, restarting, out of connections) are retried with
+  capped exponential backoff for as long as it takes; nothing is committed or dead-lettered.
+- Races (deadlock, serialization, a concurrent writer's rolled-back claim) are retried a few
+  times, then treated like permanent failures.
+- Permanent failures (a value PostgreSQL refuses, a constraint retrying cannot fix) are isolated
+  by splitting the batch in halves until the poison events stand alone; those are dead-lettered
+  and every healthy event of the batch is still written. Writes are idempotent, so committing
+  halves separately is safe.
+- Records that are not valid events of the contract are dead-lettered without touching the DB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import asyncpg
+import structlog
+from pydantic import ValidationError
+
+from handlers.statuses import log_statuses, settle_statuses
+from handlers.store import BatchOutcome, LostRace, write_messages
+from ingest.events import MessageEvent, StatusEvent, decode_event
+
+log = structlog.stdlib.get_logger("crm_ingest.consumer")
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.InterfaceError,
+    OSError,
+    TimeoutError,
+)
+RACE_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+    asyncpg.UniqueViolationError,
+    asyncpg.QueryCanceledError,
+    LostRace,
+)
+RACE_RETRIES = 5
+
+
+class Record(Protocol):
+    """The parts of an aiokafka ConsumerRecord the core reads."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+
+
+DeadLetter = Callable[[Record, BaseException], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class BatchReport:
+    records: int = 0
+    invalid: int = 0
+    dead_lettered: int = 0
+    outcome: BatchOutcome = field(default_factory=BatchOutcome)
+
+    def add(self, other: BatchOutcome) -> None:
+        self.outcome.events += other.events
+        self.outcome.messages_created += other.messages_created
+        self.outcome.messages_edited += other.messages_edited
+        self.outcome.already_present += other.already_present
+        self.outcome.clients_created += other.clients_created
+        self.outcome.chats_created += other.chats_created
+        self.outcome.created_message_ids += other.created_message_ids
+
+
+@dataclass(slots=True)
+class Backoff:
+    initial_s: float = 0.5
+    max_s: float = 30.0
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
+
+    async def wait(self, attempt: int) -> None:
+        await self.sleep(min(self.max_s, self.initial_s * 2**attempt))
+
+
+class Ingestor:
+    def __init__(self, pool: asyncpg.Pool, dead_letter: DeadLetter, backoff: Backoff) -> None:
+        self._pool = pool
+        self._dead_letter = dead_letter
+        self._backoff = backoff
+
+    async def handle(self, records: Sequence[Record]) -> BatchReport:
+        report = BatchReport(records=len(records))
+        decoded: list[tuple[Record, MessageEvent | StatusEvent]] = []
+        for record in records:
+            try:
+                decoded.append((record, decode_event(record.value or b"")))
+            except ValidationError as exc:
+                report.invalid += 1
+                await self._reject(record, exc, report)
+        if decoded:
+            await self._apply_isolating(decoded, report)
+        return report
+
+    async def _apply_isolating(
+        self, items: Sequence[tuple[Record, MessageEvent | StatusEvent]], report: BatchReport
+    ) -> None:
+        try:
+            report.add(await self._apply_retrying([event for _, event in items]))
+        except Exception as exc:
+            if _is_transient(exc):
+                raise
+            if len(items) == 1:
+                await self._reject(items[0][0], exc, report)
+                return
+            middle = len(items) // 2
+            await self._apply_isolating(items[:middle], report)
+            await self._apply_isolating(items[middle:], report)
+
+    async def _apply_retrying(self, events: Sequence[MessageEvent | StatusEvent]) -> BatchOutcome:
+        attempt = races = 0
+        while True:
+            try:
+                return await self._apply(events)
+            except RACE_ERRORS as exc:
+                races += 1
+                if races > RACE_RETRIES:
+                    raise
+                log.warning("batch raced, retrying", error=repr(exc), attempt=races)
+            except TRANSIENT_ERRORS as exc:
+                log.warning("database unavailable, retrying", error=repr(exc), attempt=attempt)
+            await self._backoff.wait(attempt)
+            attempt += 1
+
+    async def _apply(self, events: Sequence[MessageEvent | StatusEvent]) -> BatchOutcome:
+        messages = [e for e in events if isinstance(e, MessageEvent)]
+        statuses = [e for e in events if isinstance(e, StatusEvent)]
+        async with self._pool.acquire() as conn, conn.transaction():
+            outcome = await write_messages(conn, messages)
+            await log_statuses(conn, statuses)
+            # New messages may have statuses waiting for them; new statuses may have messages.
+            await settle_statuses(
+                conn, [(e.channel_id, e.external_message_id) for e in (*messages, *statuses)]
+            )
+            return outcome
+
+    async def _reject(self, record: Record, exc: BaseException, report: BatchReport) -> None:
+        log.error(
+            "event dead-lettered",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            error_class=type(exc).__name__,
+            error=str(exc)[:500],
+        )
+        await self._dead_letter(record, exc)
+        report.dead_lettered += 1
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, TRANSIENT_ERRORS)

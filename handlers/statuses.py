@@ -1,0 +1,43 @@
+"""Delivery/read statuses: logged once, settled forward-only onto the message they name.
+
+Logging every status (idempotent on channel, provider id, status) and then settling from the
+log makes order irrelevant: a `delivered` after `read` or a status older than the stored one
+changes nothing, and a status that arrives before its message waits in the log until the
+message's batch settles it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from uuid import UUID
+
+import asyncpg
+
+from handlers.store import naive_utc, pg_json
+from ingest.events import StatusEvent
+from sql import QUERIES
+
+STATUS_RANK = {"sent": 1, "delivered": 2, "read": 3, "failed": 4}
+
+
+async def log_statuses(conn: asyncpg.Connection, statuses: Sequence[StatusEvent]) -> None:
+    unique = {(s.channel_id, s.external_message_id, s.status): s for s in statuses}
+    if not unique:
+        return
+    rows = [unique[k] for k in sorted(unique, key=lambda k: (str(k[0]), k[1], k[2]))]
+    await conn.execute(
+        QUERIES["log_statuses"],
+        [s.channel_id for s in rows],
+        [s.external_message_id for s in rows],
+        [s.status for s in rows],
+        [STATUS_RANK[s.status] for s in rows],
+        [naive_utc(s.status_at) for s in rows],
+        [pg_json(s.meta) for s in rows],
+    )
+
+
+async def settle_statuses(conn: asyncpg.Connection, refs: Iterable[tuple[UUID, str]]) -> None:
+    """Apply the best logged status of each message ref (those without a message yet wait)."""
+    keys = sorted(set(refs), key=lambda k: (str(k[0]), k[1]))
+    if keys:
+        await conn.execute(QUERIES["settle_statuses"], [k[0] for k in keys], [k[1] for k in keys])

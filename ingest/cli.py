@@ -1,0 +1,220 @@
+"""`crm-ingest` command line: the composition root that wires edge, core and SQL together.
+
+Verbs that create something print one JSON object on stdout; logs go to stderr. Failures exit
+non-zero with a one-line `crm-ingest: error: ...` on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+from ingest.config import TRANSPORTS, Settings, SettingsError, load_settings
+from ingest.errors import ChannelConfigError
+from ingest.logs import configure_logging, get_logger
+
+log = get_logger("crm_ingest.cli")
+
+
+class CliError(Exception):
+    """A one-line, user-facing failure."""
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _require(settings: Settings, *, database: bool = False, broker: bool = False) -> None:
+    if database and not settings.database_url:
+        raise CliError("DATABASE_URL is not set")
+    if broker and not settings.kafka_bootstrap_servers:
+        raise CliError("KAFKA_BOOTSTRAP_SERVERS is not set")
+
+
+# --- verbs -------------------------------------------------------------------------------
+
+
+async def cmd_migrate(settings: Settings, _: argparse.Namespace) -> None:
+    _require(settings, database=True)
+    from ingest import admin
+
+    _print_json({"applied": await admin.migrate(settings.database_url)})
+
+
+async def cmd_topics(settings: Settings, _: argparse.Namespace) -> None:
+    _require(settings, broker=True)
+    from ingest.topics import ensure_topics
+
+    _print_json({"created": await ensure_topics(settings)})
+
+
+async def cmd_tenant_add(settings: Settings, args: argparse.Namespace) -> None:
+    _require(settings, database=True)
+    from ingest import admin
+
+    _print_json(await admin.add_tenant(settings.database_url, args.id or uuid.uuid4(), args.name))
+
+
+async def cmd_channel_add(settings: Settings, args: argparse.Namespace) -> None:
+    _require(settings, database=True)
+    from ingest import admin
+
+    given: dict[str, str] = {}
+    for item in args.config or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"--config expects KEY=VALUE, got {item!r}")
+        given[key] = value
+    try:
+        channel = await admin.add_channel(
+            settings.database_url, args.tenant, args.transport, given, name=args.name
+        )
+    except (ChannelConfigError, LookupError) as exc:
+        raise CliError(str(exc)) from exc
+    _print_json(channel)
+
+
+async def cmd_gateway(settings: Settings, args: argparse.Namespace) -> None:
+    _require(settings, database=True, broker=True)
+    from ingest.gateway import create_gateway
+
+    server = _server(create_gateway(settings), args.host or settings.http_host, args.port)
+    with _stop_on_signals() as stop:
+        await _until_stopped(
+            stop, server.serve(), on_stop=lambda: setattr(server, "should_exit", True)
+        )
+
+
+async def cmd_consume(settings: Settings, _: argparse.Namespace) -> None:
+    _require(settings, database=True, broker=True)
+    from handlers.app import running_consumer
+
+    with _stop_on_signals() as stop:
+        async with running_consumer(settings):
+            log.info("consumer running", topics=settings.inbound_topics)
+            await stop.wait()
+        log.info("consumer stopped")
+
+
+async def cmd_dev(settings: Settings, args: argparse.Namespace) -> None:
+    from ingest.dev import run_dev
+
+    with _stop_on_signals() as stop:
+        await run_dev(settings, stop, host=args.host or settings.http_host, port=args.port)
+
+
+# --- process plumbing ----------------------------------------------------------------------
+
+
+def _server(app: Any, host: str, port: int | None) -> Any:
+    import uvicorn
+
+    class ManagedServer(uvicorn.Server):
+        # Signals are handled by the CLI so gateway and consumers shut down together.
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    config = uvicorn.Config(app, host=host, port=port or 8080, log_config=None, lifespan="on")
+    return ManagedServer(config)
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[asyncio.Event]:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield stop
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _until_stopped(
+    stop: asyncio.Event, work: Awaitable[Any], *, on_stop: Callable[[], None]
+) -> None:
+    task = asyncio.ensure_future(work)
+    waiter = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    on_stop()
+    waiter.cancel()
+    await task
+
+
+# --- parser ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crm-ingest",
+        description="Ingest customer conversations from messaging providers into the CRM.",
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(
+        name: str, handler: Any, help_text: str, parent: Any = verbs
+    ) -> argparse.ArgumentParser:
+        sub = parent.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    dev = verb("dev", cmd_dev, "Run the whole stack locally (embedded services unless configured).")
+    for sub in (dev, verb("gateway", cmd_gateway, "Run the webhook HTTP gateway.")):
+        sub.add_argument("--host", help="listen address (default: CRM_INGEST_HTTP_HOST)")
+        sub.add_argument("--port", type=int, help="listen port (default: CRM_INGEST_HTTP_PORT)")
+    verb("migrate", cmd_migrate, "Apply sql/ migrations to DATABASE_URL (idempotent).")
+    verb("topics", cmd_topics, "Create missing Kafka topics.")
+    verb("consume", cmd_consume, "Run the Kafka consumers that write PostgreSQL.")
+
+    tenant = verbs.add_parser("tenant", help="Manage tenants (standalone installs).")
+    tenant_verbs = tenant.add_subparsers(dest="tenant_verb", required=True, metavar="VERB")
+    add = verb("add", cmd_tenant_add, 'Create a tenant; prints {"id": ...}.', tenant_verbs)
+    add.add_argument("--id", type=uuid.UUID, help="tenant id (default: a new UUID)")
+    add.add_argument("--name", default="", help="display name")
+
+    channel = verbs.add_parser("channel", help="Manage provider channels.")
+    channel_verbs = channel.add_subparsers(dest="channel_verb", required=True, metavar="VERB")
+    add = verb("add", cmd_channel_add, "Register a provider channel of a tenant.", channel_verbs)
+    add.add_argument("--tenant", type=uuid.UUID, required=True, help="tenant id")
+    add.add_argument("--transport", choices=TRANSPORTS, required=True)
+    add.add_argument("--name", default="", help="a label for operators")
+    add.add_argument(
+        "--config", action="append", metavar="KEY=VALUE", help="channel setting (repeatable)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        sys.stderr.write(f"crm-ingest: error: {exc}\n")
+        return 2
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        asyncio.run(args.handler(settings, args))
+    except CliError as exc:
+        sys.stderr.write(f"crm-ingest: error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # one line for operators; the traceback is in the logs
+        log.exception("command failed")
+        sys.stderr.write(f"crm-ingest: error: {type(exc).__name__}: {exc}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
