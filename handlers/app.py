@@ -9,6 +9,7 @@ failed batch too — both would lose events.)
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,10 @@ def build_broker(settings: Settings, pool: asyncpg.Pool, **broker_options: Any) 
         settings.kafka_bootstrap_servers,
         client_id="crm-ingest-consumer",
         enable_idempotence=settings.producer_idempotence,
+        # FastStream's per-message lines go through our structlog setup, at DEBUG: the
+        # "batch committed" line below says what matters once per batch.
+        logger=logging.getLogger("faststream"),
+        log_level=logging.DEBUG,
         **broker_options,
     )
     dead_letters = broker.publisher(settings.dlq_topic, title="dead letters")

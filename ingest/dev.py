@@ -120,11 +120,15 @@ async def run_dev(settings: Settings, stop: asyncio.Event, *, host: str, port: i
         http_port = port or settings.http_port
         server = _server(create_gateway(settings), host, http_port)
         async with running_consumer(settings):
+            serving = asyncio.ensure_future(server.serve())
+            # uvicorn exposes a flag, not an event: print the URLs only once it listens.
+            while not server.started and not serving.done():  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
             sys.stdout.write(
                 describe(channels, f"http://{host}:{http_port}", settings.database_url)
             )
             sys.stdout.flush()
             await _until_stopped(
-                stop, server.serve(), on_stop=lambda: setattr(server, "should_exit", True)
+                stop, serving, on_stop=lambda: setattr(server, "should_exit", True)
             )
         log.info("dev stack stopped")

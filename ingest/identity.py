@@ -15,8 +15,8 @@ def normalize_phone(raw: str | None, default_region: str | None = None) -> str |
     """E.164 for a phone number, or None when it cannot be parsed as a possible number.
 
     A value that is digits only and has no trunk `0` (WhatsApp `wa_id`, Vonage `msisdn`) is
-    international without its `+`. Free text (Telegram contact cards, shared WhatsApp contacts) needs `default_region`
-    unless it starts with `+`.
+    international without its `+`. Free text (Telegram contact cards, shared WhatsApp
+    contacts) needs `default_region` unless it starts with `+`.
     """
     if not raw:
         return None

@@ -1,0 +1,212 @@
+"""The `crm-ingest` command line, run as real processes against real services."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from ingest.embedded import ResolvedServices, free_port
+from sql.db import connect
+from tests.support import create_database, eventually
+
+pytestmark = pytest.mark.acceptance
+
+PAYLOAD = Path(__file__).parent.parent / "payloads" / "telegram" / "text_real_cyrillic.json"
+_SCRIPT = Path(sys.executable).parent / "crm-ingest"
+CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "ingest.cli"]
+
+
+def run(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [*CLI, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def spawn(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([*CLI, *args], env=env, text=True, stderr=subprocess.PIPE)
+
+
+@pytest.fixture
+async def env(services: ResolvedServices) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CRM_INGEST_")}
+    return {
+        **base,
+        "DATABASE_URL": await create_database(services.database_url, "cli"),
+        "KAFKA_BOOTSTRAP_SERVERS": services.bootstrap_servers,
+        "CRM_INGEST_TOPIC_PREFIX": f"cli{uuid.uuid4().hex[:8]}.",
+        "CRM_INGEST_CONSUMER_GROUP": f"cli-{uuid.uuid4().hex[:8]}",
+        "CRM_INGEST_PARTITIONS": "2",
+        "CRM_INGEST_PRODUCER_IDEMPOTENCE": str(services.broker_supports_idempotence).lower(),
+        "CRM_INGEST_LOG_FORMAT": "json",
+    }
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> int:
+    proc.send_signal(sig)
+    return proc.wait(timeout=30)
+
+
+async def test_operator_verbs_against_external_services(
+    env: dict[str, str], processes: list[subprocess.Popen[str]]
+) -> None:
+    assert json.loads(run(env, "migrate").stdout)["applied"][:2] == ["0001", "0002"]
+    assert json.loads(run(env, "migrate").stdout) == {"applied": []}
+    created = json.loads(run(env, "topics").stdout)["created"]
+    assert env["CRM_INGEST_TOPIC_PREFIX"] + "inbound.telegram" in created
+    assert json.loads(run(env, "topics").stdout) == {"created": []}
+
+    tenant = json.loads(run(env, "tenant", "add", "--name", "Acme").stdout)["id"]
+    channel = json.loads(
+        run(env, "channel", "add", "--tenant", tenant, "--transport", "telegram").stdout
+    )
+    assert channel["tenant_id"] == tenant
+    assert channel["webhook_path"] == f"/webhooks/telegram/{channel['id']}"
+    assert re.fullmatch(r"[A-Za-z0-9_-]{20,256}", channel["config"]["secret_token"])
+
+    unknown = run(
+        env, "channel", "add", "--tenant", str(uuid.uuid4()), "--transport", "telegram", check=False
+    )
+    bad = run(
+        env,
+        "channel",
+        "add",
+        "--tenant",
+        tenant,
+        "--transport",
+        "telegram",
+        "--config",
+        "secret_token=no spaces",
+        check=False,
+    )
+    for failed in (unknown, bad):
+        assert failed.returncode != 0
+        assert failed.stdout == ""
+        assert failed.stderr.startswith("crm-ingest: error: ")
+        assert failed.stderr.count("\n") == 1
+
+    port = free_port()
+    gateway = spawn(env, "gateway", "--port", str(port))
+    consumer = spawn(env, "consume")
+    processes += [gateway, consumer]
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+
+        async def healthy() -> int:
+            try:
+                return (await client.get("/readyz")).status_code
+            except httpx.TransportError:
+                return 0
+
+        assert await eventually(healthy, lambda s: s == 200, within=30) == 200
+        response = await client.post(
+            channel["webhook_path"],
+            content=PAYLOAD.read_bytes(),
+            headers={
+                "content-type": "application/json",
+                "x-telegram-bot-api-secret-token": channel["config"]["secret_token"],
+                "x-request-id": "acceptance-1",
+            },
+        )
+        assert response.status_code == 200
+        assert response.headers["x-correlation-id"] == "acceptance-1"
+
+    conn = await connect(env["DATABASE_URL"])
+    try:
+        message = await eventually(
+            lambda: conn.fetchval("SELECT message FROM crm_chat_messages"),
+            lambda m: m is not None,
+            within=60,
+        )
+        assert message == "just text"
+    finally:
+        await conn.close()
+
+    assert stop(gateway) == 0
+    assert stop(consumer) == 0
+    consumer_log = consumer.stderr.read() if consumer.stderr else ""
+    lines = [json.loads(line) for line in consumer_log.splitlines() if line.startswith("{")]
+    assert any(line["event"] == "batch committed" for line in lines)
+    assert all(channel["config"]["secret_token"] not in line for line in consumer_log.splitlines())
+
+
+def test_bad_setting_fails_at_start_naming_it(env: dict[str, str]) -> None:
+    result = run({**env, "CRM_INGEST_PARTITIONS": "many"}, "topics", check=False)
+    assert result.returncode == 2
+    assert result.stderr.startswith("crm-ingest: error: invalid setting CRM_INGEST_PARTITIONS")
+    assert result.stderr.count("\n") == 1
+
+
+def test_dev_runs_the_pasted_curl_and_stops_cleanly(tmp_path: Path) -> None:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS") and not k.startswith("CRM_INGEST_")
+    }
+    env["CRM_INGEST_DATA_DIR"] = str(tmp_path / "state")
+    env["CRM_INGEST_HTTP_PORT"] = str(free_port())
+
+    def start_dev() -> tuple[subprocess.Popen[str], str]:
+        proc = subprocess.Popen(
+            [*CLI, "dev"], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
+        out, deadline = "", time.monotonic() + 90
+        assert proc.stdout is not None
+        while "Ctrl-C" not in out and time.monotonic() < deadline and proc.poll() is None:
+            out += proc.stdout.readline()
+        assert "Ctrl-C" in out, out
+        return proc, out
+
+    proc, out = start_dev()
+    children = psutil.Process(proc.pid).children(recursive=True)
+    curl = next(line.strip() for line in out.splitlines() if line.strip().startswith("curl "))
+    answer = subprocess.run(shlex.split(curl), capture_output=True, text=True, timeout=30)
+    assert answer.stdout == '{"ok":true}'
+    database = re.search(r"database: (\S+)", out).group(1)
+
+    async def stored() -> str | None:
+        conn = await connect(database)
+        try:
+            return await conn.fetchval("SELECT message FROM crm_chat_messages")
+        finally:
+            await conn.close()
+
+    assert (
+        asyncio.run(eventually(stored, lambda m: m is not None, within=60))
+        == "Hello from crm-ingest dev"
+    )
+    assert stop(proc, signal.SIGINT) == 0
+    assert children
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+
+    # A second run reuses the demo tenant and channel (and the kept database).
+    again, out_again = start_dev()
+    assert re.search(r"/webhooks/telegram/\S+", out_again).group(0) == re.search(
+        r"/webhooks/telegram/\S+", out
+    ).group(0)
+    assert stop(again, signal.SIGINT) == 0
