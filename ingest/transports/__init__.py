@@ -1,4 +1,4 @@
-"""Transport adapters, one module per provider; `ADAPTERS` maps a transport name to its adapter."""
+"""Transport adapters, one module per provider; `load_adapters` maps a transport to its adapter."""
 
 from __future__ import annotations
 
@@ -6,8 +6,17 @@ from ingest.config import Transport
 from ingest.transports.base import TransportAdapter
 
 
-def load_adapters() -> dict[Transport, TransportAdapter]:
+def load_adapters(default_region: str | None = None) -> dict[Transport, TransportAdapter]:
+    """`default_region` (ISO 3166 alpha-2) reads phone numbers written without a country code."""
+    from ingest.transports.email import EmailAdapter
+    from ingest.transports.sms import TwilioSmsAdapter
     from ingest.transports.telegram import TelegramAdapter
+    from ingest.transports.whatsapp import WhatsAppAdapter
 
-    adapters: list[TransportAdapter] = [TelegramAdapter()]
+    adapters: list[TransportAdapter] = [
+        TelegramAdapter(),
+        WhatsAppAdapter(default_region),
+        TwilioSmsAdapter(default_region),
+        EmailAdapter(default_region),
+    ]
     return {adapter.transport: adapter for adapter in adapters}

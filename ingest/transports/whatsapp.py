@@ -1,0 +1,542 @@
+"""WhatsApp Business Cloud API webhooks: one signed POST -> every message and status it batches.
+
+Meta signs each POST with `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(app_secret, raw body)>`;
+it is checked on the raw bytes, in constant time, before the body is parsed. A POST holds up to
+1000 updates (entry -> changes -> value.messages[] / value.statuses[]); each becomes one event.
+The GET handshake echoes `hub.challenge` when `hub.verify_token` matches the channel's token.
+
+The envelope and the identifiers are strict (a broken one rejects the request with 422, so Meta
+retries it); what a message says is read leniently: odd content costs a placeholder and a note in
+`message_meta`, never the message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, cast
+
+import phonenumbers
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, model_validator
+
+from ingest.errors import (
+    BadPayload,
+    ChannelConfigError,
+    Forbidden,
+    Unauthorized,
+    UnprocessablePayload,
+)
+from ingest.events import (
+    Attachment,
+    MessageEvent,
+    MessageStatus,
+    Sender,
+    StatusEvent,
+    conversation_key,
+    make_event_id,
+    utc_from_unix,
+)
+from ingest.identity import normalize_phone
+from ingest.transports.base import (
+    Channel,
+    Event,
+    ParseContext,
+    RawRequest,
+    WebhookResult,
+    generate_token,
+)
+
+SIGNATURE_HEADER = "X-Hub-Signature-256"
+MAX_UPDATES = 1000  # Meta: "a batch with a maximum of 1000 updates"
+UNSUPPORTED = "[unsupported message]"
+DELETED = "[message deleted]"
+_SIGNATURE_RE = re.compile(r"sha256=([0-9a-fA-F]{64})")
+_TOKEN_RE = re.compile(r"[\x21-\x7e]{1,256}")  # printable ASCII without spaces
+_DIGITS_RE = re.compile(r"[0-9]{1,32}")
+_NAME_MAX = 255  # the Sender columns
+_MAX_UNIX = 253_402_300_799  # 9999-12-31T23:59:59Z: anything later overflows datetime
+_STATUSES = frozenset({"sent", "delivered", "read", "failed"})
+_MEDIA = frozenset({"image", "video", "audio", "document", "sticker"})
+_REFERRAL = ("source_url", "source_id", "source_type", "headline", "body", "ctwa_clid")
+_REPLIES = ("button_reply", "list_reply", "nfm_reply")
+_KNOWN = frozenset(
+    {"text", "location", "contacts", "interactive", "button", "reaction", "edit", "revoke"}
+)
+
+T = TypeVar("T")
+
+
+def _unix(value: object) -> int:
+    """Meta sends Unix seconds as a string of digits; a JSON integer is accepted as well."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 12:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_UNIX:
+        raise ValueError("expected Unix seconds as a string of digits")
+    return value
+
+
+UnixTime = Annotated[int, PlainValidator(_unix)]
+Wamid = Annotated[str, Field(min_length=1, max_length=512)]
+UserId = Annotated[str, Field(min_length=1, max_length=_NAME_MAX)]
+
+
+class _In(BaseModel):
+    # Strict like the other adapters: Meta sends proper JSON types. Extra fields are ignored.
+    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False, frozen=True)
+
+
+class _Message(_In):
+    # The content (text, image, location, ...) stays raw in `model_extra`, read by `_render`.
+    model_config = ConfigDict(strict=True, extra="allow", allow_inf_nan=False, frozen=True)
+
+    id: Wamid
+    type: str = Field(min_length=1, max_length=64)
+    timestamp: UnixTime
+    from_: UserId | None = Field(default=None, alias="from")
+    from_user_id: UserId | None = None
+
+
+class _Status(_In):
+    id: Wamid
+    status: str = Field(max_length=64)
+    timestamp: UnixTime
+    recipient_id: UserId | None = None
+    recipient_user_id: UserId | None = None
+    errors: Any = None
+    conversation: Any = None
+    pricing: Any = None
+
+
+class _Metadata(_In):
+    phone_number_id: str = Field(min_length=1, max_length=64)
+    display_phone_number: str | None = None
+
+
+class _Value(_In):
+    metadata: _Metadata
+    contacts: Any = None  # only names the senders: an odd entry must not cost the messages
+    messages: list[_Message] = Field(default_factory=list)
+    statuses: list[_Status] = Field(default_factory=list)
+    errors: Any = None
+
+
+class _Change(_In):
+    field: str
+    value: _Value | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _messages_only(cls, data: Any) -> Any:
+        # Other fields (account_update, template_status_update, ...) have other value shapes;
+        # a `messages` change must have a value ({} fails on its missing metadata).
+        if isinstance(data, dict) and data.get("field") != "messages":
+            return {k: v for k, v in data.items() if k != "value"}
+        return (
+            {**data, "value": {}} if isinstance(data, dict) and data.get("value") is None else data
+        )
+
+
+class _Entry(_In):
+    id: str = Field(min_length=1, max_length=64)
+    changes: list[_Change]
+
+
+class _Envelope(_In):
+    object: Literal["whatsapp_business_account"]
+    entry: list[_Entry]
+
+
+def _reason(exc: ValidationError) -> str:
+    err = exc.errors(include_url=False, include_input=False)[0]
+    loc = ".".join(str(part) for part in err["loc"]) or "body"
+    msg = err["msg"]
+    return f"{loc}: {msg[:1].lower()}{msg[1:]}"[:200]
+
+
+def _parse(body: bytes) -> _Envelope:
+    """The one place where JSON and pydantic errors become rejections."""
+    try:
+        return _Envelope.model_validate_json(body)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False, include_input=False)[0]
+        if err["type"] == "json_invalid":
+            detail = (err.get("ctx") or {}).get("error", "")
+            raise BadPayload(f"malformed JSON: {detail}".rstrip(": ")[:200]) from exc
+        if err["type"] == "model_type" and not err["loc"]:
+            raise BadPayload("expected a JSON object") from exc
+        raise UnprocessablePayload(_reason(exc)) from exc
+
+
+# --- lenient readers: raw JSON in, a typed value or None out -------------------------------------
+
+
+def _as(value: Any, kind: type[T]) -> T | None:
+    """`value` if it is a `kind` (an int must fit a BIGINT and not be a bool), else None."""
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        return None
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        return None
+    return value
+
+
+def _at(raw: Any, key: str, kind: type[T] = str) -> T | None:  # type: ignore[assignment]
+    return _as(raw.get(key) if isinstance(raw, dict) else None, kind)
+
+
+def _strs(raw: Any, *keys: str) -> dict[str, str]:
+    return {k: v for k in keys if (v := _at(raw, k)) is not None}
+
+
+def _num(raw: Any, key: str) -> float | int | None:
+    value = raw.get(key) if isinstance(raw, dict) else None
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return value if ok and abs(value) <= 1e6 else None
+
+
+def _list(raw: Any, key: str) -> list[dict[str, Any]]:
+    items = raw.get(key) if isinstance(raw, dict) else None
+    return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+
+
+def _some(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _name(value: str | None) -> str | None:
+    return value[:_NAME_MAX] if value and value.strip() else None
+
+
+def _phone(raw: str | None, region: str | None = None) -> str | None:
+    return normalize_phone(raw[:64] if raw else None, region)
+
+
+def _errors(raw: Any) -> list[dict[str, Any]] | None:
+    items = [
+        {
+            **_strs(e, "title", "message", "href"),
+            **({"code": code} if (code := _at(e, "code", int)) is not None else {}),
+            **_strs(e.get("error_data"), "details"),
+        }
+        for e in _list({"e": raw}, "e")[:10]
+    ]
+    return [e for e in items if e] or None
+
+
+def _context(raw: Any) -> dict[str, Any] | None:
+    flags = {k: v for k in ("forwarded", "frequently_forwarded") if (v := _at(raw, k, bool))}
+    product = _strs(_at(raw, "referred_product", dict), "catalog_id", "product_retailer_id")
+    context = {**_strs(raw, "from", "id"), **flags}
+    return (context | {"referred_product": product} if product else context) or None
+
+
+# --- content ------------------------------------------------------------------------------------
+
+
+def _media(kind: str, raw: Any, meta: dict[str, Any]) -> tuple[str, list[Attachment]]:
+    """One attachment (skipped, and noted, when its media id is missing) and the text."""
+    voice = kind == "audio" and _at(raw, "voice", bool) is True
+    facts = _strs(raw, "mime_type", "sha256", "url", "filename")
+    filename = facts.pop("filename", None)
+    placeholder = "[voice message]" if voice else f"[{kind}]"
+    if kind == "document" and filename:
+        placeholder = f"[document: {filename}]"
+    attachments = []
+    if (media_id := _at(raw, "id")) and len(media_id) <= 512:
+        animated = _at(raw, "animated", bool)
+        attachment = Attachment(
+            kind="voice" if voice else kind,
+            provider_ref=media_id,
+            mime_type=facts.pop("mime_type", None),
+            filename=filename,
+            meta=facts | ({"animated": animated} if animated is not None else {}),
+        )
+        attachments.append(attachment)
+    else:
+        meta["attachment_errors"] = [f"{kind}: no media id"]
+    return _at(raw, "caption") or placeholder, attachments
+
+
+def _card(card: dict[str, Any], region: str | None) -> tuple[str, dict[str, Any]]:
+    """A shared contact card (not the sender): raw phones kept, E.164 added where it parses."""
+    names = _strs(card.get("name"), "formatted_name", "first_name", "last_name")
+    first_last = " ".join(names[k] for k in ("first_name", "last_name") if k in names)
+    name = names.get("formatted_name") or first_last or "?"
+    phones = []
+    for p in _list(card, "phones"):
+        phone = _strs(p, "phone", "wa_id", "type")
+        e164 = _phone(phone.get("phone"), region)
+        phones.append(phone | {"phone_e164": e164} if e164 else phone)
+    numbers = ", ".join(p["phone"] for p in phones if "phone" in p)
+    emails = [e for x in _list(card, "emails") if (e := _at(x, "email"))]
+    meta = {**names, "name": name, "phones": phones} | ({"emails": emails} if emails else {})
+    return f"Contact: {name}" + (f", {numbers}" if numbers else ""), meta
+
+
+def _render(
+    kind: str, parts: Mapping[str, Any], region: str | None, meta: dict[str, Any]
+) -> tuple[str, list[Attachment]]:
+    """Text and attachments of one message's content; its facts go into `meta`."""
+    raw, text = parts.get(kind), None
+    if kind in _MEDIA:
+        return _media(kind, raw, meta)
+    lat, lon = _num(raw, "latitude"), _num(raw, "longitude")
+    if kind == "text":
+        text = _at(raw, "body")
+    elif kind == "location" and lat is not None and lon is not None:
+        where = ", ".join(v for k in ("name", "address") if (v := _at(raw, k)))
+        text = f"Location: {lat}, {lon}" + (f" ({where})" if where else "")
+        meta["location"] = {"latitude": lat, "longitude": lon} | _strs(
+            raw, "name", "address", "url"
+        )
+    elif kind == "contacts" and (cards := _list(parts, "contacts")):
+        rendered = [_card(card, region) for card in cards[:50]]
+        text = "\n".join(line for line, _ in rendered)
+        meta["contacts"] = [card for _, card in rendered]
+    elif kind == "interactive" and (itype := _at(raw, "type")) in _REPLIES:
+        reply = _at(raw, itype, dict)
+        if itype == "nfm_reply" and reply is not None:
+            text = _at(reply, "body") or "[form response]"
+            meta["interactive"] = {"type": itype} | _strs(reply, "name", "body", "response_json")
+        elif (text := _at(reply, "title")) is not None:
+            meta["interactive"] = {"type": itype} | _strs(reply, "id", "title", "description")
+    elif kind == "button" and (text := _at(raw, "text")) is not None:
+        meta["button"] = _strs(raw, "text", "payload")
+    elif kind == "reaction" and (reacted_to := _at(raw, "message_id")):
+        emoji = _at(raw, "emoji") or ""
+        text = f"Reacted {emoji}" if emoji else "Removed reaction"
+        meta["reaction"] = {"message_id": reacted_to, "emoji": emoji}
+    if text is None and kind in _KNOWN:
+        meta["content_errors"] = [f"{kind}: missing or malformed content"]
+    return (UNSUPPORTED if text is None else text), []
+
+
+def _contacts(raw: Any) -> list[dict[str, str]]:
+    """`value.contacts`, read leniently: they only name the senders."""
+    out = []
+    for c in _list({"c": raw}, "c"):
+        ids = _strs(c, "wa_id", "user_id", "parent_user_id")
+        ids = {k: v for k, v in ids.items() if 0 < len(v) <= _NAME_MAX}
+        out.append(ids | _strs(c.get("profile"), "name", "username"))
+    return out
+
+
+def _sender(msg: _Message, contacts: list[dict[str, str]]) -> tuple[Sender, dict[str, Any]] | None:
+    """The sender and its member_meta; None when the message names nobody."""
+    ids = (("wa_id", msg.from_), ("user_id", msg.from_user_id))
+    match = next((c for c in contacts if any(v and c.get(k) == v for k, v in ids)), None)
+    # Without a match, the first contact is the sender only when it cannot be someone else's.
+    if match is None and contacts and (len(contacts) == 1 or not (msg.from_ or msg.from_user_id)):
+        match = contacts[0]
+    c = match or {}
+    wa_id, user_id = msg.from_ or c.get("wa_id"), msg.from_user_id or c.get("user_id")
+    phone = _phone(wa_id)
+    if not (identity := phone or wa_id or user_id):
+        return None
+    first = _name(c.get("name")) or _name(c.get("username")) or identity
+    sender = Sender(
+        contact_type="whatsapp", contact_value=identity, first_name=first, phone_e164=phone
+    )
+    meta = {"wa_id": wa_id, "user_id": user_id, "parent_user_id": c.get("parent_user_id")}
+    return sender, meta | {"username": c.get("username"), "phone": phone}
+
+
+def _status_meta(status: _Status) -> dict[str, Any]:
+    raw = status.conversation
+    origin = _strs(_at(raw, "origin", dict), "type")
+    conversation = _strs(raw, "id", "expiration_timestamp") | ({"origin": origin} if origin else {})
+    pricing = _strs(status.pricing, "pricing_model", "category", "type")
+    pricing |= _some({"billable": _at(status.pricing, "billable", bool)})
+    meta = {
+        "recipient_id": status.recipient_id,
+        "recipient_user_id": status.recipient_user_id,
+        "errors": _errors(status.errors),
+        "conversation": conversation or None,
+        "pricing": pricing or None,
+    }
+    return _some(meta)
+
+
+def _common(ctx: ParseContext, identity: str, *provider_ids: object) -> dict[str, Any]:
+    """The fields every event of this request shares."""
+    channel = ctx.channel
+    return {
+        "event_id": make_event_id(channel.id, "whatsapp", *provider_ids),
+        "tenant_id": channel.tenant_id,
+        "channel_id": channel.id,
+        "transport": "whatsapp",
+        "conversation_key": conversation_key(channel.tenant_id, "whatsapp", identity),
+        "received_at": ctx.received_at,
+        "correlation_id": ctx.correlation_id,
+    }
+
+
+class WhatsAppAdapter:
+    transport: ClassVar[Literal["whatsapp"]] = "whatsapp"
+
+    def __init__(self, default_region: str | None = None) -> None:
+        region = default_region.upper() if default_region else None
+        if region is not None and region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"unknown phone region: {default_region}")
+        # For free-text phones in shared contact cards ("0815 432345"); `from` needs none.
+        self.default_region = region
+
+    def handshake(self, request: RawRequest, channel: Channel) -> str:
+        """The GET subscription check: the challenge to echo as text/plain, or Forbidden."""
+        if request.query_value("hub.mode") != "subscribe":
+            raise Forbidden("hub.mode must be subscribe")
+        given = (request.query_value("hub.verify_token") or "").encode("utf-8", "surrogatepass")
+        expected = channel.config.get("verify_token")
+        if not isinstance(expected, str) or not expected or not given:
+            raise Forbidden("invalid verify token")
+        if not hmac.compare_digest(given, expected.encode("utf-8", "surrogatepass")):
+            raise Forbidden("invalid verify token")
+        challenge = request.query_value("hub.challenge")
+        if challenge is None or not _TOKEN_RE.fullmatch(challenge):
+            raise Forbidden("hub.challenge must be 1-256 printable characters")
+        return challenge
+
+    def handle(self, request: RawRequest, ctx: ParseContext) -> WebhookResult:
+        self._verify(request, ctx.channel)
+        if request.media_type != "application/json":
+            raise BadPayload("expected application/json")
+        envelope = _parse(request.body)
+        values: list[tuple[str, _Entry, _Value]] = []
+        other_fields: set[str] = set()
+        for i, entry in enumerate(envelope.entry):
+            for j, change in enumerate(entry.changes):
+                if change.value is None:
+                    other_fields.add(change.field[:50])
+                else:
+                    values.append((f"entry.{i}.changes.{j}.value", entry, change.value))
+        expected = ctx.channel.config.get("phone_number_id")
+        if expected and any(v.metadata.phone_number_id != str(expected) for _, _, v in values):
+            raise Forbidden("payload for another phone number")
+        if sum(len(v.messages) + len(v.statuses) for _, _, v in values) > MAX_UPDATES:
+            raise UnprocessablePayload(f"more than {MAX_UPDATES} updates in one request")
+        events: list[Event] = []
+        skipped: list[str] = []
+        try:
+            for where, entry, value in values:
+                events += self._events(ctx, where, entry, value, skipped)
+        except ValidationError as exc:
+            # Validation above should make this unreachable; it is the last translation point.
+            raise UnprocessablePayload(_reason(exc)) from exc
+        notes = [f"changes of other fields {sorted(other_fields)}"] if other_fields else []
+        if skipped:
+            notes.append(f"{len(skipped)} status(es) of unsupported kind {sorted(set(skipped))}")
+        if not events and not notes:
+            notes.append("no messages or statuses")
+        return WebhookResult(events=events, ignored="; ".join(notes)[:500] or None)
+
+    @staticmethod
+    def _verify(request: RawRequest, channel: Channel) -> None:
+        given = request.header(SIGNATURE_HEADER)
+        if given is None:
+            raise Unauthorized(f"missing {SIGNATURE_HEADER}")
+        if (match := _SIGNATURE_RE.fullmatch(given)) is None:
+            raise Unauthorized(f"malformed {SIGNATURE_HEADER}")
+        secret = channel.config.get("app_secret")
+        # A channel without a secret would accept anyone: refuse rather than trust.
+        if not isinstance(secret, str) or not secret:
+            raise Unauthorized("invalid signature")
+        digest = hmac.new(secret.encode("utf-8", "surrogatepass"), request.body, hashlib.sha256)
+        if not hmac.compare_digest(digest.digest(), bytes.fromhex(match.group(1))):
+            raise Unauthorized("invalid signature")
+
+    def _events(
+        self, ctx: ParseContext, where: str, entry: _Entry, value: _Value, skipped: list[str]
+    ) -> list[Event]:
+        md = value.metadata
+        business = {"phone_number_id": md.phone_number_id, "waba_id": entry.id}
+        business |= _some({"display_phone_number": md.display_phone_number})
+        contacts, events = _contacts(value.contacts), list[Event]()
+        for k, msg in enumerate(value.messages):
+            if (found := _sender(msg, contacts)) is None:
+                raise UnprocessablePayload(f"{where}.messages.{k}: no sender (from / user_id)")
+            sender, member_meta = found
+            events.append(self._message(ctx, msg, value, sender, _some(member_meta) | business))
+        for status in value.statuses:
+            if status.status not in _STATUSES:
+                skipped.append(status.status[:50])
+                continue
+            who = _phone(status.recipient_id) or status.recipient_id or status.recipient_user_id
+            event = StatusEvent(
+                **_common(ctx, who or status.id, status.id, status.status, status.timestamp),
+                event_type="message.status",
+                external_message_id=status.id,
+                status=cast(MessageStatus, status.status),  # checked against _STATUSES
+                status_at=utc_from_unix(status.timestamp),
+                meta=_status_meta(status) | business,
+            )
+            events.append(event)
+        return events
+
+    def _message(
+        self,
+        ctx: ParseContext,
+        msg: _Message,
+        value: _Value,
+        sender: Sender,
+        member: dict[str, Any],
+    ) -> MessageEvent:
+        meta: dict[str, Any] = {"type": msg.type}
+        parts: Mapping[str, Any] = msg.model_extra or {}
+        event_type: Literal["message.received", "message.edited"] = "message.edited"
+        original = _at(parts.get(msg.type), "original_message_id")
+        if not original or len(original) > 512 or msg.type not in ("edit", "revoke"):
+            # Also an edit or revoke without the original's id: recorded, not lost.
+            event_type, original = "message.received", msg.id
+            text, attachments = _render(msg.type, parts, self.default_region, meta)
+        elif msg.type == "edit":
+            # The new content is a message without ids: `{"type": "image", "image": {...}}`.
+            inner = _at(parts["edit"], "message", dict) or {}
+            meta |= {"wamid": msg.id, "content_type": _at(inner, "type") or "unsupported"}
+            text, attachments = _render(meta["content_type"], inner, self.default_region, meta)
+            parts = {**parts, "context": parts.get("context") or inner.get("context")}
+        else:
+            meta |= {"wamid": msg.id, "revoked": True}
+            text, attachments = DELETED, []
+        extra = {
+            "context": _context(parts.get("context")),
+            "errors": _errors(parts.get("errors")) or _errors(value.errors),
+            "referral": _strs(parts.get("referral"), *_REFERRAL) or None,
+            "group_id": _at(parts, "group_id"),
+        }
+        version = msg.timestamp * 1000
+        return MessageEvent(
+            **_common(ctx, sender.contact_value, msg.id, event_type, version),
+            event_type=event_type,
+            external_message_id=original,
+            version=version,
+            sent_at=utc_from_unix(msg.timestamp),
+            edited_at=utc_from_unix(msg.timestamp) if event_type == "message.edited" else None,
+            sender=sender,
+            text=text,
+            attachments=attachments,
+            member_meta=member,
+            message_meta=meta | _some(extra),
+        )
+
+    def channel_config(self, given: Mapping[str, str]) -> dict[str, Any]:
+        unknown = sorted(set(given) - {"verify_token", "app_secret", "phone_number_id"})
+        if unknown:
+            raise ChannelConfigError(f"unknown config key for whatsapp: {unknown[0]}")
+        token = given.get("verify_token")
+        if token is None:
+            token = generate_token()
+        elif not _TOKEN_RE.fullmatch(token):
+            raise ChannelConfigError("whatsapp verify_token: 1-256 printable ASCII, no spaces")
+        secret = given.get("app_secret")
+        if not secret:
+            raise ChannelConfigError("whatsapp app_secret is required (the Meta app's secret)")
+        if not _TOKEN_RE.fullmatch(secret):
+            raise ChannelConfigError("whatsapp app_secret: printable ASCII without spaces")
+        config = {"verify_token": token, "app_secret": secret}
+        if (phone_number_id := given.get("phone_number_id")) is not None:
+            if not _DIGITS_RE.fullmatch(phone_number_id):
+                raise ChannelConfigError("whatsapp phone_number_id must be 1-32 digits")
+            config["phone_number_id"] = phone_number_id
+        return config

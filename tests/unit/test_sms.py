@@ -1,0 +1,450 @@
+"""TwilioSmsAdapter: Twilio's signature (test vector, ports, proxies), real captures, statuses."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import pytest
+
+from ingest.errors import BadPayload, ChannelConfigError, Unauthorized, UnprocessablePayload
+from ingest.events import (
+    Attachment,
+    MessageEvent,
+    Sender,
+    StatusEvent,
+    conversation_key,
+    decode_event,
+    encode_event,
+    make_event_id,
+)
+from ingest.transports.base import Channel, ParseContext, RawRequest, WebhookResult
+from ingest.transports.sms import TWIML_EMPTY, TwilioSmsAdapter, compute_signature
+
+PAYLOADS = Path(__file__).resolve().parents[1] / "payloads" / "sms"
+CHANNEL_ID = uuid.UUID("3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f")
+TENANT_ID = uuid.UUID("5a9e3c71-2b4d-4e6f-8a1b-3c5d7e9f0a2b")
+TOKEN = "0123456789abcdef0123456789abcdef"  # a test Auth Token (the captures' real one is unknown)
+URL = "https://crm.example.com/webhooks/sms/3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f"
+RECEIVED_AT = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+FORM = "application/x-www-form-urlencoded"
+
+adapter = TwilioSmsAdapter(default_region="US")
+
+
+def make_ctx(config: dict[str, Any] | None = None) -> ParseContext:
+    channel = Channel(
+        id=CHANNEL_ID,
+        tenant_id=TENANT_ID,
+        transport="sms",
+        config={"auth_token": TOKEN} if config is None else config,
+    )
+    return ParseContext(channel=channel, received_at=RECEIVED_AT, correlation_id="corr-1")
+
+
+def raw(name: str) -> bytes:
+    return (PAYLOADS / f"{name}.form").read_bytes()
+
+
+def sign(body: bytes, url: str = URL, token: str = TOKEN) -> str:
+    params = parse_qsl(body.decode(), keep_blank_values=True)
+    return compute_signature(token, url, params)
+
+
+def make_request(
+    body: bytes,
+    *,
+    signature: str | None = None,
+    url: str = URL,
+    signed_url: str | None = None,
+    content_type: str | None = FORM,
+    headers: dict[str, str] | None = None,
+) -> RawRequest:
+    all_headers = dict(headers or {})
+    if content_type is not None:
+        all_headers["content-type"] = content_type
+    all_headers["x-twilio-signature"] = (
+        signature if signature is not None else sign(body, signed_url or url)
+    )
+    return RawRequest(method="POST", url=url, headers=all_headers, body=body)
+
+
+def handle(body: bytes, config: dict[str, Any] | None = None, **kwargs: Any) -> WebhookResult:
+    return adapter.handle(make_request(body, **kwargs), make_ctx(config))
+
+
+def one(body: bytes, **kwargs: Any) -> MessageEvent | StatusEvent:
+    result = handle(body, **kwargs)
+    assert result.body == TWIML_EMPTY
+    assert result.media_type == "application/xml"
+    assert result.ignored is None
+    [event] = result.events
+    assert decode_event(encode_event(event)) == event
+    return event
+
+
+def form(**fields: str) -> bytes:
+    return urlencode(fields).encode()
+
+
+# --- signature ----------------------------------------------------------------------------------
+
+
+def test_twilio_published_test_vector() -> None:
+    # twilio-python tests/unit/test_request_validator.py
+    params = [
+        ("CallSid", "CA1234567890ABCDE"),
+        ("Digits", "1234"),
+        ("From", "+14158675309"),
+        ("To", "+18005551212"),
+        ("Caller", "+14158675309"),
+    ]
+    url = "https://mycompany.com/myapp.php?foo=1&bar=2"
+    assert compute_signature("12345", url, params) == "RSOYDt4T1cUTdK1PDd93/VVr8B8="
+
+
+def test_test_vector_through_the_adapter() -> None:
+    body = form(
+        CallSid="CA1234567890ABCDE",
+        Digits="1234",
+        From="+14158675309",
+        To="+18005551212",
+        Caller="+14158675309",
+        MessageSid="SM" + "0" * 32,
+    )
+    url = "https://mycompany.com/myapp.php?foo=1&bar=2"
+    request = make_request(body, url=url, signature=sign(body, url, "12345"))
+    result = adapter.handle(request, make_ctx({"auth_token": "12345"}))
+    assert len(result.events) == 1
+
+
+def test_multi_valued_params_are_sorted_by_value() -> None:
+    a = compute_signature(TOKEN, URL, [("X", "b"), ("X", "a"), ("A", "z")])
+    b = compute_signature(TOKEN, URL, [("A", "z"), ("X", "a"), ("X", "b")])
+    assert a == b
+    assert a != compute_signature(TOKEN, URL, [("X", "a"), ("A", "z")])
+
+
+@pytest.mark.parametrize(
+    ("request_url", "signed_url"),
+    [
+        ("https://crm.example.com/hook?x=1", "https://crm.example.com:443/hook?x=1"),
+        ("https://crm.example.com:443/hook?x=1", "https://crm.example.com/hook?x=1"),
+        ("http://crm.example.com/hook", "http://crm.example.com:80/hook"),
+        ("http://crm.example.com:8080/hook", "http://crm.example.com/hook"),
+        ("https://crm.example.com/hook", "https://crm.example.com/hook"),
+    ],
+)
+def test_signature_with_or_without_the_port(request_url: str, signed_url: str) -> None:
+    assert len(handle(raw("basic_text"), url=request_url, signed_url=signed_url).events) == 1
+
+
+def test_another_port_is_not_accepted() -> None:
+    with pytest.raises(Unauthorized):
+        handle(raw("basic_text"), url=URL, signed_url=URL.replace(".com/", ".com:8443/"))
+
+
+def test_public_url_is_what_is_signed_behind_a_proxy() -> None:
+    public = "https://public.example.com/twilio/sms"
+    config = {"auth_token": TOKEN, "public_url": public}
+    internal = "http://10.0.0.5:8000/webhooks/sms/x"
+    assert len(handle(raw("basic_text"), config, url=internal, signed_url=public).events) == 1
+    with pytest.raises(Unauthorized):  # the internal URL no longer counts
+        handle(raw("basic_text"), config, url=internal, signed_url=internal)
+
+
+def test_the_query_string_is_part_of_the_signed_url() -> None:
+    with pytest.raises(Unauthorized):
+        handle(raw("basic_text"), url=URL + "?a=1", signed_url=URL)
+
+
+def test_missing_signature_is_unauthorized_before_anything_else() -> None:
+    request = RawRequest(
+        method="POST", url=URL, headers={"content-type": "text/plain"}, body=b"\xff\xfe"
+    )
+    with pytest.raises(Unauthorized, match="missing X-Twilio-Signature") as info:
+        adapter.handle(request, make_ctx())
+    assert info.value.status_code == 401
+
+
+@pytest.mark.parametrize("signature", ["", "RSOYDt4T1cUTdK1PDd93/VVr8B8=", "not base64 ü"])
+def test_wrong_signature_is_unauthorized(signature: str) -> None:
+    with pytest.raises(Unauthorized, match="invalid signature"):
+        handle(raw("basic_text"), signature=signature)
+
+
+def test_signature_made_with_another_token_is_unauthorized() -> None:
+    body = raw("basic_text")
+    with pytest.raises(Unauthorized):
+        handle(body, signature=sign(body, token="another-token"))
+
+
+def test_tampered_body_is_unauthorized() -> None:
+    body = raw("basic_text")
+    signature = sign(body)
+    tampered = body.replace(b"Body=Text+12", b"Body=Text+13")
+    with pytest.raises(Unauthorized):
+        handle(tampered, signature=signature)
+    added = body + b"&NumMedia=1"  # a repeated field changes the signed string too
+    with pytest.raises(Unauthorized):
+        handle(added, signature=signature)
+
+
+@pytest.mark.parametrize("config", [{}, {"auth_token": ""}, {"auth_token": 5}])
+def test_channel_without_a_token_accepts_nobody(config: dict[str, Any]) -> None:
+    with pytest.raises(Unauthorized):
+        handle(raw("basic_text"), config, signature=sign(raw("basic_text"), token=""))
+
+
+@pytest.mark.parametrize("content_type", [None, "application/json", "multipart/form-data"])
+def test_wrong_content_type_is_bad_payload(content_type: str | None) -> None:
+    with pytest.raises(BadPayload, match="expected application/x-www-form-urlencoded"):
+        handle(raw("basic_text"), content_type=content_type)
+
+
+def test_content_type_parameters_are_allowed() -> None:
+    assert len(handle(raw("basic_text"), content_type=FORM + "; charset=utf-8").events) == 1
+
+
+def test_undecodable_body_is_bad_payload() -> None:
+    with pytest.raises(BadPayload, match="UTF-8"):
+        handle(b"Body=\xff\xfe", signature="x")
+
+
+# --- inbound messages ---------------------------------------------------------------------------
+
+
+def test_basic_text_real_capture() -> None:
+    event = one(raw("basic_text"), headers={"i-twilio-idempotency-token": "4160eb88"})
+    sid = "SM50593ec6f8a4a96563d9d6817a90c42f"
+    assert event == MessageEvent(
+        event_id=make_event_id(CHANNEL_ID, "sms", sid),
+        tenant_id=TENANT_ID,
+        channel_id=CHANNEL_ID,
+        transport="sms",
+        conversation_key=conversation_key(TENANT_ID, "sms", "+18017916516"),
+        received_at=RECEIVED_AT,
+        correlation_id="corr-1",
+        event_type="message.received",
+        external_message_id=sid,
+        version=0,
+        sent_at=RECEIVED_AT,
+        sender=Sender(
+            contact_type="phone",
+            contact_value="+18017916516",
+            first_name="+18017916516",
+            phone_e164="+18017916516",
+        ),
+        text="Text 12 12:20pm",
+        member_meta={
+            "phone": "+18017916516",
+            "raw_from": "+18017916516",
+            "to": "+18446151430",
+            "account_sid": "ACb2722d11b73d22b594c81d79aed6b8d2",
+            "messaging_service_sid": "MGb408fe4a968875dffe0b800d08cd6378",
+        },
+        message_meta={
+            "from_city": "OGDEN",
+            "from_state": "UT",
+            "from_country": "US",
+            "from_zip": "84050",
+            "num_segments": 1,
+            "idempotency_token": "4160eb88",
+        },
+    )
+
+
+def test_mms_with_one_image_real_capture() -> None:
+    event = one(raw("mms_single_image"))
+    assert isinstance(event, MessageEvent)
+    assert event.external_message_id == "MM3934ada51e7a20b35b4dd6c7635a29d2"
+    assert event.text == ""
+    assert event.attachments == [
+        Attachment(
+            kind="media",
+            provider_ref="https://api.twilio.com/2010-04-01/Accounts/ACb2722d11b73d22b594c81d79aed6b8d2"
+            "/Messages/MM3934ada51e7a20b35b4dd6c7635a29d2/Media/MEff408942d874d4301caea243989659ea",
+            mime_type="image/jpeg",
+        )
+    ]
+    assert "attachment_errors" not in event.message_meta
+
+
+def test_whatsapp_over_twilio() -> None:
+    body = raw("whatsapp_location") + b"&ProfileName=Jane+Doe&WaId=12345678900"
+    event = one(body)
+    assert isinstance(event, MessageEvent)
+    assert event.sender == Sender(
+        contact_type="phone",
+        contact_value="+12345678900",
+        first_name="Jane Doe",
+        phone_e164="+12345678900",
+    )
+    assert event.member_meta["channel"] == "whatsapp"
+    assert event.member_meta["raw_from"] == "whatsapp:+12345678900"
+    assert event.member_meta["wa_id"] == "12345678900"
+    assert event.message_meta["location"] == {
+        "latitude": 37.7879277,
+        "longitude": -122.3937508,
+        "address": "375 Beale St, San Francisco, CA 94105",
+        "label": "Twilio Inc",
+    }
+
+
+def test_unparseable_from_is_kept_raw() -> None:
+    event = one(form(MessageSid="SM1", From="shortcode 12", Body="hi"))
+    assert isinstance(event, MessageEvent)
+    assert event.sender.contact_value == "shortcode 12"
+    assert event.sender.phone_e164 is None
+    assert "phone" not in event.member_meta
+
+
+def test_national_number_uses_the_default_region() -> None:
+    event = one(form(MessageSid="SM1", From="(415) 867-5309"))
+    assert event.sender.contact_value == "+14158675309"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("fields", "errors", "kept"),
+    [
+        ({"NumMedia": "2", "MediaUrl0": "https://m/0"}, ["MediaUrl1: missing"], 1),
+        ({"NumMedia": "two", "MediaUrl1": "https://m/1"}, ["NumMedia: not an integer: 'two'"], 1),
+        ({"NumMedia": "9" * 5000}, ["NumMedia: not an integer"], 0),
+        ({"NumMedia": "11", "MediaUrl10": "https://m/10"}, ["NumMedia: 11 is more than 10"], 0),
+    ],
+)
+def test_odd_media_fields_keep_the_message(
+    fields: dict[str, str], errors: list[str], kept: int
+) -> None:
+    event = one(form(MessageSid="SM1", From="+18017916516", Body="x", **fields))
+    assert isinstance(event, MessageEvent)
+    assert len(event.attachments) == kept
+    assert len(event.message_meta["attachment_errors"]) >= len(errors)
+    for got, want in zip(event.message_meta["attachment_errors"], errors, strict=False):
+        assert got.startswith(want)
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"From": "+18017916516"}, "missing MessageSid"),
+        ({"MessageSid": "SM1"}, "missing From"),
+        ({"MessageSid": " ", "From": "+1801"}, "missing MessageSid"),
+        ({"MessageSid": "S" * 600, "From": "+18017916516"}, "MessageSid is too long"),
+        ({"MessageSid": "SM1", "From": "x" * 300}, "From is too long"),
+    ],
+)
+def test_unusable_inbound_is_unprocessable(fields: dict[str, str], reason: str) -> None:
+    with pytest.raises(UnprocessablePayload) as info:
+        handle(form(**fields))
+    assert info.value.status_code == 422
+    assert info.value.reason == reason
+
+
+def test_bare_whatsapp_prefix_is_kept_raw() -> None:
+    event = one(form(MessageSid="SM1", From="whatsapp:"))
+    assert event.sender.contact_value == "whatsapp:"  # type: ignore[union-attr]
+
+
+def test_same_delivery_gives_the_same_event_id() -> None:
+    assert one(raw("basic_text")).event_id == one(raw("basic_text")).event_id
+
+
+# --- status callbacks ---------------------------------------------------------------------------
+
+
+def test_delivered_status_callback() -> None:
+    event = one(raw("status_delivered"))
+    sid = "SM50593ec6f8a4a96563d9d6817a90c42f"
+    assert event == StatusEvent(
+        event_id=make_event_id(CHANNEL_ID, "sms", sid, "delivered"),
+        tenant_id=TENANT_ID,
+        channel_id=CHANNEL_ID,
+        transport="sms",
+        # The customer is the `To` of an outbound message: same key as their inbound messages.
+        conversation_key=one(raw("basic_text")).conversation_key,
+        received_at=RECEIVED_AT,
+        correlation_id="corr-1",
+        event_type="message.status",
+        external_message_id=sid,
+        status="delivered",
+        status_at=RECEIVED_AT,
+        meta={"provider_status": "delivered", "to": "+18017916516"},
+    )
+
+
+def test_undelivered_maps_to_failed_with_the_error() -> None:
+    event = one(raw("status_undelivered"))
+    assert isinstance(event, StatusEvent)
+    assert event.status == "failed"
+    assert event.meta == {
+        "provider_status": "undelivered",
+        "error_code": "30003",
+        "to": "+18017916516",
+    }
+
+
+@pytest.mark.parametrize(
+    ("twilio", "ours"), [("sent", "sent"), ("read", "read"), ("failed", "failed")]
+)
+def test_status_mapping(twilio: str, ours: str) -> None:
+    body = raw("status_delivered").replace(b"=delivered", b"=" + twilio.encode())
+    event = one(body)
+    assert isinstance(event, StatusEvent)
+    assert event.status == ours
+    assert event.event_id == make_event_id(CHANNEL_ID, "sms", event.external_message_id, ours)
+
+
+@pytest.mark.parametrize(
+    "status", ["queued", "accepted", "sending", "scheduled", "canceled", "receiving", "bogus"]
+)
+def test_intermediate_statuses_are_ignored(status: str) -> None:
+    body = raw("status_delivered").replace(b"=delivered", b"=" + status.encode())
+    result = handle(body)
+    assert result.events == []
+    assert result.ignored is not None
+    assert status in result.ignored
+    assert result.body == TWIML_EMPTY
+
+
+def test_status_without_to_is_unprocessable() -> None:
+    with pytest.raises(UnprocessablePayload, match="missing To"):
+        handle(form(MessageSid="SM1", MessageStatus="delivered"))
+
+
+def test_sms_status_received_means_inbound_even_with_message_status() -> None:
+    body = raw("basic_text") + b"&MessageStatus=received"
+    assert isinstance(one(body), MessageEvent)
+
+
+# --- channel_config -----------------------------------------------------------------------------
+
+
+def test_channel_config() -> None:
+    assert adapter.channel_config({"auth_token": TOKEN}) == {"auth_token": TOKEN}
+    config = {"auth_token": TOKEN, "public_url": "https://public.example.com/sms"}
+    assert adapter.channel_config(config) == config
+
+
+@pytest.mark.parametrize(
+    ("given", "match"),
+    [
+        ({}, "auth_token"),
+        ({"auth_token": ""}, "auth_token"),
+        ({"auth_token": " padded "}, "auth_token"),
+        ({"auth_token": TOKEN, "public_url": "ftp://x/"}, "public_url"),
+        ({"auth_token": TOKEN, "public_url": "crm.example.com/sms"}, "public_url"),
+        ({"auth_token": TOKEN, "public_url": "https://"}, "public_url"),
+        ({"auth_token": TOKEN, "account_sid": "AC1"}, "unknown config key for sms: account_sid"),
+    ],
+)
+def test_channel_config_rejects(given: dict[str, str], match: str) -> None:
+    with pytest.raises(ChannelConfigError, match=match):
+        adapter.channel_config(given)
+
+
+def test_transport_name() -> None:
+    assert TwilioSmsAdapter.transport == "sms"
