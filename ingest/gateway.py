@@ -5,6 +5,8 @@ size while streaming, then the adapter (authenticity and parsing), then publishi
 every event was acknowledged by the broker; every refusal is a short JSON `{"error": ...}`.
 Nothing escapes as a bare 500: a failure before publishing is the request's fault (400), one
 during publishing is ours (503 + Retry-After, so the provider retries).
+Every webhook response is counted by transport and status, and every publish is timed
+(`ingest.metrics`, served on `GET /metrics`).
 
 Resources are passed to `create_app` explicitly (tests pass fakes); `create_gateway` builds the
 real ones and opens/closes them in the app's lifespan.
@@ -32,6 +34,7 @@ from ingest.channels import ChannelDirectory
 from ingest.config import Settings, SettingsError, Transport
 from ingest.errors import PublishUnavailable, WebhookRejected
 from ingest.logs import get_logger
+from ingest.metrics import metrics_response, observe_publish, observe_request
 from ingest.publisher import EventPublisher
 from ingest.transports import load_adapters
 from ingest.transports.base import (
@@ -97,6 +100,7 @@ def create_app(
         Route("/webhooks/{transport}/{channel_id}", gateway.webhook, methods=["GET", "POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", gateway.readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
 
@@ -126,7 +130,7 @@ def create_gateway(settings: Settings) -> Starlette:
             await channels.close()
             log.info("gateway stopped")
 
-    adapters = load_adapters()
+    adapters = load_adapters(settings.default_phone_region)
     return create_app(
         settings, publisher=publisher, channels=channels, adapters=adapters, lifespan=lifespan
     )
@@ -134,6 +138,11 @@ def create_gateway(settings: Settings) -> Starlette:
 
 async def healthz(_: Request) -> Response:
     return JSONResponse({"status": "ok"})
+
+
+async def metrics_endpoint(_: Request) -> Response:
+    body, content_type = metrics_response()
+    return Response(body, headers={"Content-Type": content_type})
 
 
 class _Gateway:
@@ -188,6 +197,7 @@ class _Gateway:
                     message, status=response.status_code, duration_ms=_ms_since(started), **fields
                 )
         response.headers[CORRELATION_HEADER] = cid
+        observe_request(transport, response.status_code)
         return response
 
     async def _serve(
@@ -222,7 +232,7 @@ class _Gateway:
         ctx = ParseContext(channel=channel, received_at=datetime.now(UTC), correlation_id=cid)
         result: WebhookResult = await _call_adapter(adapter.handle, raw, ctx)
         try:
-            await self.publisher.publish(result.events)
+            await self._publish(transport, result.events)
         except PublishUnavailable as exc:
             log.warning("publish failed", error=str(exc), events=len(result.events))
             raise self._unavailable() from exc
@@ -233,6 +243,19 @@ class _Gateway:
         if result.events or result.ignored is None:
             return response, "webhook accepted", {"events": len(result.events)}
         return response, "webhook ignored", {"ignored": result.ignored}
+
+    async def _publish(self, transport: str, events: Sequence[Event]) -> None:
+        """Publish and record it: the duration of every attempt, the events acknowledged."""
+        if not events:
+            await self.publisher.publish(events)
+            return
+        started = time.perf_counter()
+        acknowledged = 0
+        try:
+            await self.publisher.publish(events)
+            acknowledged = len(events)
+        finally:
+            observe_publish(transport, time.perf_counter() - started, acknowledged)
 
     async def _channel(self, channel_id: str, transport: str) -> Channel:
         try:
