@@ -8,9 +8,11 @@ failed batch too — both would lose events.)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +22,9 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
-from handlers.ingestor import Backoff, Ingestor, Record
+from handlers.chat_events import OutboxRelay
+from handlers.pipeline import build_pipeline
+from ingest import metrics
 from ingest.config import Settings
 from sql.db import create_pool
 
@@ -32,22 +36,9 @@ async def _raw_values(message: Any) -> Any:
     return message.body
 
 
-def dead_letter_headers(record: Record, exc: BaseException) -> dict[str, str]:
-    return {
-        "source-topic": record.topic,
-        "source-partition": str(record.partition),
-        "source-offset": str(record.offset),
-        "error-class": type(exc).__name__,
-        "error-message": str(exc)[:1000],
-        **{
-            k: v.decode("utf-8", "replace")
-            for k, v in record.headers
-            if k in ("event-id", "event-type", "correlation-id")
-        },
-    }
-
-
-def build_broker(settings: Settings, pool: asyncpg.Pool, **broker_options: Any) -> KafkaBroker:
+def build_broker(
+    settings: Settings, pool: asyncpg.Pool, **broker_options: Any
+) -> tuple[KafkaBroker, OutboxRelay]:
     broker = KafkaBroker(
         settings.kafka_bootstrap_servers,
         client_id="crm-ingest-consumer",
@@ -59,17 +50,25 @@ def build_broker(settings: Settings, pool: asyncpg.Pool, **broker_options: Any) 
         **broker_options,
     )
     dead_letters = broker.publisher(settings.dlq_topic, title="dead letters")
+    chat_events = broker.publisher(settings.chat_events_topic, title="chat events")
 
-    async def dead_letter(record: Record, exc: BaseException) -> None:
-        await dead_letters.publish(
-            record.value or b"", key=record.key, headers=dead_letter_headers(record, exc)
-        )
+    async def publish_dead_letter(value: bytes, key: bytes | None, headers: dict[str, str]) -> None:
+        await dead_letters.publish(value, key=key, headers=headers)
 
-    ingestor = Ingestor(
+    async def publish_chat_events(messages: Sequence[tuple[str, bytes, dict[str, str]]]) -> None:
+        pending = [
+            await chat_events.publish(value, key=key.encode(), headers=headers, no_confirm=True)
+            for key, value, headers in messages
+        ]
+        await asyncio.gather(*pending)
+
+    pipeline = build_pipeline(
+        settings,
         pool,
-        dead_letter,
-        Backoff(settings.retry_backoff_initial_s, settings.retry_backoff_max_s),
+        publish_dead_letter=publish_dead_letter,
+        publish_chat_events=publish_chat_events,
     )
+    ingestor, relay = pipeline.ingestor, pipeline.relay
 
     @broker.subscriber(
         *settings.inbound_topics,
@@ -84,8 +83,19 @@ def build_broker(settings: Settings, pool: asyncpg.Pool, **broker_options: Any) 
     )
     async def on_inbound(body: list[bytes], message: KafkaMessage) -> None:
         records = message.raw_message
+        started = time.perf_counter()
         with structlog.contextvars.bound_contextvars(batch_size=len(body)):
             report = await ingestor.handle(records)
+        metrics.observe_batch(
+            len(records),
+            time.perf_counter() - started,
+            created=report.outcome.messages_created,
+            edited=report.outcome.messages_edited,
+            already_present=report.outcome.already_present,
+            dead_lettered=report.dead_lettered,
+            invalid=report.invalid,
+        )
+        metrics.observe_lag(message.consumer, records)
         log.info(
             "batch committed",
             records=report.records,
@@ -94,14 +104,19 @@ def build_broker(settings: Settings, pool: asyncpg.Pool, **broker_options: Any) 
             already_present=report.outcome.already_present,
             dead_lettered=report.dead_lettered,
         )
+        try:
+            await relay.flush()
+        except Exception as exc:  # committed rows stay pending; the sweep publishes them
+            log.warning("chat events not published yet", error=repr(exc))
 
-    return broker
+    return broker, relay
 
 
 @dataclass(slots=True)
 class RunningConsumer:
     broker: KafkaBroker
     pool: asyncpg.Pool
+    relay: OutboxRelay
 
 
 @contextlib.asynccontextmanager
@@ -111,11 +126,15 @@ async def running_consumer(settings: Settings) -> AsyncIterator[RunningConsumer]
         settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
     )
     try:
-        broker = build_broker(settings, pool)
+        broker, relay = build_broker(settings, pool)
         await broker.start()
+        stop = asyncio.Event()
+        sweep = asyncio.create_task(relay.run(settings.outbox_interval_s, stop))
         try:
-            yield RunningConsumer(broker, pool)
+            yield RunningConsumer(broker, pool, relay)
         finally:
             await broker.stop()
+            stop.set()
+            await sweep
     finally:
         await pool.close()

@@ -23,6 +23,7 @@ import asyncpg
 import structlog
 from pydantic import ValidationError
 
+from handlers.chat_events import enqueue
 from handlers.statuses import log_statuses, settle_statuses
 from handlers.store import BatchOutcome, LostRace, write_messages
 from ingest.events import MessageEvent, StatusEvent, decode_event
@@ -142,13 +143,14 @@ class Ingestor:
     async def _apply(self, events: Sequence[MessageEvent | StatusEvent]) -> BatchOutcome:
         messages = [e for e in events if isinstance(e, MessageEvent)]
         statuses = [e for e in events if isinstance(e, StatusEvent)]
+        # New messages may have statuses waiting for them; new statuses may have messages.
+        sources = {(e.channel_id, e.external_message_id): e.event_id for e in messages}
+        sources.update({(e.channel_id, e.external_message_id): e.event_id for e in statuses})
         async with self._pool.acquire() as conn, conn.transaction():
             outcome = await write_messages(conn, messages)
             await log_statuses(conn, statuses)
-            # New messages may have statuses waiting for them; new statuses may have messages.
-            await settle_statuses(
-                conn, [(e.channel_id, e.external_message_id) for e in (*messages, *statuses)]
-            )
+            outcome.chat_events += await settle_statuses(conn, sources)
+            await enqueue(conn, outcome.chat_events)
             return outcome
 
     async def _reject(self, record: Record, exc: BaseException, report: BatchReport) -> None:

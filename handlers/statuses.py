@@ -8,11 +8,12 @@ message's batch settles it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from uuid import UUID
 
 import asyncpg
 
+from handlers.chat_events import Queued, status_changed
 from handlers.store import naive_utc, pg_json
 from ingest.events import StatusEvent
 from sql import QUERIES
@@ -36,8 +37,14 @@ async def log_statuses(conn: asyncpg.Connection, statuses: Sequence[StatusEvent]
     )
 
 
-async def settle_statuses(conn: asyncpg.Connection, refs: Iterable[tuple[UUID, str]]) -> None:
-    """Apply the best logged status of each message ref (those without a message yet wait)."""
-    keys = sorted(set(refs), key=lambda k: (str(k[0]), k[1]))
-    if keys:
-        await conn.execute(QUERIES["settle_statuses"], [k[0] for k in keys], [k[1] for k in keys])
+async def settle_statuses(
+    conn: asyncpg.Connection, sources: dict[tuple[UUID, str], UUID]
+) -> list[Queued]:
+    """Apply the best logged status of each message ref in `sources` (refs without a message
+    yet keep waiting); returns a message.updated chat event per message that moved, caused by
+    the inbound event `sources` names for its ref."""
+    keys = sorted(sources, key=lambda k: (str(k[0]), k[1]))
+    if not keys:
+        return []
+    rows = await conn.fetch(QUERIES["settle_statuses"], [k[0] for k in keys], [k[1] for k in keys])
+    return [(status_changed(row), sources[(row["channel_id"], row["external_id"])]) for row in rows]

@@ -24,7 +24,9 @@ from uuid import UUID
 
 import asyncpg
 
-from ingest.events import Attachment, MessageEvent, Sender
+from handlers import chat_events
+from handlers.chat_events import Queued
+from ingest.events import Attachment, ChatAttachment, MessageEvent, Sender
 from sql import QUERIES
 
 IdentityKey = tuple[UUID, str, str]  # tenant_id, contact_type, contact_value
@@ -45,6 +47,10 @@ class BatchOutcome:
     clients_created: int = 0
     chats_created: int = 0
     created_message_ids: list[int] = field(default_factory=list)
+    # Chat events for the outbox, each with the inbound event id that caused it.
+    chat_events: list[Queued] = field(default_factory=list)
+    new_clients: set[int] = field(default_factory=set)
+    new_chats: set[int] = field(default_factory=set)
 
 
 def pg_text(value: str) -> str:
@@ -99,12 +105,13 @@ async def _resolve_identities(
         return found
 
     claim = sorted(unclaimed, key=lambda k: (str(k[0]), k[1], k[2]))
+    proposed = await _allocate_clients([k for k in claim if unclaimed[k][0] is None], senders, conn)
     claimed = await conn.fetch(
         QUERIES["claim_identities"],
         [k[0] for k in claim],
         [k[1] for k in claim],
         [k[2] for k in claim],
-        [unclaimed[k][0] for k in claim],
+        [unclaimed[k][0] or proposed.get(k) for k in claim],
         [unclaimed[k][1] for k in claim],
     )
     new_clients: list[tuple[int, IdentityKey]] = []
@@ -114,9 +121,16 @@ async def _resolve_identities(
         found[key] = (row["client_id"], row["contact_id"])
         given_client, given_contact = unclaimed.pop(key)
         if given_client is None:
-            new_clients.append((row["client_id"], key))
+            named_by = next(
+                (i for i, (c, _) in enumerate(new_clients) if c == row["client_id"]), None
+            )
+            if named_by is None:
+                new_clients.append((row["client_id"], key))
+            elif _fallback_name(senders[new_clients[named_by][1]]):
+                new_clients[named_by] = (row["client_id"], key)  # a real name beats a number
         if given_contact is None:
             new_contacts.append((row["contact_id"], row["client_id"], key))
+    outcome.new_clients.update(cid for cid, _ in new_clients)
     if new_clients:
         await conn.execute(
             QUERIES["insert_clients"],
@@ -151,6 +165,52 @@ async def _resolve_identities(
     return found
 
 
+def _fallback_name(sender: Sender) -> bool:
+    """Adapters name a sender by number or address when the provider gives no name (SMS)."""
+    return sender.first_name in (sender.contact_value, sender.phone_e164, sender.email)
+
+
+def same_person(
+    keys: Sequence[IdentityKey], senders: dict[IdentityKey, Sender]
+) -> list[list[IdentityKey]]:
+    """Group new identities of one tenant that share a phone or an email: one person, who
+    reached us on several transports in the same batch, gets one client."""
+    parent = {k: k for k in keys}
+
+    def root(key: IdentityKey) -> IdentityKey:
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    first_seen: dict[tuple[UUID, str, str], IdentityKey] = {}
+    for key in keys:
+        sender = senders[key]
+        marks = [("phone", sender.phone_e164), ("email", (sender.email or "").lower() or None)]
+        for kind, value in marks:
+            if value is None:
+                continue
+            mark = (key[0], kind, value)
+            if mark in first_seen:
+                parent[root(key)] = root(first_seen[mark])
+            else:
+                first_seen[mark] = key
+    groups: dict[IdentityKey, list[IdentityKey]] = {}
+    for key in keys:
+        groups.setdefault(root(key), []).append(key)
+    return list(groups.values())
+
+
+async def _allocate_clients(
+    keys: Sequence[IdentityKey], senders: dict[IdentityKey, Sender], conn: asyncpg.Connection
+) -> dict[IdentityKey, int]:
+    if not keys:
+        return {}
+    groups = same_person(keys, senders)
+    ids = [r["id"] for r in await conn.fetch(QUERIES["allocate_client_ids"], len(groups))]
+    return {key: client_id for group, client_id in zip(groups, ids, strict=True) for key in group}
+
+
 async def _find_identities(
     conn: asyncpg.Connection, keys: Sequence[IdentityKey], senders: dict[IdentityKey, Sender]
 ) -> list[asyncpg.Record]:
@@ -180,6 +240,7 @@ async def _resolve_chats(
         QUERIES["insert_chats"], [p[0] for p in missing], [p[1] for p in missing]
     )
     outcome.chats_created += len(rows)
+    outcome.new_chats.update(r["id"] for r in rows)
     chats.update({(r["tenant_id"], r["client_id"]): r["id"] for r in rows})
     missing = [p for p in missing if p not in chats]
     if missing:
@@ -251,9 +312,40 @@ async def write_messages(conn: asyncpg.Connection, events: Sequence[MessageEvent
         placed[(event.channel_id, event.external_message_id)] = (event, chat_id, key)
     members = await _resolve_members(conn, wanted)
 
-    await _store_messages(conn, latest, placed, members, outcome)
+    _announce_clients_and_chats(by_version, identities, chats, outcome)
+    await _store_messages(conn, latest, placed, members, identities, outcome)
     await _advance_chats(conn, placed.values())
     return outcome
+
+
+def _announce_clients_and_chats(
+    by_version: Sequence[MessageEvent],
+    identities: dict[IdentityKey, tuple[int, int]],
+    chats: dict[tuple[UUID, int], int],
+    outcome: BatchOutcome,
+) -> None:
+    """client.created / chat.created for what this batch created, caused by its first message."""
+    for event in sorted(by_version, key=lambda e: e.sent_at):
+        client_id = identities[_identity(event.sender, event.tenant_id)][0]
+        chat_id = chats[(event.tenant_id, client_id)]
+        if client_id in outcome.new_clients:
+            outcome.new_clients.discard(client_id)
+            sender = event.sender
+            created = chat_events.client_created(
+                event.tenant_id,
+                client_id,
+                chat_id,
+                event.sent_at,
+                first_name=sender.first_name,
+                last_name=sender.last_name,
+                phone_number=sender.phone_e164,
+                email=sender.email,
+            )
+            outcome.chat_events.append((created, event.event_id))
+        if chat_id in outcome.new_chats:
+            outcome.new_chats.discard(chat_id)
+            opened = chat_events.chat_created(event.tenant_id, client_id, chat_id, event.sent_at)
+            outcome.chat_events.append((opened, event.event_id))
 
 
 async def _store_messages(
@@ -261,6 +353,7 @@ async def _store_messages(
     latest: Sequence[MessageEvent],
     placed: dict[tuple[UUID, str], tuple[MessageEvent, int, MemberKey]],
     members: dict[MemberKey, UUID],
+    identities: dict[IdentityKey, tuple[int, int]],
     outcome: BatchOutcome,
 ) -> None:
     refs = await conn.fetch(
@@ -271,22 +364,65 @@ async def _store_messages(
     )
     inserts: list[tuple[int, int, UUID, str, datetime]] = []
     edits: list[tuple[int, str]] = []
+    edited: dict[int, MessageEvent] = {}
     attachments: list[tuple[int, UUID, str, str, str, int, str]] = []
+    created: list[tuple[MessageEvent, int, int, MemberKey]] = []  # event, message, chat, member
     for row in refs:
         event, chat_id, member_key = placed[(row["channel_id"], row["external_id"])]
         message_id = row["message_id"]
         if not row["inserted"]:
             edits.append((message_id, pg_text(event.text)))
+            edited[message_id] = event
             continue
         sent_at = naive_utc(event.sent_at)
         inserts.append((message_id, chat_id, members[member_key], pg_text(event.text), sent_at))
         attachments += [upload_row(message_id, event, a) for a in event.attachments]
+        created.append((event, message_id, chat_id, member_key))
     if inserts:
         await conn.execute(QUERIES["insert_messages"], *_columns(inserts))
-    if edits:
-        await conn.execute(QUERIES["update_message_texts"], *_columns(edits))
+    upload_ids: list[int] = []
     if attachments:
-        await conn.execute(QUERIES["insert_attachments"], *_columns(attachments))
+        rows = await conn.fetch(QUERIES["insert_attachments"], *_columns(attachments))
+        upload_ids = [r["upload_id"] for r in rows]
+    uploads = iter(upload_ids)
+    for event, message_id, chat_id, member_key in created:
+        linked = [
+            ChatAttachment(
+                upload_id=next(uploads),
+                kind=a.kind,
+                provider_ref=a.provider_ref,
+                mime_type=a.mime_type,
+                filename=a.filename,
+                size_bytes=a.size_bytes,
+            )
+            for a in event.attachments
+        ]
+        announcement = chat_events.message_created(
+            tenant_id=event.tenant_id,
+            client_id=identities[_identity(event.sender, event.tenant_id)][0],
+            chat_id=chat_id,
+            member_id=members[member_key],
+            message_id=message_id,
+            transport=event.transport,
+            text=pg_text(event.text),
+            sent_at=event.sent_at,
+            attachments=linked,
+        )
+        outcome.chat_events.append((announcement, event.event_id))
+    if edits:
+        for row in await conn.fetch(QUERIES["update_message_texts"], *_columns(edits)):
+            event = edited[row["id"]]
+            chat_id = placed[(event.channel_id, event.external_message_id)][1]
+            update = chat_events.message_edited(
+                event.tenant_id,
+                identities[_identity(event.sender, event.tenant_id)][0],
+                chat_id,
+                row,
+                pg_text(event.text),
+                event.version,
+                event.edited_at or event.sent_at,
+            )
+            outcome.chat_events.append((update, event.event_id))
     outcome.messages_created = len(inserts)
     outcome.messages_edited = len(edits)
     outcome.already_present = len(latest) - len(refs)

@@ -14,6 +14,7 @@ import signal
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from ingest.config import TRANSPORTS, Settings, SettingsError, load_settings
@@ -86,7 +87,8 @@ async def cmd_gateway(settings: Settings, args: argparse.Namespace) -> None:
     _require(settings, database=True, broker=True)
     from ingest.gateway import create_gateway
 
-    server = _server(create_gateway(settings), args.host or settings.http_host, args.port)
+    port = settings.http_port if args.port is None else args.port
+    server = _server(create_gateway(settings), args.host or settings.http_host, port)
     with _stop_on_signals() as stop:
         await _until_stopped(
             stop, server.serve(), on_stop=lambda: setattr(server, "should_exit", True)
@@ -96,12 +98,62 @@ async def cmd_gateway(settings: Settings, args: argparse.Namespace) -> None:
 async def cmd_consume(settings: Settings, _: argparse.Namespace) -> None:
     _require(settings, database=True, broker=True)
     from handlers.app import running_consumer
+    from ingest import metrics
 
-    with _stop_on_signals() as stop:
-        async with running_consumer(settings):
-            log.info("consumer running", topics=settings.inbound_topics)
-            await stop.wait()
-        log.info("consumer stopped")
+    served = metrics.start_metrics_server(settings.metrics_port, settings.metrics_host)
+    try:
+        with _stop_on_signals() as stop:
+            async with running_consumer(settings):
+                log.info("consumer running", topics=settings.inbound_topics, metrics=served.port)
+                await stop.wait()
+            log.info("consumer stopped")
+    finally:
+        served.stop()
+
+
+async def cmd_asyncapi(settings: Settings, _: argparse.Namespace) -> None:
+    from ingest.asyncapi import generate
+
+    _print_json(generate(settings))
+
+
+async def cmd_replay(settings: Settings, args: argparse.Namespace) -> None:
+    _require(settings, database=not args.dry_run, broker=True)
+    from handlers.replay import Range, replay_topic
+
+    def progress(state: dict[str, Any]) -> None:
+        log.info("replay progress", read=state["read"])
+
+    bounds = Range(args.from_time, args.from_offset, args.to_time, args.to_offset, args.partition)
+    try:
+        summary = await replay_topic(
+            settings,
+            args.topic,
+            bounds,
+            dry_run=args.dry_run,
+            reemit=args.reemit,
+            idle_timeout_s=args.idle_timeout,
+            progress=progress,
+        )
+    except LookupError as exc:
+        raise CliError(str(exc)) from exc
+    _print_json({**summary.as_dict(), "dry_run": args.dry_run})
+
+
+async def cmd_dlq_list(settings: Settings, args: argparse.Namespace) -> None:
+    _require(settings, database=True)
+    from handlers.replay import list_dead_letters
+
+    _print_json(await list_dead_letters(settings, include_replayed=args.all, limit=args.limit))
+
+
+async def cmd_dlq_replay(settings: Settings, args: argparse.Namespace) -> None:
+    _require(settings, database=True, broker=True)
+    if not args.all and not args.id:
+        raise CliError("name dead letters with --id, or replay every pending one with --all")
+    from handlers.replay import replay_dead_letters
+
+    _print_json(await replay_dead_letters(settings, None if args.all else args.id))
 
 
 async def cmd_dev(settings: Settings, args: argparse.Namespace) -> None:
@@ -114,7 +166,7 @@ async def cmd_dev(settings: Settings, args: argparse.Namespace) -> None:
 # --- process plumbing ----------------------------------------------------------------------
 
 
-def _server(app: Any, host: str, port: int | None) -> Any:
+def _server(app: Any, host: str, port: int) -> Any:
     import uvicorn
 
     class ManagedServer(uvicorn.Server):
@@ -123,7 +175,7 @@ def _server(app: Any, host: str, port: int | None) -> Any:
         def capture_signals(self) -> Iterator[None]:
             yield
 
-    config = uvicorn.Config(app, host=host, port=port or 8080, log_config=None, lifespan="on")
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="on")
     return ManagedServer(config)
 
 
@@ -154,6 +206,11 @@ async def _until_stopped(
 # --- parser ------------------------------------------------------------------------------
 
 
+def _timestamp(text: str) -> datetime:
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="crm-ingest",
@@ -175,6 +232,44 @@ def build_parser() -> argparse.ArgumentParser:
     verb("migrate", cmd_migrate, "Apply sql/ migrations to DATABASE_URL (idempotent).")
     verb("topics", cmd_topics, "Create missing Kafka topics.")
     verb("consume", cmd_consume, "Run the Kafka consumers that write PostgreSQL.")
+
+    verb("asyncapi", cmd_asyncapi, "Print the AsyncAPI document of every topic used.")
+
+    replay = verb(
+        "replay",
+        cmd_replay,
+        "Re-feed a topic range through the pipeline (no consumer group; offsets untouched).",
+    )
+    replay.add_argument("--topic", required=True)
+    start = replay.add_mutually_exclusive_group(required=True)
+    start.add_argument("--from", dest="from_time", type=_timestamp, metavar="ISO-TIME")
+    start.add_argument("--from-offset", type=int, metavar="N")
+    end = replay.add_mutually_exclusive_group()
+    end.add_argument("--to", dest="to_time", type=_timestamp, metavar="ISO-TIME")
+    end.add_argument("--to-offset", type=int, metavar="N", help="last offset replayed (inclusive)")
+    replay.add_argument("--partition", type=int, metavar="P")
+    replay.add_argument("--dry-run", action="store_true", help="read and validate, write nothing")
+    replay.add_argument(
+        "--reemit", action="store_true", help="publish the range's chat events again (same ids)"
+    )
+    replay.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="without --to, stop after S seconds with no new record (default 5)",
+    )
+
+    dlq = verbs.add_parser("dlq", help="Dead letters: list and replay.")
+    dlq_verbs = dlq.add_subparsers(dest="dlq_verb", required=True, metavar="VERB")
+    listing = verb("list", cmd_dlq_list, "List dead letters (what, why, when).", dlq_verbs)
+    listing.add_argument("--all", action="store_true", help="include replayed ones")
+    listing.add_argument("--limit", type=int, default=100)
+    again = verb(
+        "replay", cmd_dlq_replay, "Feed dead letters through the pipeline again.", dlq_verbs
+    )
+    again.add_argument("--id", type=int, action="append", help="dead letter id (repeatable)")
+    again.add_argument("--all", action="store_true", help="every dead letter not yet replayed")
 
     tenant = verbs.add_parser("tenant", help="Manage tenants (standalone installs).")
     tenant_verbs = tenant.add_subparsers(dest="tenant_verb", required=True, metavar="VERB")

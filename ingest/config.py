@@ -53,12 +53,16 @@ class Settings(BaseSettings):
     batch_timeout_ms: int = Field(default=100, ge=1, le=60_000)
     retry_backoff_initial_s: float = Field(default=0.5, gt=0, le=60)
     retry_backoff_max_s: float = Field(default=30.0, gt=0, le=3600)
+    outbox_interval_s: float = Field(default=1.0, gt=0, le=3600)
+    outbox_retention_hours: int = Field(default=168, ge=1, le=24 * 365)
     db_pool_min: int = Field(default=1, ge=1, le=100)
     db_pool_max: int = Field(default=4, ge=1, le=100)
 
     # HTTP gateway
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"  # the consumer's /metrics server (the gateway serves its own)
+    metrics_port: int = Field(default=9100, ge=0, le=65535)  # 0 picks a free port
     channel_cache_ttl_s: float = Field(default=30.0, ge=0, le=3600)
     max_body_bytes_telegram: int = Field(default=1_048_576, ge=1024)
     max_body_bytes_whatsapp: int = Field(default=3 * 1_048_576, ge=1024)

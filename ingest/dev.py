@@ -9,6 +9,8 @@ the next run), print how to call them, run gateway and consumers until stopped.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import shlex
 import sys
@@ -19,6 +21,7 @@ from ingest import admin
 from ingest.config import Settings
 from ingest.logs import get_logger
 from ingest.transports import load_adapters
+from ingest.transports.base import generate_token
 from sql import QUERIES
 from sql.db import connect
 
@@ -26,28 +29,119 @@ log = get_logger("crm_ingest.dev")
 
 DEMO_TENANT_ID = uuid.UUID("00000000-0000-4000-8000-00000000de00")
 
-SAMPLE_TELEGRAM_UPDATE = {
-    "update_id": 10000,
-    "message": {
-        "message_id": 1365,
-        "date": 1441645532,
-        "chat": {
-            "id": 1111111,
-            "type": "private",
-            "first_name": "Test Firstname",
-            "last_name": "Test Lastname",
-            "username": "Testusername",
-        },
-        "from": {
-            "id": 1111111,
-            "is_bot": False,
-            "first_name": "Test Firstname",
-            "last_name": "Test Lastname",
-            "username": "Testusername",
-        },
-        "text": "Hello from crm-ingest dev",
-    },
-}
+# Secrets a real channel gets from its provider; the demo makes them up.
+DEMO_PROVIDER_SECRETS = {"whatsapp": ("app_secret",), "sms": ("auth_token",)}
+COMPACT = {"separators": (",", ":"), "ensure_ascii": False}
+
+
+def sample_requests(transport: str, url: str, config: dict[str, Any]) -> list[str]:
+    """A correctly signed request a provider could send, as curl arguments."""
+    if transport == "telegram":
+        body = json.dumps(
+            {
+                "update_id": 10000,
+                "message": {
+                    "message_id": 1365,
+                    "date": 1441645532,
+                    "chat": {"id": 1111111, "type": "private", "first_name": "Test Firstname"},
+                    "from": {
+                        "id": 1111111,
+                        "is_bot": False,
+                        "first_name": "Test Firstname",
+                        "last_name": "Test Lastname",
+                        "username": "Testusername",
+                    },
+                    "text": "Hello from crm-ingest dev",
+                },
+            },
+            **COMPACT,
+        )
+        secret = config["secret_token"]
+        return [
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            f"X-Telegram-Bot-Api-Secret-Token: {secret}",
+            "-d",
+            body,
+        ]
+    if transport == "whatsapp":
+        body = json.dumps(
+            {
+                "object": "whatsapp_business_account",
+                "entry": [
+                    {
+                        "id": "102290129340398",
+                        "changes": [
+                            {
+                                "field": "messages",
+                                "value": {
+                                    "messaging_product": "whatsapp",
+                                    "metadata": {
+                                        "display_phone_number": "15550783881",
+                                        "phone_number_id": "106540352242922",
+                                    },
+                                    "contacts": [
+                                        {
+                                            "profile": {"name": "Sheena Nelson"},
+                                            "wa_id": "16505551234",
+                                        }
+                                    ],
+                                    "messages": [
+                                        {
+                                            "from": "16505551234",
+                                            "id": "wamid.demo1",
+                                            "timestamp": "1749416383",
+                                            "type": "text",
+                                            "text": {"body": "Hello from WhatsApp"},
+                                        }
+                                    ],
+                                },
+                            }
+                        ],
+                    }
+                ],
+            },
+            **COMPACT,
+        )
+        mac = hmac.new(config["app_secret"].encode(), body.encode(), hashlib.sha256).hexdigest()
+        return [
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            f"X-Hub-Signature-256: sha256={mac}",
+            "-d",
+            body,
+        ]
+    if transport == "sms":
+        from ingest.transports.sms import compute_signature
+
+        form = [
+            ("MessageSid", "SM50593ec6f8a4a96563d9d6817a90c42f"),
+            ("From", "+16505551234"),
+            ("To", "+18446151430"),
+            ("Body", "Hello by SMS"),
+            ("NumMedia", "0"),
+        ]
+        signature = compute_signature(config["auth_token"], url, form)
+        encoded = [arg for name, value in form for arg in ("--data-urlencode", f"{name}={value}")]
+        return ["-H", f"X-Twilio-Signature: {signature}", *encoded]
+    return [
+        "-H",
+        "Content-Type: message/rfc822",
+        "-H",
+        f"Authorization: Bearer {config['token']}",
+        "--data-binary",
+        "@-",
+    ]
+
+
+# Piped into the email curl: printf turns the \n escapes into the message's line breaks.
+SAMPLE_EMAIL = (
+    r"From: Sheena Nelson <sheena@example.org>\nTo: support@example.com\nSubject: Hello\n"
+    r"Message-ID: <demo-1@example.org>\nDate: Thu, 12 Oct 2017 18:03:30 -0700\n\n"
+    r"Hello by email\n"
+)
 
 
 async def ensure_demo_channels(database_url: str) -> list[dict[str, Any]]:
@@ -61,10 +155,12 @@ async def ensure_demo_channels(database_url: str) -> list[dict[str, Any]]:
             row = await conn.fetchrow(
                 QUERIES["find_channel_by_name"], DEMO_TENANT_ID, transport, name
             )
+            if row:
+                channels.append(admin.channel_view(row))
+                continue
+            given = {key: generate_token() for key in DEMO_PROVIDER_SECRETS.get(transport, ())}
             channels.append(
-                admin.channel_view(row)
-                if row
-                else await admin.insert_channel(conn, DEMO_TENANT_ID, transport, {}, name=name)
+                await admin.insert_channel(conn, DEMO_TENANT_ID, transport, given, name=name)
             )
         return channels
     finally:
@@ -78,22 +174,12 @@ def describe(channels: list[dict[str, Any]], base_url: str, database_url: str) -
         lines.append(f"  {channel['transport']:<9} {url}")
         for key, value in channel["config"].items():
             lines.append(f"            {key} = {value}")
-        if channel["transport"] == "telegram":
-            curl = [
-                "curl",
-                "-sS",
-                "-X",
-                "POST",
-                url,
-                "-H",
-                "Content-Type: application/json",
-                "-H",
-                f"X-Telegram-Bot-Api-Secret-Token: {channel['config']['secret_token']}",
-                "-d",
-                json.dumps(SAMPLE_TELEGRAM_UPDATE, separators=(",", ":")),
-            ]
-            lines += ["", "  Try it:", "    " + shlex.join(curl)]
-    lines += ["", "  Ctrl-C stops everything.", ""]
+        curl = ["curl", "-sS", "-X", "POST", url]
+        command = shlex.join(curl + sample_requests(channel["transport"], url, channel["config"]))
+        if channel["transport"] == "email":
+            command = f"printf {shlex.quote(SAMPLE_EMAIL)} | {command}"
+        lines += ["    try:", "    " + command, ""]
+    lines += ["  Ctrl-C stops everything.", ""]
     return "\n".join(lines)
 
 
@@ -117,7 +203,7 @@ async def run_dev(settings: Settings, stop: asyncio.Event, *, host: str, port: i
         await admin.migrate(settings.database_url)
         await ensure_topics(settings)
         channels = await ensure_demo_channels(settings.database_url)
-        http_port = port or settings.http_port
+        http_port = settings.http_port if port is None else port
         server = _server(create_gateway(settings), host, http_port)
         async with running_consumer(settings):
             serving = asyncio.ensure_future(server.serve())

@@ -138,3 +138,75 @@ def event_headers(event: MessageEvent | StatusEvent) -> list[tuple[str, bytes]]:
     if event.correlation_id:
         headers.append(("correlation-id", event.correlation_id.encode()))
     return headers
+
+
+# --- Outbound: chat events for other services (topic crm.chat.events, key = chat) -----------
+
+CHAT_EVENT_NAMESPACE = uuid.UUID("0b8e3c1a-52a4-4c0e-b1f4-3f9d6c2a7e15")
+
+
+def make_chat_event_id(*parts: object) -> uuid.UUID:
+    """Deterministic: the same change always has the same id, so re-emits can be deduplicated."""
+    return uuid.uuid5(CHAT_EVENT_NAMESPACE, "|".join(str(p) for p in parts))
+
+
+def chat_key(tenant_id: uuid.UUID, chat_id: int) -> str:
+    return f"{tenant_id}:{chat_id}"
+
+
+class ChatAttachment(_Model):
+    upload_id: int | None = None
+    kind: str
+    provider_ref: str
+    mime_type: str | None = None
+    filename: str | None = None
+    size_bytes: int | None = None
+
+
+class _ChatEvent(_Model):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: uuid.UUID
+    tenant_id: uuid.UUID
+    client_id: int
+    chat_id: int
+    occurred_at: AwareDatetime
+
+
+class MessageCreated(_ChatEvent):
+    event_type: Literal["message.created"] = "message.created"
+    member_id: uuid.UUID
+    message_id: int
+    transport: Transport
+    text: str
+    sent_at: AwareDatetime | None
+    attachments: list[ChatAttachment] = Field(default_factory=list)
+
+
+class MessageUpdated(_ChatEvent):
+    event_type: Literal["message.updated"] = "message.updated"
+    message_id: int
+    change: Literal["edited", "status"]
+    text: str | None = None  # the new text, for edits
+    status: MessageStatus | None = None  # for status changes
+    sent_at: AwareDatetime | None = None
+    read_at: AwareDatetime | None = None
+
+
+class ClientCreated(_ChatEvent):
+    event_type: Literal["client.created"] = "client.created"
+    first_name: str
+    last_name: str | None = None
+    phone_number: str | None = None
+    email: str | None = None
+
+
+class ChatCreated(_ChatEvent):
+    event_type: Literal["chat.created"] = "chat.created"
+
+
+ChatEvent = Annotated[
+    MessageCreated | MessageUpdated | ClientCreated | ChatCreated, Field(discriminator="event_type")
+]
+chat_event_adapter: TypeAdapter[MessageCreated | MessageUpdated | ClientCreated | ChatCreated] = (
+    TypeAdapter(ChatEvent)
+)

@@ -43,16 +43,20 @@ LEFT JOIN LATERAL (
 WHERE i.contact_id IS NOT NULL OR hc.contact_id IS NOT NULL OR xc.client_id IS NOT NULL;
 
 -- claim_identities --
--- Claim new sender identities; ids for missing clients/contacts come from their sequences
+-- Claim new sender identities; ids for new contacts come from their sequence
 INSERT INTO ingest_identities (tenant_id, contact_type, contact_value, client_id, contact_id)
 SELECT k.tenant_id, k.contact_type, k.contact_value,
-       coalesce(k.client_id, nextval('crm_clients_id_seq')::int),
+       k.client_id,
        coalesce(k.contact_id, nextval('crm_client_contacts_id_seq')::int)
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::int[])
      AS k(tenant_id, contact_type, contact_value, client_id, contact_id)
 ORDER BY k.tenant_id, k.contact_type, k.contact_value
 ON CONFLICT (tenant_id, contact_type, contact_value) DO NOTHING
 RETURNING tenant_id, contact_type, contact_value, client_id, contact_id;
+
+-- allocate_client_ids --
+-- Reserve ids for the clients a batch is about to create (one per person)
+SELECT nextval('crm_clients_id_seq')::int AS id FROM generate_series(1, $1);
 
 -- insert_clients --
 -- Create the clients of newly claimed identities with their pre-allocated ids
@@ -130,7 +134,8 @@ SELECT * FROM unnest($1::int[], $2::int[], $3::uuid[], $4::text[], $5::timestamp
 -- Apply edits that are newer than what is stored
 UPDATE crm_chat_messages AS m SET message = k.message
 FROM unnest($1::int[], $2::text[]) AS k(id, message)
-WHERE m.id = k.id;
+WHERE m.id = k.id
+RETURNING m.id, m.sent_at, m.read_at;
 
 -- advance_last_message_at --
 -- Move each chat's last_message_at forward, never backwards
@@ -139,18 +144,21 @@ FROM unnest($1::int[], $2::timestamp[]) AS k(id, at)
 WHERE c.id = k.id AND (c.last_message_at IS NULL OR c.last_message_at < k.at);
 
 -- insert_attachments --
--- Store attachment metadata as uploads (bytes not fetched; path is the provider reference)
-WITH k AS (
+-- Store attachment metadata as uploads linked to their messages; returns each row's upload id
+WITH k AS MATERIALIZED (
     SELECT k.*, nextval('core_uploads_id_seq')::int AS upload_id
     FROM unnest($1::int[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[])
-         AS k(message_id, tenant_id, hash, path, name, size, mimetype)
+         WITH ORDINALITY AS k(message_id, tenant_id, hash, path, name, size, mimetype, ord)
 ),
 uploads AS (
     INSERT INTO core_uploads (id, tenant_id, hash, path, name, size, mimetype)
     SELECT upload_id, tenant_id, hash, path, name, size, mimetype FROM k
+),
+links AS (
+    INSERT INTO crm_chat_message_attachments (message_id, upload_id)
+    SELECT message_id, upload_id FROM k
 )
-INSERT INTO crm_chat_message_attachments (message_id, upload_id)
-SELECT message_id, upload_id FROM k;
+SELECT ord, upload_id FROM k ORDER BY ord;
 
 -- log_statuses --
 -- Record delivery/read statuses once each (a redelivered status is a no-op)
@@ -174,10 +182,12 @@ moved AS (
     FROM best AS b
     WHERE r.channel_id = b.channel_id AND r.external_id = b.external_id
       AND b.rank > r.status_rank AND (r.status_at IS NULL OR b.status_at >= r.status_at)
-    RETURNING r.message_id, b.status, b.status_at
+    RETURNING r.message_id, r.channel_id, r.external_id, b.status, b.status_at
 )
 UPDATE crm_chat_messages AS m
 SET sent_at = CASE WHEN moved.status = 'sent' THEN moved.status_at ELSE m.sent_at END,
     read_at = CASE WHEN moved.status = 'read' THEN moved.status_at ELSE m.read_at END
-FROM moved
-WHERE m.id = moved.message_id;
+FROM moved, crm_chats AS c
+WHERE m.id = moved.message_id AND c.id = m.chat_id
+RETURNING c.tenant_id, c.client_id, m.chat_id, m.id AS message_id, moved.channel_id,
+          moved.external_id, moved.status, moved.status_at, m.sent_at, m.read_at;

@@ -1,0 +1,61 @@
+-- enqueue_chat_events --
+-- Add chat events to the outbox; an id already there (a replay) is a no-op
+INSERT INTO ingest_outbox (event_id, event_type, kafka_key, payload, source_event_id)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::uuid[])
+ON CONFLICT (event_id) DO NOTHING;
+
+-- lock_relay --
+-- Only one relay publishes at a time, so each chat's events leave in commit order
+SELECT pg_try_advisory_xact_lock($1);
+
+-- pending_chat_events --
+-- The oldest unpublished chat events
+SELECT seq, event_id, event_type, kafka_key, payload
+FROM ingest_outbox
+WHERE published_at IS NULL
+ORDER BY seq
+LIMIT $1;
+
+-- mark_published --
+-- Chat events the broker acknowledged
+UPDATE ingest_outbox SET published_at = NOW() WHERE seq = ANY($1::bigint[]);
+
+-- purge_published --
+-- Forget published chat events older than the retention period
+DELETE FROM ingest_outbox WHERE published_at < NOW() - make_interval(hours => $1);
+
+-- reemit_chat_events --
+-- Queue again the chat events caused by the given inbound events (replay --reemit)
+UPDATE ingest_outbox SET published_at = NULL
+WHERE source_event_id = ANY($1::uuid[]) AND published_at IS NOT NULL;
+
+-- record_dead_letter --
+-- Keep a dead letter (the same source record twice is one dead letter)
+INSERT INTO ingest_dead_letters
+    (source_topic, source_partition, source_offset, event_id, kafka_key, payload, headers,
+     error_class, error_message)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (source_topic, source_partition, source_offset) DO UPDATE
+    SET error_class = EXCLUDED.error_class, error_message = EXCLUDED.error_message,
+        replayed_at = NULL
+RETURNING id;
+
+-- list_dead_letters --
+-- Dead letters, newest first, optionally including replayed ones
+SELECT id, source_topic, source_partition, source_offset, event_id, error_class,
+       error_message, dead_lettered_at, replayed_at, length(payload) AS size
+FROM ingest_dead_letters
+WHERE $1 OR replayed_at IS NULL
+ORDER BY id DESC
+LIMIT $2;
+
+-- dead_letters_for_replay --
+-- The dead letters to feed through the pipeline again
+SELECT id, source_topic, source_partition, source_offset, kafka_key, payload, headers
+FROM ingest_dead_letters
+WHERE replayed_at IS NULL AND ($1::bigint[] IS NULL OR id = ANY($1::bigint[]))
+ORDER BY id;
+
+-- mark_dead_letters_replayed --
+-- Dead letters that went through the pipeline after a fix
+UPDATE ingest_dead_letters SET replayed_at = NOW() WHERE id = ANY($1::bigint[]);

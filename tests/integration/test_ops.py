@@ -1,0 +1,218 @@
+"""Chat events out, dead letters, topic replay and DLQ replay on the real broker and database."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from handlers.app import running_consumer
+from handlers.replay import Range, list_dead_letters, replay_dead_letters, replay_topic
+from ingest.config import Settings
+from ingest.embedded import ResolvedServices
+from ingest.events import MessageEvent, encode_event, event_headers
+from ingest.publisher import EventPublisher
+from ingest.topics import ensure_topics
+from ingest.transports.base import Channel, ParseContext, RawRequest
+from ingest.transports.telegram import TelegramAdapter
+from sql.db import create_pool
+from tests.integration.conftest import (
+    TenantChannel,
+    migrated_database,
+    new_channel,
+    pipeline_settings,
+)
+from tests.support import eventually
+
+pytestmark = pytest.mark.integration
+
+PAYLOADS = Path(__file__).parent.parent / "payloads" / "telegram"
+CRM_TABLES = (
+    "crm_clients",
+    "crm_client_contacts",
+    "crm_chats",
+    "crm_chat_members",
+    "crm_chat_messages",
+    "crm_chat_message_attachments",
+    "crm_message_templates",
+    "core_uploads",
+)
+
+
+def telegram_events(channel: TenantChannel, *names: str) -> list[MessageEvent]:
+    adapter = TelegramAdapter()
+    ctx = ParseContext(
+        Channel(channel.channel_id, channel.tenant_id, "telegram", channel.config),
+        datetime.now(UTC),
+    )
+    events = []
+    for name in names:
+        request = RawRequest(
+            "POST",
+            "https://gateway.test" + channel.path,
+            {
+                "content-type": "application/json",
+                "x-telegram-bot-api-secret-token": channel.config["secret_token"],
+            },
+            (PAYLOADS / name).read_bytes(),
+        )
+        events += adapter.handle(request, ctx).events
+    return events
+
+
+async def table_hashes(pool: asyncpg.Pool) -> dict[str, str]:
+    return {
+        table: await pool.fetchval(
+            f"SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {table} t"
+        )
+        for table in CRM_TABLES
+    }
+
+
+async def read_topic(settings: Settings, topic: str, idle_s: float = 3.0) -> list[Any]:
+    """Everything on a topic, read until idle (the embedded broker's end offsets are wrong)."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        last = time.monotonic()
+        while time.monotonic() - last < idle_s:
+            batch = await consumer.getmany(timeout_ms=200)
+            for part in batch.values():
+                records += part
+                last = time.monotonic()
+    finally:
+        await consumer.stop()
+    return records
+
+
+@pytest.fixture
+async def ops(services: ResolvedServices) -> AsyncIterator[tuple[Settings, asyncpg.Pool]]:
+    url = await migrated_database(services.database_url, "ops")
+    settings = pipeline_settings(services, url, outbox_interval_s=0.2)
+    await ensure_topics(settings)
+    pool = await create_pool(url)
+    yield settings, pool
+    await pool.close()
+
+
+async def test_chat_events_scenario_replay_and_dead_letters(
+    ops: tuple[Settings, asyncpg.Pool],
+) -> None:
+    settings, pool = ops
+    channel = await new_channel(pool, "telegram")
+    first, edit, other = telegram_events(
+        channel, "text_official.json", "edited_message.json", "photo.json"
+    )
+    orphan = first.model_copy(
+        update={
+            "event_id": uuid.uuid4(),
+            "channel_id": uuid.uuid4(),  # a channel that does not exist (yet)
+            "external_message_id": "1111111:99",
+        }
+    )
+
+    publisher = EventPublisher(settings)
+    await publisher.start()
+    await publisher.publish([first, first, other])  # a duplicate delivery too
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await producer.start()
+    topic = settings.inbound_topic("telegram")
+    # Poison in the middle of a batch of healthy events, all on one partition (same key).
+    await producer.send_and_wait(topic, b"{not json", key=first.conversation_key.encode())
+    await producer.send_and_wait(
+        topic,
+        encode_event(orphan),
+        key=first.conversation_key.encode(),
+        headers=event_headers(orphan),
+    )
+    await producer.stop()
+    await publisher.publish([edit])
+    await publisher.stop()
+
+    async with running_consumer(settings):
+        stored = await eventually(
+            lambda: pool.fetch("SELECT message FROM crm_chat_messages ORDER BY id"),
+            lambda rows: len(rows) == 2 and rows[0]["message"] == "Edited text",
+            within=60,
+        )
+        assert [r["message"] for r in stored] == ["Edited text", "[photo]"]
+        letters = await eventually(
+            lambda: list_dead_letters(settings), lambda rows: len(rows) == 2, within=30
+        )
+        await asyncio.sleep(0.5)  # the relay sweep runs every 0.2 s
+
+    # Dead letters: both reasons recorded, healthy events of the same batch stored.
+    assert sorted(r["error_class"] for r in letters) == [
+        "ForeignKeyViolationError",
+        "ValidationError",
+    ]
+    dlq = await read_topic(settings, settings.dlq_topic)
+    assert len(dlq) == 2
+    headers = dict((k, v.decode()) for k, v in dlq[0].headers)
+    assert (
+        headers["source-topic"] == topic
+    )
+    assert (
+        "error-class" in headers
+    )
+    assert (
+        "source-offset" in headers
+    )
+
+    # Chat events: exactly the scenario's creations and updates, keyed by chat.
+    events = [json.loads(r.value) for r in await read_topic(settings, settings.chat_events_topic)]
+    types = sorted(e["event_type"] for e in events)
+    assert types == sorted(
+        ["client.created", "chat.created", "message.created", "message.updated"] * 1
+        + ["client.created", "chat.created", "message.created"]
+    )
+    assert len({e["event_id"] for e in events}) == len(events)
+    edited = next(e for e in events if e["event_type"] == "message.updated")
+    assert (edited["change"], edited["text"]) == ("edited", "Edited text")
+    chat_ids = {e["chat_id"] for e in events}
+    assert len(chat_ids) == 2
+
+    # Replay of the whole history changes no row and queues no new chat event.
+    before = await table_hashes(pool)
+    outbox_before = {r["event_id"] for r in await pool.fetch("SELECT event_id FROM ingest_outbox")}
+    summary = await replay_topic(settings, topic, Range(from_offset=0), idle_timeout_s=2.0)
+    assert summary.read == 6
+    assert (summary.applied, summary.dead_lettered) == (0, 2)
+    assert await table_hashes(pool) == before
+    outbox_after = {r["event_id"] for r in await pool.fetch("SELECT event_id FROM ingest_outbox")}
+    assert outbox_after == outbox_before
+
+    # --reemit publishes the range's chat events again, with the same ids.
+    await replay_topic(settings, topic, Range(from_offset=0), reemit=True, idle_timeout_s=2.0)
+    again = [json.loads(r.value) for r in await read_topic(settings, settings.chat_events_topic)]
+    assert len(again) > len(events)
+    assert {e["event_id"] for e in again} == {e["event_id"] for e in events}
+
+    # Fix the cause (create the missing channel), then DLQ replay stores the event once.
+    await pool.execute(
+        "INSERT INTO ingest_channels (id, tenant_id, transport) VALUES ($1, $2, 'telegram')",
+        orphan.channel_id,
+        channel.tenant_id,
+    )
+    result = await replay_dead_letters(settings, None)
+    assert (result["replayed"], result["still_failing"], result["created"]) == (1, 1, 1)
+    repeat = await replay_dead_letters(settings, None)
+    assert (repeat["selected"], repeat["replayed"], repeat["created"]) == (1, 0, 0)
+    texts = [r["message"] for r in await pool.fetch("SELECT message FROM crm_chat_messages")]
+    assert sorted(texts) == ["/start", "Edited text", "[photo]"]
