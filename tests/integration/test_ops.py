@@ -165,15 +165,9 @@ async def test_chat_events_scenario_replay_and_dead_letters(
     dlq = await read_topic(settings, settings.dlq_topic)
     assert len(dlq) == 2
     headers = dict((k, v.decode()) for k, v in dlq[0].headers)
-    assert (
-        headers["source-topic"] == topic
-    )
-    assert (
-        "error-class" in headers
-    )
-    assert (
-        "source-offset" in headers
-    )
+    assert headers["source-topic"] == topic
+    assert "error-class" in headers
+    assert "source-offset" in headers
 
     # Chat events: exactly the scenario's creations and updates, keyed by chat.
     events = [json.loads(r.value) for r in await read_topic(settings, settings.chat_events_topic)]
