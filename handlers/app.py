@@ -46,6 +46,9 @@ def build_broker(
         # FastStream's per-message lines go through our structlog setup, at DEBUG: the
         # "batch committed" line below says what matters once per batch.
         logger=logging.getLogger("faststream"),
+        # On stop, the batch in hand finishes (and commits) within this; past it, it is
+        # abandoned uncommitted and redelivered to whoever takes the partition next.
+        graceful_timeout=settings.shutdown_timeout_s,
         log_level=logging.DEBUG,
         **broker_options,
     )

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import signal
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from ingest.config import TRANSPORTS, Settings, SettingsError, load_settings
 from ingest.errors import ChannelConfigError
 from ingest.logs import configure_logging, get_logger
+from ingest.process import http_server, stop_on_signals, until_stopped
 
 log = get_logger("crm_ingest.cli")
 
@@ -88,9 +86,9 @@ async def cmd_gateway(settings: Settings, args: argparse.Namespace) -> None:
     from ingest.gateway import create_gateway
 
     port = settings.http_port if args.port is None else args.port
-    server = _server(create_gateway(settings), args.host or settings.http_host, port)
-    with _stop_on_signals() as stop:
-        await _until_stopped(
+    server = http_server(create_gateway(settings), args.host or settings.http_host, port, settings)
+    with stop_on_signals() as stop:
+        await until_stopped(
             stop, server.serve(), on_stop=lambda: setattr(server, "should_exit", True)
         )
 
@@ -102,7 +100,7 @@ async def cmd_consume(settings: Settings, _: argparse.Namespace) -> None:
 
     served = metrics.start_metrics_server(settings.metrics_port, settings.metrics_host)
     try:
-        with _stop_on_signals() as stop:
+        with stop_on_signals() as stop:
             async with running_consumer(settings):
                 log.info("consumer running", topics=settings.inbound_topics, metrics=served.port)
                 await stop.wait()
@@ -159,48 +157,8 @@ async def cmd_dlq_replay(settings: Settings, args: argparse.Namespace) -> None:
 async def cmd_dev(settings: Settings, args: argparse.Namespace) -> None:
     from ingest.dev import run_dev
 
-    with _stop_on_signals() as stop:
+    with stop_on_signals() as stop:
         await run_dev(settings, stop, host=args.host or settings.http_host, port=args.port)
-
-
-# --- process plumbing ----------------------------------------------------------------------
-
-
-def _server(app: Any, host: str, port: int) -> Any:
-    import uvicorn
-
-    class ManagedServer(uvicorn.Server):
-        # Signals are handled by the CLI so gateway and consumers shut down together.
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            yield
-
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="on")
-    return ManagedServer(config)
-
-
-@contextlib.contextmanager
-def _stop_on_signals() -> Iterator[asyncio.Event]:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        yield stop
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-
-
-async def _until_stopped(
-    stop: asyncio.Event, work: Awaitable[Any], *, on_stop: Callable[[], None]
-) -> None:
-    task = asyncio.ensure_future(work)
-    waiter = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    on_stop()
-    waiter.cancel()
-    await task
 
 
 # --- parser ------------------------------------------------------------------------------

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     db_pool_min: int = Field(default=1, ge=1, le=100)
     db_pool_max: int = Field(default=4, ge=1, le=100)
 
+    # SIGTERM: the gateway finishes in-flight requests, the consumer its current batch, within this.
+    shutdown_timeout_s: float = Field(default=30.0, gt=0, le=600)
+
     # HTTP gateway
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)

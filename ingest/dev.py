@@ -20,6 +20,7 @@ from typing import Any
 from ingest import admin
 from ingest.config import Settings
 from ingest.logs import get_logger
+from ingest.process import http_server, until_stopped
 from ingest.transports import load_adapters
 from ingest.transports.base import generate_token
 from sql import QUERIES
@@ -185,7 +186,6 @@ def describe(channels: list[dict[str, Any]], base_url: str, database_url: str) -
 
 async def run_dev(settings: Settings, stop: asyncio.Event, *, host: str, port: int | None) -> None:
     from handlers.app import running_consumer
-    from ingest.cli import _server, _until_stopped
     from ingest.embedded import resolve_services
     from ingest.gateway import create_gateway
     from ingest.topics import ensure_topics
@@ -204,7 +204,7 @@ async def run_dev(settings: Settings, stop: asyncio.Event, *, host: str, port: i
         await ensure_topics(settings)
         channels = await ensure_demo_channels(settings.database_url)
         http_port = settings.http_port if port is None else port
-        server = _server(create_gateway(settings), host, http_port)
+        server = http_server(create_gateway(settings), host, http_port, settings)
         async with running_consumer(settings):
             serving = asyncio.ensure_future(server.serve())
             # uvicorn exposes a flag, not an event: print the URLs only once it listens.
@@ -214,7 +214,5 @@ async def run_dev(settings: Settings, stop: asyncio.Event, *, host: str, port: i
                 describe(channels, f"http://{host}:{http_port}", settings.database_url)
             )
             sys.stdout.flush()
-            await _until_stopped(
-                stop, serving, on_stop=lambda: setattr(server, "should_exit", True)
-            )
+            await until_stopped(stop, serving, on_stop=lambda: setattr(server, "should_exit", True))
         log.info("dev stack stopped")

@@ -1,0 +1,56 @@
+"""Process plumbing shared by the long-running verbs: one uvicorn server whose signals the
+caller owns, SIGINT/SIGTERM turned into an event, and "run until stopped"."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+from ingest.config import Settings
+
+
+def http_server(app: Any, host: str, port: int, settings: Settings) -> Any:
+    import uvicorn
+
+    class ManagedServer(uvicorn.Server):
+        # Signals are handled by the CLI so gateway and consumers shut down together.
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        lifespan="on",
+        timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
+    )
+    return ManagedServer(config)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[asyncio.Event]:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield stop
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def until_stopped(
+    stop: asyncio.Event, work: Awaitable[Any], *, on_stop: Callable[[], None]
+) -> None:
+    task = asyncio.ensure_future(work)
+    waiter = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    on_stop()
+    waiter.cancel()
+    await task
