@@ -136,7 +136,8 @@ async def test_operator_verbs_against_external_services(
         assert response.status_code == 200
         assert response.headers["x-correlation-id"] == "acceptance-1"
 
-    assert gateway.poll() is None and consumer.poll() is None, "a process died early"
+    assert gateway.poll() is None, "the gateway died early"
+    assert consumer.poll() is None, "the consumer died early"
     conn = await connect(env["DATABASE_URL"])
     try:
         message = await eventually(
