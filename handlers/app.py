@@ -23,6 +23,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
 from handlers.chat_events import OutboxRelay
+from handlers.ingestor import correlation_ids
 from handlers.pipeline import build_pipeline
 from ingest import metrics
 from ingest.config import Settings
@@ -106,6 +107,7 @@ def build_broker(
             edited=report.outcome.messages_edited,
             already_present=report.outcome.already_present,
             dead_lettered=report.dead_lettered,
+            correlation_ids=correlation_ids(records),
         )
         try:
             await relay.flush()

@@ -156,6 +156,7 @@ class Ingestor:
     async def _reject(self, record: Record, exc: BaseException, report: BatchReport) -> None:
         log.error(
             "event dead-lettered",
+            **record_ids(record),
             topic=record.topic,
             partition=record.partition,
             offset=record.offset,
@@ -164,6 +165,32 @@ class Ingestor:
         )
         await self._dead_letter(record, exc)
         report.dead_lettered += 1
+
+
+_LOGGED_HEADERS = {
+    "event-id": "event_id",
+    "correlation-id": "correlation_id",
+    "event-type": "event_type",
+}
+
+
+def record_ids(record: Record) -> dict[str, str]:
+    """The ids a record's headers carry, named for log lines."""
+    return {
+        _LOGGED_HEADERS[name]: value.decode("utf-8", "replace")
+        for name, value in record.headers
+        if name in _LOGGED_HEADERS
+    }
+
+
+def correlation_ids(records: Sequence[Record], limit: int = 20) -> list[str]:
+    """Distinct correlation ids of a batch (capped), so a webhook can be followed into it."""
+    seen: dict[str, None] = {}
+    for record in records:
+        for name, value in record.headers:
+            if name == "correlation-id" and len(seen) < limit:
+                seen[value.decode("utf-8", "replace")] = None
+    return list(seen)
 
 
 def _is_transient(exc: BaseException) -> bool:

@@ -153,7 +153,10 @@ async def test_operator_verbs_against_external_services(
     assert stop(consumer) == 0
     consumer_log = consumer.stderr.read() if consumer.stderr else ""
     lines = [json.loads(line) for line in consumer_log.splitlines() if line.startswith("{")]
-    assert any(line["event"] == "batch committed" for line in lines)
+    committed = [line for line in lines if line["event"] == "batch committed"]
+    assert committed
+    # The webhook's correlation id travelled through the Kafka headers into the consumer's log.
+    assert any("acceptance-1" in line.get("correlation_ids", []) for line in committed)
     assert all(channel["config"]["secret_token"] not in line for line in consumer_log.splitlines())
 
 
