@@ -55,6 +55,7 @@ async def env(services: ResolvedServices) -> dict[str, str]:
         "CRM_INGEST_PARTITIONS": "2",
         "CRM_INGEST_PRODUCER_IDEMPOTENCE": str(services.broker_supports_idempotence).lower(),
         "CRM_INGEST_LOG_FORMAT": "json",
+        "CRM_INGEST_METRICS_PORT": "0",  # a free port: tests may run beside other consumers
     }
 
 
