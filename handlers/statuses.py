@@ -1,9 +1,10 @@
 """Delivery/read statuses: logged once, settled forward-only onto the message they name.
 
-Logging every status (idempotent on channel, provider id, status) and then settling from the
-log makes order irrelevant: a `delivered` after `read` or a status older than the stored one
-changes nothing, and a status that arrives before its message waits in the log until the
-message's batch settles it.
+Every status is logged once (idempotent on channel, provider id, status); messages are settled
+from the log. Statuses that arrived before their message wait there and apply together when it
+is stored, each to its own column (sent -> sent_at, read -> read_at). Afterwards a status moves
+a message only if it ranks higher and is not older: a `delivered` after `read`, or anything
+older than the last applied status, changes nothing.
 """
 
 from __future__ import annotations

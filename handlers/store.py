@@ -361,6 +361,7 @@ async def _store_messages(
         [e.channel_id for e in latest],
         [e.external_message_id for e in latest],
         [e.version for e in latest],
+        [pg_json(e.message_meta) for e in latest],
     )
     inserts: list[tuple[int, int, UUID, str, datetime]] = []
     edits: list[tuple[int, str]] = []
@@ -435,7 +436,7 @@ def upload_row(
     """A core_uploads row for provider-hosted bytes: `path` is the provider reference, which a
     fetcher can later replace with the stored file's location."""
     path = attachment.provider_ref
-    if "://" not in path:
+    if "://" not in path and not path.startswith(f"{event.transport}:"):
         path = f"{event.transport}:{path}"
     return (
         message_id,

@@ -416,6 +416,16 @@ def _event(mail: _Mail, ctx: ParseContext) -> MessageEvent:
         **mail.extra,
         "attachment_errors": mail.errors,
     }
+    sent = _date(headers["Date"])
+    # The member keeps the thread of the newest email (transport_meta merges newer versions
+    # only, so the Date header is the version; without one the first email's thread stays).
+    thread = {
+        "email": address,
+        "subject": subject,
+        "message_id": external_id,
+        "in_reply_to": message_meta["in_reply_to"],
+        "references": message_meta["references"],
+    }
     return MessageEvent(
         event_id=make_event_id(channel.id, "email", external_id),
         tenant_id=channel.tenant_id,
@@ -426,8 +436,8 @@ def _event(mail: _Mail, ctx: ParseContext) -> MessageEvent:
         correlation_id=ctx.correlation_id,
         event_type="message.received",
         external_message_id=external_id,
-        version=0,
-        sent_at=_date(headers["Date"]) or ctx.received_at,
+        version=int(sent.timestamp() * 1000) if sent else 0,
+        sent_at=sent or ctx.received_at,
         sender=Sender(
             contact_type="email",
             contact_value=address,
@@ -436,7 +446,7 @@ def _event(mail: _Mail, ctx: ParseContext) -> MessageEvent:
         ),
         text=text,
         attachments=attachments,
-        member_meta={"email": address},
+        member_meta=_drop_empty(thread),
         message_meta=_drop_empty(message_meta),
     )
 

@@ -117,11 +117,12 @@ JOIN crm_chat_members AS m
 
 -- upsert_message_refs --
 -- Record provider message ids; new ones get a message id, newer versions win, the rest are no-ops
-INSERT INTO ingest_message_refs AS r (channel_id, external_id, message_id, version)
-SELECT k.channel_id, k.external_id, nextval('crm_chat_messages_id_seq')::int, k.version
-FROM unnest($1::uuid[], $2::text[], $3::bigint[]) AS k(channel_id, external_id, version)
+INSERT INTO ingest_message_refs AS r (channel_id, external_id, message_id, version, meta)
+SELECT k.channel_id, k.external_id, nextval('crm_chat_messages_id_seq')::int, k.version, k.meta
+FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::jsonb[])
+     AS k(channel_id, external_id, version, meta)
 ORDER BY k.channel_id, k.external_id
-ON CONFLICT (channel_id, external_id) DO UPDATE SET version = EXCLUDED.version
+ON CONFLICT (channel_id, external_id) DO UPDATE SET version = EXCLUDED.version, meta = EXCLUDED.meta
     WHERE r.version < EXCLUDED.version
 RETURNING r.channel_id, r.external_id, r.message_id, (r.xmax = 0) AS inserted;
 
@@ -168,25 +169,42 @@ ORDER BY 1, 2, 3
 ON CONFLICT (channel_id, external_id, status) DO NOTHING;
 
 -- settle_statuses --
--- Move messages forward to their best logged status: sent -> sent_at, read -> read_at
-WITH best AS (
-    SELECT DISTINCT ON (s.channel_id, s.external_id)
-           s.channel_id, s.external_id, s.rank, s.status, s.status_at
-    FROM ingest_message_statuses AS s
-    JOIN unnest($1::uuid[], $2::text[]) AS k(channel_id, external_id)
-      ON s.channel_id = k.channel_id AND s.external_id = k.external_id
-    ORDER BY s.channel_id, s.external_id, s.rank DESC, s.status_at DESC
+-- Move messages forward by their logged statuses: sent -> sent_at, read -> read_at
+WITH k AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[]) AS k(channel_id, external_id)
+),
+eligible AS (
+    -- Statuses above the message's current rank and not older than its last status; all of
+    -- them apply together, so statuses logged before the message settle as if they had come
+    -- after it in time order.
+    SELECT s.channel_id, s.external_id, s.status, s.rank, s.status_at
+    FROM k
+    JOIN ingest_message_refs AS r
+      ON r.channel_id = k.channel_id AND r.external_id = k.external_id
+    JOIN ingest_message_statuses AS s
+      ON s.channel_id = r.channel_id AND s.external_id = r.external_id
+    WHERE s.rank > r.status_rank AND (r.status_at IS NULL OR s.status_at >= r.status_at)
+),
+best AS (
+    SELECT channel_id, external_id,
+           max(rank) AS rank,
+           max(status_at) AS last_at,
+           (array_agg(status ORDER BY rank DESC))[1] AS status,
+           max(status_at) FILTER (WHERE status = 'sent') AS sent_at,
+           max(status_at) FILTER (WHERE status = 'read') AS read_at
+    FROM eligible
+    GROUP BY channel_id, external_id
 ),
 moved AS (
-    UPDATE ingest_message_refs AS r SET status_rank = b.rank, status_at = b.status_at
+    UPDATE ingest_message_refs AS r SET status_rank = b.rank, status_at = b.last_at
     FROM best AS b
     WHERE r.channel_id = b.channel_id AND r.external_id = b.external_id
-      AND b.rank > r.status_rank AND (r.status_at IS NULL OR b.status_at >= r.status_at)
-    RETURNING r.message_id, r.channel_id, r.external_id, b.status, b.status_at
+    RETURNING r.message_id, r.channel_id, r.external_id, b.status, b.last_at AS status_at,
+              b.sent_at, b.read_at
 )
 UPDATE crm_chat_messages AS m
-SET sent_at = CASE WHEN moved.status = 'sent' THEN moved.status_at ELSE m.sent_at END,
-    read_at = CASE WHEN moved.status = 'read' THEN moved.status_at ELSE m.read_at END
+SET sent_at = coalesce(moved.sent_at, m.sent_at),
+    read_at = coalesce(moved.read_at, m.read_at)
 FROM moved, crm_chats AS c
 WHERE m.id = moved.message_id AND c.id = m.chat_id
 RETURNING c.tenant_id, c.client_id, m.chat_id, m.id AS message_id, moved.channel_id,

@@ -20,7 +20,7 @@ from ingest.gateway import create_app
 from ingest.publisher import EventPublisher
 from ingest.topics import ensure_topics
 from ingest.transports import load_adapters
-from tests.integration.conftest import TenantChannel
+from tests.integration.pipeline import TenantChannel
 from tests.support import eventually
 
 pytestmark = pytest.mark.integration

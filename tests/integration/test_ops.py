@@ -25,7 +25,7 @@ from ingest.topics import ensure_topics
 from ingest.transports.base import Channel, ParseContext, RawRequest
 from ingest.transports.telegram import TelegramAdapter
 from sql.db import create_pool
-from tests.integration.conftest import (
+from tests.integration.pipeline import (
     TenantChannel,
     migrated_database,
     new_channel,

@@ -20,7 +20,7 @@ from ingest.topics import ensure_topics
 from ingest.transports.base import Channel, ParseContext, RawRequest
 from ingest.transports.telegram import TelegramAdapter
 from sql.db import create_pool
-from tests.integration.conftest import (
+from tests.integration.pipeline import (
     Gateway,
     TenantChannel,
     migrated_database,
@@ -53,7 +53,8 @@ async def post(
 
 
 async def tenant_rows(pool: asyncpg.Pool, tenant_id: Any) -> dict[str, list[asyncpg.Record]]:
-    async with pool.acquire() as conn:
+    # One snapshot: separate READ COMMITTED reads could see a message before its client.
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         return {
             "clients": await conn.fetch(
                 "SELECT * FROM crm_clients WHERE tenant_id = $1 ORDER BY id", tenant_id

@@ -132,7 +132,7 @@ def test_plain_message() -> None:
         correlation_id="corr-1",
         event_type="message.received",
         external_message_id=mid,
-        version=0,
+        version=int(datetime(2024, 5, 14, 7, 21, 7, tzinfo=UTC).timestamp() * 1000),
         sent_at=datetime(2024, 5, 14, 7, 21, 7, tzinfo=UTC),
         sender=Sender(
             contact_type="email",
@@ -141,7 +141,11 @@ def test_plain_message() -> None:
             email="maria.k@example.net",
         ),
         text="Hello,\n\nthe shoes I got are size 42, I ordered 41. Can I swap them?\n\nMaría",
-        member_meta={"email": "maria.k@example.net"},
+        member_meta={
+            "email": "maria.k@example.net",
+            "subject": "Order #41207 – wrong size",
+            "message_id": mid,
+        },
         message_meta={
             "format": "rfc822",
             "subject": "Order #41207 – wrong size",

@@ -1,0 +1,87 @@
+"""Helpers for pipeline tests on real services: isolated settings and databases, tenants with
+channels, and a publisher that remembers what it published. (Fixtures live in conftest.py;
+these are importable, so test modules and conftest share one copy of each class.)"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import httpx
+
+import sql
+from ingest.admin import insert_channel
+from ingest.config import Settings, load_settings
+from ingest.embedded import ResolvedServices
+from ingest.events import MessageEvent, StatusEvent
+from ingest.publisher import EventPublisher
+from sql.db import connect
+from tests.support import create_database
+
+
+def pipeline_settings(services: ResolvedServices, database_url: str, **overrides: Any) -> Settings:
+    """Settings for one isolated pipeline: own topics and consumer group on the shared broker."""
+    tag = uuid.uuid4().hex[:8]
+    values: dict[str, Any] = {
+        "DATABASE_URL": database_url,
+        "KAFKA_BOOTSTRAP_SERVERS": services.bootstrap_servers,
+        "producer_idempotence": services.broker_supports_idempotence,
+        "topic_prefix": f"it{tag}.",
+        "consumer_group": f"crm-ingest-it-{tag}",
+        "partitions": 4,
+        "batch_timeout_ms": 50,
+        "publish_timeout_s": 3.0,
+        "retry_backoff_initial_s": 0.05,
+        "retry_backoff_max_s": 1.0,
+        "channel_cache_ttl_s": 0,
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+async def migrated_database(server_url: str, prefix: str) -> str:
+    url = await create_database(server_url, prefix)
+    conn = await connect(url)
+    try:
+        await sql.migrate(conn)
+    finally:
+        await conn.close()
+    return url
+
+
+class RecordingPublisher(EventPublisher):
+    """The real publisher, remembering what it was asked to publish."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.published: list[MessageEvent | StatusEvent] = []
+
+    async def publish(self, events: Any) -> None:
+        await super().publish(events)
+        self.published.extend(events)
+
+
+@dataclass
+class Gateway:
+    client: httpx.AsyncClient
+    publisher: RecordingPublisher
+
+
+@dataclass
+class TenantChannel:
+    tenant_id: uuid.UUID
+    channel_id: uuid.UUID
+    config: dict[str, Any]
+    path: str
+
+
+async def new_channel(
+    pool: asyncpg.Pool, transport: str = "telegram", **config: str
+) -> TenantChannel:
+    tenant_id = uuid.uuid4()
+    async with pool.acquire() as conn:
+        await conn.execute(sql.QUERIES["insert_tenant"], tenant_id, "test tenant")
+        view = await insert_channel(conn, tenant_id, transport, config)  # type: ignore[arg-type]
+    return TenantChannel(tenant_id, uuid.UUID(view["id"]), view["config"], view["webhook_path"])

@@ -1,0 +1,633 @@
+"""Hostile input at the HTTP level, every transport, through the real gateway app and publisher.
+
+Each refusal has its exact status and a JSON `{"error": "..."}` body, never a 500, and publishes
+nothing (`gateway.publisher.published` unchanged): forged or unsigned requests 401/403,
+malformed or incomplete bodies 400/422, unknown channels and channels of another transport 404,
+bodies over the transport's limit 413 (a second gateway app with small limits).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import asyncpg
+import httpx
+import pytest
+
+from ingest.channels import ChannelDirectory
+from ingest.config import Settings
+from ingest.gateway import create_app
+from ingest.transports import load_adapters
+from ingest.transports.sms import compute_signature
+from tests.integration.pipeline import Gateway, TenantChannel, new_channel
+from tests.integration.signing import (
+    APP_SECRET,
+    AUTH_TOKEN,
+    BASE_URL,
+    FORM,
+    SIGNING_KEY,
+    eml,
+    mailgun_fields,
+    mailgun_signed,
+    post_email,
+    post_mailgun,
+    post_sms,
+    post_whatsapp,
+    sms_fields,
+    tenant_rows,
+    twilio_signature,
+    wa_payload,
+    wa_raw,
+    wa_signature,
+)
+from tests.support import eventually
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("consumer")]
+
+TELEGRAM_SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+SMALL_LIMIT = 2048
+
+
+@dataclass
+class Channels:
+    telegram: TenantChannel
+    whatsapp: TenantChannel
+    sms: TenantChannel
+    email: TenantChannel
+
+    def of(self, transport: str) -> TenantChannel:
+        channel: TenantChannel = getattr(self, transport)
+        return channel
+
+
+@pytest.fixture
+async def channels(pool: asyncpg.Pool) -> Channels:
+    return Channels(
+        telegram=await new_channel(pool, "telegram"),
+        whatsapp=await new_channel(pool, "whatsapp", app_secret=APP_SECRET),
+        sms=await new_channel(pool, "sms", auth_token=AUTH_TOKEN),
+        email=await new_channel(pool, "email", signing_key=SIGNING_KEY),
+    )
+
+
+def assert_refused(response: httpx.Response, status: int) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert list(body) == ["error"]
+    assert isinstance(body["error"], str)
+    assert body["error"].strip()
+
+
+Send = Callable[[httpx.AsyncClient, Channels], Awaitable[httpx.Response]]
+
+
+def signed_wa(body: bytes | str | dict[str, Any], content_type: str = "application/json") -> Send:
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    data = data.encode() if isinstance(data, str) else data
+
+    async def send(client: httpx.AsyncClient, c: Channels) -> httpx.Response:
+        return await post_whatsapp(client, c.whatsapp, data, headers={"content-type": content_type})
+
+    return send
+
+
+def wa_batch_with(**message: Any) -> dict[str, Any]:
+    """The batch fixture with its reaction replaced: one bad message among good ones."""
+    batch = wa_payload("batch.json")
+    value = batch["entry"][0]["changes"][2]["value"]
+    value["messages"][1] = {**value["messages"][1], **message}
+    return batch
+
+
+def without(key: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k != key}
+
+
+def sms_send(
+    params: list[tuple[str, str]],
+    *,
+    signature: str | None = None,
+    signed_url: str | None = None,
+    content_type: str = FORM,
+    body: bytes | None = None,
+) -> Send:
+    async def send(client: httpx.AsyncClient, c: Channels) -> httpx.Response:
+        if body is not None:
+            sig = signature or twilio_signature(c.sms, params)
+            return await client.post(
+                c.sms.path,
+                content=body,
+                headers={"content-type": content_type, "X-Twilio-Signature": sig},
+            )
+        return await post_sms(
+            client,
+            c.sms,
+            params,
+            signature=signature,
+            signed_url=signed_url,
+            headers={"content-type": content_type},
+        )
+
+    return send
+
+
+def email_send(
+    raw: bytes, *, token: str | None = None, content_type: str = "message/rfc822"
+) -> Send:
+    async def send(client: httpx.AsyncClient, c: Channels) -> httpx.Response:
+        return await post_email(client, c.email, raw, token=token, content_type=content_type)
+
+    return send
+
+
+def mailgun_send(fields: dict[str, str]) -> Send:
+    async def send(client: httpx.AsyncClient, c: Channels) -> httpx.Response:
+        return await post_mailgun(client, c.email, fields)
+
+    return send
+
+
+def raw_post(transport: str, body: bytes, headers: dict[str, str]) -> Send:
+    async def send(client: httpx.AsyncClient, c: Channels) -> httpx.Response:
+        return await client.post(c.of(transport).path, content=body, headers=headers)
+
+    return send
+
+
+def telegram_send(body: bytes, content_type: str = "application/json") -> Send:
+    async def send(client: httpx.AsyncClient, c: Channels) -> httpx.Response:
+        headers = {
+            "content-type": content_type,
+            TELEGRAM_SECRET_HEADER: c.telegram.config["secret_token"],
+        }
+        return await client.post(c.telegram.path, content=body, headers=headers)
+
+    return send
+
+
+def handshake(**params: str) -> Send:
+    async def send(client: httpx.AsyncClient, c: Channels) -> httpx.Response:
+        return await client.get(c.whatsapp.path, params=params)
+
+    return send
+
+
+WA_TEXT = wa_raw("text_official.json")
+SMS_TEXT = sms_fields("basic_text")
+MAILGUN = mailgun_fields("mailgun_basics")
+TELEGRAM_TEXT = json.dumps({"update_id": 1, "message": {"message_id": 1}}).encode()
+
+REFUSALS: dict[str, tuple[Send, int, str]] = {
+    # --- credentials: 401 / 403 ---------------------------------------------------------------
+    "whatsapp wrong app secret": (
+        lambda cl, c: post_whatsapp(cl, c.whatsapp, WA_TEXT, signature=wa_signature(WA_TEXT, "x")),
+        401,
+        "invalid signature",
+    ),
+    "whatsapp missing signature": (
+        raw_post("whatsapp", WA_TEXT, {"content-type": "application/json"}),
+        401,
+        "missing X-Hub-Signature-256",
+    ),
+    "whatsapp malformed signature": (
+        lambda cl, c: post_whatsapp(cl, c.whatsapp, WA_TEXT, signature="sha1=" + "0" * 40),
+        401,
+        "malformed X-Hub-Signature-256",
+    ),
+    "whatsapp body changed after signing": (
+        lambda cl, c: post_whatsapp(
+            cl,
+            c.whatsapp,
+            WA_TEXT.replace(b"another color", b"a forged color"),
+            signature=wa_signature(WA_TEXT),
+        ),
+        401,
+        "invalid signature",
+    ),
+    "whatsapp handshake wrong verify token": (
+        handshake(**{"hub.mode": "subscribe", "hub.verify_token": "no", "hub.challenge": "42"}),
+        403,
+        "invalid verify token",
+    ),
+    "whatsapp handshake without mode": (
+        handshake(**{"hub.verify_token": "no", "hub.challenge": "42"}),
+        403,
+        "hub.mode must be subscribe",
+    ),
+    "sms wrong auth token": (
+        lambda cl, c: post_sms(
+            cl,
+            c.sms,
+            SMS_TEXT,
+            signature=compute_signature("another-auth-token", BASE_URL + c.sms.path, SMS_TEXT),
+        ),
+        401,
+        "invalid signature",
+    ),
+    "sms missing signature": (
+        raw_post("sms", urlencode(SMS_TEXT).encode(), {"content-type": FORM}),
+        401,
+        "missing X-Twilio-Signature",
+    ),
+    "sms signed over another url": (
+        sms_send(SMS_TEXT, signed_url="https://attacker.example/webhooks/sms/x"),
+        401,
+        "invalid signature",
+    ),
+    "sms parameter changed after signing": (
+        lambda cl, c: cl.post(
+            c.sms.path,
+            content=urlencode([(k, "forged" if k == "Body" else v) for k, v in SMS_TEXT]).encode(),
+            headers={"content-type": FORM, "X-Twilio-Signature": twilio_signature(c.sms, SMS_TEXT)},
+        ),
+        401,
+        "invalid signature",
+    ),
+    "email missing bearer": (
+        raw_post("email", eml("plain"), {"content-type": "message/rfc822"}),
+        401,
+        "missing bearer token",
+    ),
+    "email wrong bearer": (
+        email_send(eml("plain"), token="not-the-token"),
+        401,
+        "invalid bearer token",
+    ),
+    "email basic auth instead of bearer": (
+        raw_post(
+            "email",
+            eml("plain"),
+            {"content-type": "message/rfc822", "authorization": "Basic YXBpOmtleQ=="},
+        ),
+        401,
+        "missing bearer token",
+    ),
+    "mailgun signed with another key": (
+        mailgun_send(mailgun_signed(MAILGUN, key="another-signing-key")),
+        401,
+        "invalid Mailgun signature",
+    ),
+    "mailgun stale timestamp": (
+        mailgun_send(mailgun_signed(MAILGUN, timestamp=int(time.time()) - 3600)),
+        401,
+        "stale Mailgun timestamp",
+    ),
+    "mailgun form without signature": (mailgun_send(MAILGUN), 401, "missing Mailgun signature"),
+    "telegram wrong secret": (
+        raw_post(
+            "telegram",
+            TELEGRAM_TEXT,
+            {"content-type": "application/json", TELEGRAM_SECRET_HEADER: "wrong"},
+        ),
+        401,
+        "invalid secret token",
+    ),
+    # --- malformed or incomplete bodies: 400 / 422 --------------------------------------------
+    "whatsapp malformed json": (
+        signed_wa(b'{"object": "whatsapp_business_account", '),
+        400,
+        "malformed JSON: *",
+    ),
+    "whatsapp json array": (signed_wa(b"[]"), 400, "expected a JSON object"),
+    "whatsapp invalid utf-8": (signed_wa(b'{"object": "\xff"}'), 400, "malformed JSON: *"),
+    "whatsapp wrong content type": (
+        signed_wa(WA_TEXT, "text/plain"),
+        400,
+        "expected application/json",
+    ),
+    "whatsapp form content type": (signed_wa(WA_TEXT, FORM), 400, "expected application/json"),
+    "whatsapp missing entry": (
+        signed_wa({"object": "whatsapp_business_account"}),
+        422,
+        "entry: field required",
+    ),
+    "whatsapp other object": (
+        signed_wa({"object": "page", "entry": []}),
+        422,
+        "object: input should be 'whatsapp_business_account'",
+    ),
+    "whatsapp missing metadata": (
+        signed_wa(
+            {
+                "object": "whatsapp_business_account",
+                "entry": [{"id": "1", "changes": [{"field": "messages", "value": {}}]}],
+            }
+        ),
+        422,
+        "entry.0.changes.0.value.metadata: field required",
+    ),
+    # One bad message among good ones: the whole request is refused, nothing half-published.
+    "whatsapp batch with a message without id": (
+        signed_wa(wa_batch_with(id=None)),
+        422,
+        "entry.0.changes.2.value.messages.1.id: input should be a valid string",
+    ),
+    "whatsapp batch with a bad timestamp": (
+        signed_wa(wa_batch_with(timestamp="yesterday")),
+        422,
+        "entry.0.changes.2.value.messages.1.timestamp: value error, "
+        "expected Unix seconds as a string of digits",
+    ),
+    "whatsapp batch with a message naming nobody": (
+        signed_wa(
+            {
+                "object": "whatsapp_business_account",
+                "entry": [
+                    {
+                        "id": "1",
+                        "changes": [
+                            {
+                                "field": "messages",
+                                "value": {
+                                    "metadata": {"phone_number_id": "1"},
+                                    "messages": [
+                                        {
+                                            "id": "wamid.x",
+                                            "timestamp": "1",
+                                            "type": "text",
+                                            "text": {"body": "who am I"},
+                                        }
+                                    ],
+                                },
+                            }
+                        ],
+                    }
+                ],
+            }
+        ),
+        422,
+        "entry.0.changes.0.value.messages.0: no sender (from / user_id)",
+    ),
+    "sms invalid utf-8 form": (
+        sms_send([], body=b"Body=\xff\xfe&From=%2B1"),
+        400,
+        "form body is not valid UTF-8",
+    ),
+    "sms json content type": (
+        sms_send(SMS_TEXT, content_type="application/json"),
+        400,
+        "expected application/x-www-form-urlencoded",
+    ),
+    "sms missing MessageSid": (
+        sms_send([(k, v) for k, v in SMS_TEXT if k != "MessageSid"]),
+        422,
+        "missing MessageSid",
+    ),
+    "sms missing From": (
+        sms_send([(k, v) for k, v in SMS_TEXT if k != "From"]),
+        422,
+        "missing From",
+    ),
+    "sms status callback without To": (
+        sms_send([(k, v) for k, v in sms_fields("status_delivered") if k != "To"]),
+        422,
+        "missing To",
+    ),
+    "email wrong content type": (
+        email_send(eml("plain"), content_type="text/plain"),
+        400,
+        "expected message/rfc822 or a Mailgun form post",
+    ),
+    "email json content type": (
+        email_send(b"{}", content_type="application/json"),
+        400,
+        "expected message/rfc822 or a Mailgun form post",
+    ),
+    "email without From": (
+        email_send(b"Subject: hi\r\n\r\nno sender\r\n"),
+        422,
+        "email has no From address",
+    ),
+    "email garbage bytes": (
+        email_send(b"\x00\xff\xfe garbage \x80\x81\r\n\r\n\x00"),
+        422,
+        "email has no From address",
+    ),
+    "email multipart without boundary": (
+        email_send(b"--x\r\n\r\n", content_type="multipart/form-data"),
+        400,
+        "malformed multipart/form-data body",
+    ),
+    "email multipart with a missing boundary": (
+        email_send(b"no parts here", content_type="multipart/form-data; boundary=zzz"),
+        400,
+        "malformed multipart/form-data body",
+    ),
+    "email form invalid utf-8": (
+        email_send(b"from=\xff\xfe", content_type=FORM),
+        400,
+        "form body is not valid UTF-8",
+    ),
+    "mailgun form without From": (
+        mailgun_send(mailgun_signed({"body-plain": "who sent this", "message-headers": "[]"})),
+        422,
+        "email has no From address",
+    ),
+    "telegram malformed json": (telegram_send(b"{not json"), 400, "malformed JSON: *"),
+    "telegram wrong content type": (
+        telegram_send(b"{}", "text/plain"),
+        400,
+        "expected application/json",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+async def test_refused_with_a_json_error_and_nothing_published(
+    gateway: Gateway, channels: Channels, case: str
+) -> None:
+    send, status, reason = REFUSALS[case]
+    before = len(gateway.publisher.published)
+    response = await send(gateway.client, channels)
+    assert_refused(response, status)
+    error = response.json()["error"]
+    if reason.endswith("*"):  # the parser's own detail follows
+        assert error.startswith(reason[:-1]), error
+        assert len(error) > len(reason), error
+    else:
+        assert error == reason
+    assert len(gateway.publisher.published) == before
+
+
+async def test_truncated_signed_whatsapp_bodies_are_400_never_500(
+    gateway: Gateway, channels: Channels
+) -> None:
+    before = len(gateway.publisher.published)
+    for cut in range(0, len(WA_TEXT) - 1, max(1, len(WA_TEXT) // 25)):
+        body = WA_TEXT[:cut].rstrip()
+        response = await post_whatsapp(gateway, channels.whatsapp, body)
+        assert_refused(response, 400)
+    assert len(gateway.publisher.published) == before
+
+
+# --- 404 --------------------------------------------------------------------------------------
+
+TRANSPORTS = ("telegram", "whatsapp", "sms", "email")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_unknown_channel_and_channel_of_another_transport_are_404(
+    gateway: Gateway, channels: Channels, transport: str
+) -> None:
+    before = len(gateway.publisher.published)
+    others = [channels.of(t) for t in TRANSPORTS if t != transport]
+    paths = [
+        f"/webhooks/{transport}/{uuid.uuid4()}",
+        f"/webhooks/{transport}/not-a-uuid",
+        *(f"/webhooks/{transport}/{o.channel_id}" for o in others),
+    ]
+    for path in paths:
+        # Credentials that would be valid for the channel of the path, had it this transport.
+        response = await gateway.client.post(
+            path,
+            content=WA_TEXT,
+            headers={
+                "content-type": "application/json",
+                "X-Hub-Signature-256": wa_signature(WA_TEXT),
+                "authorization": f"Bearer {channels.email.config['token']}",
+                TELEGRAM_SECRET_HEADER: channels.telegram.config["secret_token"],
+            },
+        )
+        assert_refused(response, 404)
+    handshake_response = await gateway.client.get(
+        f"/webhooks/whatsapp/{channels.sms.channel_id}",
+        params={"hub.mode": "subscribe", "hub.verify_token": "x", "hub.challenge": "1"},
+    )
+    assert_refused(handshake_response, 404)
+    unknown_transport = await gateway.client.post(
+        f"/webhooks/fax/{channels.of(transport).channel_id}", content=b"{}"
+    )
+    assert_refused(unknown_transport, 404)
+    assert len(gateway.publisher.published) == before
+
+
+async def test_disabled_channel_is_404_with_valid_credentials(
+    gateway: Gateway, channels: Channels, pool: asyncpg.Pool
+) -> None:
+    await pool.execute(
+        "UPDATE ingest_channels SET enabled = FALSE WHERE id = $1", channels.whatsapp.channel_id
+    )
+    before = len(gateway.publisher.published)
+    assert_refused(await post_whatsapp(gateway, channels.whatsapp, WA_TEXT), 404)
+    assert len(gateway.publisher.published) == before
+
+
+@pytest.mark.parametrize("transport", ["telegram", "sms", "email"])
+async def test_get_on_a_transport_without_handshake_is_405(
+    gateway: Gateway, channels: Channels, transport: str
+) -> None:
+    response = await gateway.client.get(channels.of(transport).path)
+    assert_refused(response, 405)
+    assert response.headers["allow"] == "POST"
+
+
+# --- 413 --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def small(settings: Settings, pool: asyncpg.Pool, gateway: Gateway) -> AsyncIterator[Any]:
+    """A second gateway app with 2 KiB limits, on the same (recording) publisher."""
+    limits = {f"max_body_bytes_{t}": SMALL_LIMIT for t in TRANSPORTS}
+    small_settings = settings.model_copy(update=limits)
+    app = create_app(
+        small_settings,
+        publisher=gateway.publisher,
+        channels=ChannelDirectory(small_settings, pool),
+        adapters=load_adapters(),
+    )
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
+        yield client
+
+
+def padded_wa() -> bytes:
+    """A valid, signed-able WhatsApp body just over the limit."""
+    body = wa_payload("text_official.json")
+    text = body["entry"][0]["changes"][0]["value"]["messages"][0]["text"]
+    text["body"] = "x"
+    size = len(json.dumps(body).encode())
+    text["body"] = "x" * (SMALL_LIMIT + 1 - size + 1)
+    data = json.dumps(body).encode()
+    assert len(data) == SMALL_LIMIT + 1
+    return data
+
+
+def oversized(transport: str) -> Callable[[httpx.AsyncClient, Channels, bool], Awaitable[Any]]:
+    """A request with valid credentials and a body of SMALL_LIMIT + 1 bytes; `stream` sends it
+    chunked, without a Content-Length, so only the streaming check can stop it."""
+
+    async def send(client: httpx.AsyncClient, c: Channels, stream: bool) -> httpx.Response:
+        channel = c.of(transport)
+        if transport == "whatsapp":
+            body = padded_wa()
+            headers = {
+                "content-type": "application/json",
+                "X-Hub-Signature-256": wa_signature(body),
+            }
+        elif transport == "sms":
+            base = urlencode(SMS_TEXT)
+            params = [*SMS_TEXT, ("Pad", "x" * (SMALL_LIMIT + 1 - len(base) - len("&Pad=")))]
+            body = urlencode(params).encode()
+            headers = {
+                "content-type": FORM,
+                "X-Twilio-Signature": twilio_signature(channel, params),
+            }
+        elif transport == "email":
+            raw = eml("plain")
+            body = raw + b"x" * (SMALL_LIMIT + 1 - len(raw))
+            headers = {
+                "content-type": "message/rfc822",
+                "authorization": f"Bearer {channel.config['token']}",
+            }
+        else:
+            update = {"update_id": 1, "message": {"message_id": 1, "text": ""}}
+            base_len = len(json.dumps(update).encode())
+            update["message"]["text"] = "x" * (SMALL_LIMIT + 1 - base_len)  # type: ignore[index]
+            body = json.dumps(update).encode()
+            headers = {
+                "content-type": "application/json",
+                TELEGRAM_SECRET_HEADER: channel.config["secret_token"],
+            }
+        assert len(body) == SMALL_LIMIT + 1
+        if not stream:
+            return await client.post(channel.path, content=body, headers=headers)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for start in range(0, len(body), 512):
+                yield body[start : start + 512]
+
+        return await client.post(channel.path, content=chunks(), headers=headers)
+
+    return send
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_body_over_the_transport_limit_is_413(
+    gateway: Gateway, small: httpx.AsyncClient, channels: Channels, transport: str, stream: bool
+) -> None:
+    before = len(gateway.publisher.published)
+    response = await oversized(transport)(small, channels, stream)
+    assert_refused(response, 413)
+    assert response.json() == {"error": "body too large"}
+    assert len(gateway.publisher.published) == before
+
+
+async def test_small_gateway_still_takes_bodies_within_its_limit(
+    gateway: Gateway, small: httpx.AsyncClient, channels: Channels, pool: asyncpg.Pool
+) -> None:
+    """The 413s above are about size: the same gateway accepts a normal request."""
+    assert len(WA_TEXT) < SMALL_LIMIT
+    response = await post_whatsapp(small, channels.whatsapp, WA_TEXT)
+    assert response.status_code == 200, response.text
+    rows = await eventually(
+        lambda: tenant_rows(pool, channels.whatsapp.tenant_id), lambda r: len(r["messages"]) == 1
+    )
+    assert [m["message"] for m in rows["messages"]] == ["Does it come in another color?"]
