@@ -12,9 +12,12 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from ingest.config import Transport
+from ingest.errors import BadPayload, UnprocessablePayload
 from ingest.events import MessageEvent, StatusEvent
 
 Event = MessageEvent | StatusEvent
@@ -90,3 +93,29 @@ class TransportAdapter(Protocol):
 def generate_token(nbytes: int = 32) -> str:
     """A URL-safe secret using only A-Za-z0-9_- (valid as a Telegram secret_token)."""
     return secrets.token_urlsafe(nbytes)
+
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def validation_reason(exc: ValidationError, root: str) -> str:
+    """The first error as `where: what`, short enough for a 4xx body."""
+    err = exc.errors(include_url=False, include_input=False)[0]
+    loc = ".".join(str(part) for part in err["loc"]) or root
+    msg = err["msg"]
+    return f"{loc}: {msg[:1].lower()}{msg[1:]}"[:200]
+
+
+def parse_json_body(model: type[Model], body: bytes, root: str) -> Model:
+    """The one place where JSON and pydantic errors of a JSON webhook become rejections:
+    not JSON, or not an object -> 400; an object of the wrong shape -> 422."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False, include_input=False)[0]
+        if err["type"] == "json_invalid":
+            detail = (err.get("ctx") or {}).get("error", "")
+            raise BadPayload(f"malformed JSON: {detail}".rstrip(": ")[:200]) from exc
+        if err["type"] == "model_type" and not err["loc"]:
+            raise BadPayload("expected a JSON object") from exc
+        raise UnprocessablePayload(validation_reason(exc, root)) from exc

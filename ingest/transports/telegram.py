@@ -22,7 +22,14 @@ from ingest.events import (
     make_event_id,
     utc_from_unix,
 )
-from ingest.transports.base import ParseContext, RawRequest, WebhookResult, generate_token
+from ingest.transports.base import (
+    ParseContext,
+    RawRequest,
+    WebhookResult,
+    generate_token,
+    parse_json_body,
+    validation_reason,
+)
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 _SECRET_RE = re.compile(r"[A-Za-z0-9_-]{1,256}")
@@ -163,24 +170,11 @@ class _Update(_In):
 
 
 def _reason(exc: ValidationError) -> str:
-    err = exc.errors(include_url=False, include_input=False)[0]
-    loc = ".".join(str(part) for part in err["loc"]) or "update"
-    msg = err["msg"]
-    return f"{loc}: {msg[:1].lower()}{msg[1:]}"[:200]
+    return validation_reason(exc, "update")
 
 
 def _parse(body: bytes) -> _Update:
-    """The one place where JSON and pydantic errors become rejections."""
-    try:
-        return _Update.model_validate_json(body)
-    except ValidationError as exc:
-        err = exc.errors(include_url=False, include_input=False)[0]
-        if err["type"] == "json_invalid":
-            detail = (err.get("ctx") or {}).get("error", "")
-            raise BadPayload(f"malformed JSON: {detail}".rstrip(": ")[:200]) from exc
-        if err["type"] == "model_type" and not err["loc"]:
-            raise BadPayload("expected a JSON object") from exc
-        raise UnprocessablePayload(_reason(exc)) from exc
+    return parse_json_body(_Update, body, "update")
 
 
 def _drop_none(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -47,6 +47,8 @@ from ingest.transports.base import (
     RawRequest,
     WebhookResult,
     generate_token,
+    parse_json_body,
+    validation_reason,
 )
 
 SIGNATURE_HEADER = "X-Hub-Signature-256"
@@ -150,24 +152,11 @@ class _Envelope(_In):
 
 
 def _reason(exc: ValidationError) -> str:
-    err = exc.errors(include_url=False, include_input=False)[0]
-    loc = ".".join(str(part) for part in err["loc"]) or "body"
-    msg = err["msg"]
-    return f"{loc}: {msg[:1].lower()}{msg[1:]}"[:200]
+    return validation_reason(exc, "body")
 
 
 def _parse(body: bytes) -> _Envelope:
-    """The one place where JSON and pydantic errors become rejections."""
-    try:
-        return _Envelope.model_validate_json(body)
-    except ValidationError as exc:
-        err = exc.errors(include_url=False, include_input=False)[0]
-        if err["type"] == "json_invalid":
-            detail = (err.get("ctx") or {}).get("error", "")
-            raise BadPayload(f"malformed JSON: {detail}".rstrip(": ")[:200]) from exc
-        if err["type"] == "model_type" and not err["loc"]:
-            raise BadPayload("expected a JSON object") from exc
-        raise UnprocessablePayload(_reason(exc)) from exc
+    return parse_json_body(_Envelope, body, "body")
 
 
 # --- lenient readers: raw JSON in, a typed value or None out -------------------------------------

@@ -27,6 +27,7 @@ from tests.integration.pipeline import (
     new_channel,
     pipeline_settings,
 )
+from tests.integration.signing import tenant_rows
 from tests.support import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("consumer")]
@@ -50,40 +51,6 @@ async def post(
             SECRET_HEADER: secret or channel.config["secret_token"],
         },
     )
-
-
-async def tenant_rows(pool: asyncpg.Pool, tenant_id: Any) -> dict[str, list[asyncpg.Record]]:
-    # One snapshot: separate READ COMMITTED reads could see a message before its client.
-    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-        return {
-            "clients": await conn.fetch(
-                "SELECT * FROM crm_clients WHERE tenant_id = $1 ORDER BY id", tenant_id
-            ),
-            "contacts": await conn.fetch(
-                """SELECT cc.* FROM crm_client_contacts cc JOIN crm_clients c ON c.id = cc.client_id
-                   WHERE c.tenant_id = $1 ORDER BY cc.id""",
-                tenant_id,
-            ),
-            "chats": await conn.fetch(
-                "SELECT * FROM crm_chats WHERE tenant_id = $1 ORDER BY id", tenant_id
-            ),
-            "members": await conn.fetch(
-                "SELECT * FROM crm_chat_members WHERE tenant_id = $1", tenant_id
-            ),
-            "messages": await conn.fetch(
-                """SELECT m.* FROM crm_chat_messages m JOIN crm_chats c ON c.id = m.chat_id
-                   WHERE c.tenant_id = $1 ORDER BY m.id""",
-                tenant_id,
-            ),
-            "attachments": await conn.fetch(
-                """SELECT a.*, u.path, u.name, u.size, u.mimetype
-                   FROM crm_chat_message_attachments a
-                   JOIN core_uploads u ON u.id = a.upload_id
-                   JOIN crm_chat_messages m ON m.id = a.message_id
-                   JOIN crm_chats c ON c.id = m.chat_id WHERE c.tenant_id = $1""",
-                tenant_id,
-            ),
-        }
 
 
 async def wait_messages(
