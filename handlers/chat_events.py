@@ -14,6 +14,7 @@ from uuid import UUID
 import asyncpg
 import structlog
 
+from handlers.pg import pg_json
 from ingest.events import (
     ChatAttachment,
     ChatCreated,
@@ -135,7 +136,7 @@ async def enqueue(conn: asyncpg.Connection, queued: Sequence[Queued]) -> None:
         [event.event_id for event, _ in queued],
         [event.event_type for event, _ in queued],
         [chat_key(event.tenant_id, event.chat_id) for event, _ in queued],
-        [event.model_dump(mode="json") for event, _ in queued],
+        [pg_json(event.model_dump(mode="json")) for event, _ in queued],
         [source for _, source in queued],
     )
 

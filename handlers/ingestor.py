@@ -15,9 +15,11 @@ Failure policy (offsets are committed by the caller only after `handle` returns)
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+from uuid import UUID
 
 import asyncpg
 import structlog
@@ -27,6 +29,7 @@ from handlers.chat_events import enqueue
 from handlers.statuses import log_statuses, settle_statuses
 from handlers.store import BatchOutcome, LostRace, write_messages
 from ingest.events import MessageEvent, StatusEvent, decode_event
+from sql import QUERIES
 
 log = structlog.stdlib.get_logger("crm_ingest.consumer")
 
@@ -48,6 +51,7 @@ RACE_ERRORS: tuple[type[BaseException], ...] = (
     LostRace,
 )
 RACE_RETRIES = 5
+T = TypeVar("T")
 
 
 class Record(Protocol):
@@ -91,11 +95,37 @@ class Backoff:
         await self.sleep(min(self.max_s, self.initial_s * 2**attempt))
 
 
+class ForeignChannel(Exception):
+    """An event's channel is unknown, or belongs to another tenant than the event names."""
+
+
+class ChannelOwners:
+    """Which tenant each channel belongs to, as the database says. Known channels are cached
+    (a channel never changes tenant); unknown ones are asked again next time, so an event
+    dead-lettered for an unknown channel succeeds on `dlq replay` once the channel exists."""
+
+    def __init__(self, pool: asyncpg.Pool, ttl_s: float = 300.0) -> None:
+        self._pool = pool
+        self._ttl_s = ttl_s
+        self._known: dict[UUID, tuple[UUID, float]] = {}
+
+    async def owners(self, channel_ids: set[UUID]) -> dict[UUID, UUID]:
+        now = time.monotonic()
+        found = {c: hit[0] for c in channel_ids if (hit := self._known.get(c)) and hit[1] > now}
+        missing = [c for c in channel_ids if c not in found]
+        if missing:
+            for row in await self._pool.fetch(QUERIES["channel_tenants"], missing):
+                found[row["id"]] = row["tenant_id"]
+                self._known[row["id"]] = (row["tenant_id"], now + self._ttl_s)
+        return found
+
+
 class Ingestor:
     def __init__(self, pool: asyncpg.Pool, dead_letter: DeadLetter, backoff: Backoff) -> None:
         self._pool = pool
         self._dead_letter = dead_letter
         self._backoff = backoff
+        self._channels = ChannelOwners(pool)
 
     async def handle(self, records: Sequence[Record]) -> BatchReport:
         report = BatchReport(records=len(records))
@@ -106,8 +136,22 @@ class Ingestor:
             except ValidationError as exc:
                 report.invalid += 1
                 await self._reject(record, exc, report)
-        if decoded:
-            await self._apply_isolating(decoded, report)
+        channel_ids = {event.channel_id for _, event in decoded}
+        owners = await self._retrying(lambda: self._channels.owners(channel_ids))
+        trusted = []
+        for record, event in decoded:
+            # The tenant comes from the channel, never from the record: a forged or stale
+            # record naming another tenant cannot write into that tenant's rows.
+            if owners.get(event.channel_id) != event.tenant_id:
+                owner = owners.get(event.channel_id)
+                problem = "unknown channel" if owner is None else "belongs to another tenant"
+                await self._reject(
+                    record, ForeignChannel(f"channel {event.channel_id} {problem}"), report
+                )
+            else:
+                trusted.append((record, event))
+        if trusted:
+            await self._apply_isolating(trusted, report)
         return report
 
     async def _apply_isolating(
@@ -126,10 +170,13 @@ class Ingestor:
             await self._apply_isolating(items[middle:], report)
 
     async def _apply_retrying(self, events: Sequence[MessageEvent | StatusEvent]) -> BatchOutcome:
+        return await self._retrying(lambda: self._apply(events))
+
+    async def _retrying(self, work: Callable[[], Awaitable[T]]) -> T:
         attempt = races = 0
         while True:
             try:
-                return await self._apply(events)
+                return await work()
             except RACE_ERRORS as exc:
                 races += 1
                 if races > RACE_RETRIES:

@@ -15,7 +15,7 @@ from uuid import UUID
 import asyncpg
 
 from handlers.chat_events import Queued, status_changed
-from handlers.store import naive_utc, pg_json
+from handlers.pg import naive_utc, pg_json
 from ingest.events import StatusEvent
 from sql import QUERIES
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -26,6 +26,7 @@ import asyncpg
 
 from handlers import chat_events
 from handlers.chat_events import Queued
+from handlers.pg import naive_utc, pg_json, pg_text
 from ingest.events import Attachment, ChatAttachment, MessageEvent, Sender
 from sql import QUERIES
 
@@ -51,26 +52,6 @@ class BatchOutcome:
     chat_events: list[Queued] = field(default_factory=list)
     new_clients: set[int] = field(default_factory=set)
     new_chats: set[int] = field(default_factory=set)
-
-
-def pg_text(value: str) -> str:
-    """PostgreSQL text cannot hold NUL; keep the rest of the message rather than fail it."""
-    return value.replace("\x00", "\ufffd")
-
-
-def pg_json(value: Any) -> Any:
-    if isinstance(value, str):
-        return pg_text(value)
-    if isinstance(value, dict):
-        return {pg_text(str(k)): pg_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [pg_json(v) for v in value]
-    return value
-
-
-def naive_utc(moment: datetime) -> datetime:
-    """The seed's TIMESTAMP columns hold UTC wall time."""
-    return moment.astimezone(UTC).replace(tzinfo=None)
 
 
 def _identity(sender: Sender, tenant_id: UUID) -> IdentityKey:

@@ -44,7 +44,8 @@ class Settings(BaseSettings):
     producer_idempotence: bool = True
     producer_linger_ms: int = Field(default=5, ge=0, le=1000)
     producer_compression: Literal["none", "gzip", "lz4", "zstd", "snappy"] = "none"
-    publish_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    # Below 5 s so a provider gets its 503 within 5 s of a broker outage.
+    publish_timeout_s: float = Field(default=4.0, gt=0, le=120)
     retry_after_s: int = Field(default=5, ge=1, le=3600)
 
     # Consumer (handlers)

@@ -93,7 +93,7 @@ class MessageEvent(_InboundEvent):
 
     event_type: Literal["message.received", "message.edited"]
     external_message_id: str = Field(min_length=1, max_length=512)
-    version: int = Field(ge=0)  # provider version: edit time in ms, else send time in ms
+    version: int = Field(ge=0, le=2**63 - 1)  # provider version: edit time (ms), else send time
     sent_at: AwareDatetime
     edited_at: AwareDatetime | None = None
     sender: Sender

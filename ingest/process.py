@@ -27,7 +27,10 @@ def http_server(app: Any, host: str, port: int, settings: Settings) -> Any:
         port=port,
         log_config=None,
         lifespan="on",
-        timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
+        # uvicorn's access log prints query strings, and WhatsApp's handshake carries its
+        # verify token there; the gateway logs one line per request itself, without them.
+        access_log=False,
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,  # type: ignore[arg-type]
     )
     return ManagedServer(config)
 

@@ -25,3 +25,7 @@ FROM ingest_channels
 WHERE tenant_id = $1 AND transport = $2 AND name = $3
 ORDER BY created_at
 LIMIT 1;
+
+-- channel_tenants --
+-- The tenant each channel belongs to (the consumer checks every event against it)
+SELECT id, tenant_id FROM ingest_channels WHERE id = ANY($1::uuid[]);

@@ -127,6 +127,23 @@ async def test_chat_events_scenario_replay_and_dead_letters(
         }
     )
 
+    # Another tenant's id on our channel: a forged or corrupted record.
+    forged = first.model_copy(
+        update={
+            "event_id": uuid.uuid4(),
+            "tenant_id": uuid.uuid4(),
+            "external_message_id": "1111111:97",
+        }
+    )
+    # A constraint of the host application that retrying cannot satisfy: the batch is split
+    # until this event stands alone, and only it is dead-lettered.
+    poison = first.model_copy(
+        update={"event_id": uuid.uuid4(), "external_message_id": "1111111:98", "text": "poison"}
+    )
+    await pool.execute(
+        "ALTER TABLE crm_chat_messages ADD CONSTRAINT host_rule CHECK (message <> 'poison')"
+    )
+
     publisher = EventPublisher(settings)
     await publisher.start()
     await publisher.publish([first, first, other])  # a duplicate delivery too
@@ -135,12 +152,13 @@ async def test_chat_events_scenario_replay_and_dead_letters(
     topic = settings.inbound_topic("telegram")
     # Poison in the middle of a batch of healthy events, all on one partition (same key).
     await producer.send_and_wait(topic, b"{not json", key=first.conversation_key.encode())
-    await producer.send_and_wait(
-        topic,
-        encode_event(orphan),
-        key=first.conversation_key.encode(),
-        headers=event_headers(orphan),
-    )
+    for bad in (orphan, forged, poison):
+        await producer.send_and_wait(
+            topic,
+            encode_event(bad),
+            key=first.conversation_key.encode(),
+            headers=event_headers(bad),
+        )
     await producer.stop()
     await publisher.publish([edit])
     await publisher.stop()
@@ -153,17 +171,24 @@ async def test_chat_events_scenario_replay_and_dead_letters(
         )
         assert [r["message"] for r in stored] == ["Edited text", "[photo]"]
         letters = await eventually(
-            lambda: list_dead_letters(settings), lambda rows: len(rows) == 2, within=30
+            lambda: list_dead_letters(settings), lambda rows: len(rows) == 4, within=30
         )
         await asyncio.sleep(0.5)  # the relay sweep runs every 0.2 s
 
-    # Dead letters: both reasons recorded, healthy events of the same batch stored.
+    # Dead letters: every reason recorded, healthy events of the same batch stored.
     assert sorted(r["error_class"] for r in letters) == [
-        "ForeignKeyViolationError",
+        "CheckViolationError",
+        "ForeignChannel",
+        "ForeignChannel",
         "ValidationError",
     ]
+    reasons = sorted(r["error_message"] for r in letters if r["error_class"] == "ForeignChannel")
+    assert reasons == [
+        f"channel {channel.channel_id} belongs to another tenant",
+        f"channel {orphan.channel_id} unknown channel",
+    ]
     dlq = await read_topic(settings, settings.dlq_topic)
-    assert len(dlq) == 2
+    assert len(dlq) == 4
     headers = dict((k, v.decode()) for k, v in dlq[0].headers)
     assert headers["source-topic"] == topic
     assert "error-class" in headers
@@ -186,8 +211,8 @@ async def test_chat_events_scenario_replay_and_dead_letters(
     before = await table_hashes(pool)
     outbox_before = {r["event_id"] for r in await pool.fetch("SELECT event_id FROM ingest_outbox")}
     summary = await replay_topic(settings, topic, Range(from_offset=0), idle_timeout_s=2.0)
-    assert summary.read == 6
-    assert (summary.applied, summary.dead_lettered) == (0, 2)
+    assert summary.read == 8
+    assert (summary.applied, summary.dead_lettered) == (0, 4)
     assert await table_hashes(pool) == before
     outbox_after = {r["event_id"] for r in await pool.fetch("SELECT event_id FROM ingest_outbox")}
     assert outbox_after == outbox_before
@@ -205,8 +230,8 @@ async def test_chat_events_scenario_replay_and_dead_letters(
         channel.tenant_id,
     )
     result = await replay_dead_letters(settings, None)
-    assert (result["replayed"], result["still_failing"], result["created"]) == (1, 1, 1)
+    assert (result["replayed"], result["still_failing"], result["created"]) == (1, 3, 1)
     repeat = await replay_dead_letters(settings, None)
-    assert (repeat["selected"], repeat["replayed"], repeat["created"]) == (1, 0, 0)
+    assert (repeat["selected"], repeat["replayed"], repeat["created"]) == (3, 0, 0)
     texts = [r["message"] for r in await pool.fetch("SELECT message FROM crm_chat_messages")]
     assert sorted(texts) == ["/start", "Edited text", "[photo]"]
