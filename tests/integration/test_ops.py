@@ -183,10 +183,12 @@ async def test_chat_events_scenario_replay_and_dead_letters(
         "ValidationError",
     ]
     reasons = sorted(r["error_message"] for r in letters if r["error_class"] == "ForeignChannel")
-    assert reasons == [
-        f"channel {channel.channel_id} belongs to another tenant",
-        f"channel {orphan.channel_id} unknown channel",
-    ]
+    assert reasons == sorted(
+        [
+            f"channel {channel.channel_id} belongs to another tenant",
+            f"channel {orphan.channel_id} unknown channel",
+        ]
+    )
     dlq = await read_topic(settings, settings.dlq_topic)
     assert len(dlq) == 4
     headers = dict((k, v.decode()) for k, v in dlq[0].headers)
