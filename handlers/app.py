@@ -80,6 +80,7 @@ def build_broker(
         batch=True,
         max_records=settings.batch_max_records,
         batch_timeout_ms=settings.batch_timeout_ms,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.NACK_ON_ERROR,
         decoder=_raw_values,
@@ -109,10 +110,7 @@ def build_broker(
             dead_lettered=report.dead_lettered,
             correlation_ids=correlation_ids(records),
         )
-        try:
-            await relay.flush()
-        except Exception as exc:  # committed rows stay pending; the sweep publishes them
-            log.warning("chat events not published yet", error=repr(exc))
+        relay.wake()  # chat events of this batch go out beside the next batch
 
     return broker, relay
 

@@ -5,7 +5,6 @@ same transaction, published by `OutboxRelay` after the commit (and by its sweep 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -15,52 +14,89 @@ import asyncpg
 import structlog
 
 from handlers.pg import pg_json
-from ingest.events import (
-    ChatAttachment,
-    ChatCreated,
-    ClientCreated,
-    MessageCreated,
-    MessageUpdated,
-    chat_event_adapter,
-    chat_key,
-    make_chat_event_id,
-)
+from ingest.events import SCHEMA_VERSION, make_chat_event_id
 from sql import QUERIES
 
 log = structlog.stdlib.get_logger("crm_ingest.outbox")
 
-ChatEvent = MessageCreated | MessageUpdated | ClientCreated | ChatCreated
-# (event, inbound event id that caused it)
-Queued = tuple[ChatEvent, UUID]
+# A chat event as the JSON object the contract models in ingest/events.py serialize to
+# (MessageCreated, MessageUpdated, ClientCreated, ChatCreated), built directly: this is the
+# consumer's hot path, and a unit test holds every builder to its model.
+Payload = dict[str, Any]
+# (payload, inbound event id that caused it)
+Queued = tuple[Payload, UUID]
 RELAY_LOCK_KEY = 0x63726D5F6F757401
 
 
-def aware(moment: datetime | None) -> datetime | None:
-    """Columns are UTC wall time; events carry explicit UTC."""
-    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
+def timestamp(moment: datetime | None) -> str | None:
+    """UTC, written the way pydantic writes an aware datetime (columns hold UTC wall time)."""
+    if moment is None:
+        return None
+    aware = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return aware.isoformat().replace("+00:00", "Z")
+
+
+def _base(
+    event_type: str,
+    event_id: UUID,
+    tenant_id: UUID,
+    client_id: int,
+    chat_id: int,
+    at: datetime | None,
+) -> Payload:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "event_type": event_type,
+        "event_id": str(event_id),
+        "tenant_id": str(tenant_id),
+        "client_id": client_id,
+        "chat_id": chat_id,
+        "occurred_at": timestamp(at),
+    }
 
 
 def client_created(
-    tenant_id: UUID, client_id: int, chat_id: int, at: datetime, **names: Any
-) -> ClientCreated:
-    return ClientCreated(
-        event_id=make_chat_event_id("client.created", client_id),
-        tenant_id=tenant_id,
-        client_id=client_id,
-        chat_id=chat_id,
-        occurred_at=at,
-        **names,
-    )
+    tenant_id: UUID,
+    client_id: int,
+    chat_id: int,
+    at: datetime,
+    *,
+    first_name: str,
+    last_name: str | None,
+    phone_number: str | None,
+    email: str | None,
+) -> Payload:
+    event_id = make_chat_event_id("client.created", client_id)
+    return {
+        **_base("client.created", event_id, tenant_id, client_id, chat_id, at),
+        "first_name": first_name,
+        "last_name": last_name,
+        "phone_number": phone_number,
+        "email": email,
+    }
 
 
-def chat_created(tenant_id: UUID, client_id: int, chat_id: int, at: datetime) -> ChatCreated:
-    return ChatCreated(
-        event_id=make_chat_event_id("chat.created", chat_id),
-        tenant_id=tenant_id,
-        client_id=client_id,
-        chat_id=chat_id,
-        occurred_at=at,
-    )
+def chat_created(tenant_id: UUID, client_id: int, chat_id: int, at: datetime) -> Payload:
+    event_id = make_chat_event_id("chat.created", chat_id)
+    return _base("chat.created", event_id, tenant_id, client_id, chat_id, at)
+
+
+def attachment(
+    upload_id: int,
+    kind: str,
+    provider_ref: str,
+    mime_type: str | None,
+    filename: str | None,
+    size_bytes: int | None,
+) -> Payload:
+    return {
+        "upload_id": upload_id,
+        "kind": kind,
+        "provider_ref": provider_ref,
+        "mime_type": mime_type,
+        "filename": filename,
+        "size_bytes": size_bytes,
+    }
 
 
 def message_created(
@@ -70,24 +106,45 @@ def message_created(
     chat_id: int,
     member_id: UUID,
     message_id: int,
-    transport: Any,
+    transport: str,
     text: str,
     sent_at: datetime,
-    attachments: Sequence[ChatAttachment],
-) -> MessageCreated:
-    return MessageCreated(
-        event_id=make_chat_event_id("message.created", message_id),
-        tenant_id=tenant_id,
-        client_id=client_id,
-        chat_id=chat_id,
-        occurred_at=sent_at,
-        member_id=member_id,
-        message_id=message_id,
-        transport=transport,
-        text=text,
-        sent_at=sent_at,
-        attachments=list(attachments),
-    )
+    attachments: Sequence[Payload],
+) -> Payload:
+    event_id = make_chat_event_id("message.created", message_id)
+    return {
+        **_base("message.created", event_id, tenant_id, client_id, chat_id, sent_at),
+        "member_id": str(member_id),
+        "message_id": message_id,
+        "transport": transport,
+        "text": text,
+        "sent_at": timestamp(sent_at),
+        "attachments": list(attachments),
+    }
+
+
+def _updated(
+    event_id: UUID,
+    tenant_id: UUID,
+    client_id: int,
+    chat_id: int,
+    at: datetime | None,
+    message_id: int,
+    change: str,
+    text: str | None,
+    status: str | None,
+    sent_at: datetime | None,
+    read_at: datetime | None,
+) -> Payload:
+    return {
+        **_base("message.updated", event_id, tenant_id, client_id, chat_id, at),
+        "message_id": message_id,
+        "change": change,
+        "text": text,
+        "status": status,
+        "sent_at": timestamp(sent_at),
+        "read_at": timestamp(read_at),
+    }
 
 
 def message_edited(
@@ -98,33 +155,37 @@ def message_edited(
     text: str,
     version: int,
     at: datetime,
-) -> MessageUpdated:
-    return MessageUpdated(
-        event_id=make_chat_event_id("message.updated", row["id"], "edited", version),
-        tenant_id=tenant_id,
-        client_id=client_id,
-        chat_id=chat_id,
-        occurred_at=at,
-        message_id=row["id"],
-        change="edited",
-        text=text,
-        sent_at=aware(row["sent_at"]),
-        read_at=aware(row["read_at"]),
+) -> Payload:
+    event_id = make_chat_event_id("message.updated", row["id"], "edited", version)
+    return _updated(
+        event_id,
+        tenant_id,
+        client_id,
+        chat_id,
+        at,
+        row["id"],
+        "edited",
+        text,
+        None,
+        row["sent_at"],
+        row["read_at"],
     )
 
 
-def status_changed(row: asyncpg.Record) -> MessageUpdated:
-    return MessageUpdated(
-        event_id=make_chat_event_id("message.updated", row["message_id"], "status", row["status"]),
-        tenant_id=row["tenant_id"],
-        client_id=row["client_id"],
-        chat_id=row["chat_id"],
-        occurred_at=aware(row["status_at"]),
-        message_id=row["message_id"],
-        change="status",
-        status=row["status"],
-        sent_at=aware(row["sent_at"]),
-        read_at=aware(row["read_at"]),
+def status_changed(row: asyncpg.Record) -> Payload:
+    event_id = make_chat_event_id("message.updated", row["message_id"], "status", row["status"])
+    return _updated(
+        event_id,
+        row["tenant_id"],
+        row["client_id"],
+        row["chat_id"],
+        row["status_at"],
+        row["message_id"],
+        "status",
+        None,
+        row["status"],
+        row["sent_at"],
+        row["read_at"],
     )
 
 
@@ -133,10 +194,10 @@ async def enqueue(conn: asyncpg.Connection, queued: Sequence[Queued]) -> None:
         return
     await conn.execute(
         QUERIES["enqueue_chat_events"],
-        [event.event_id for event, _ in queued],
-        [event.event_type for event, _ in queued],
-        [chat_key(event.tenant_id, event.chat_id) for event, _ in queued],
-        [pg_json(event.model_dump(mode="json")) for event, _ in queued],
+        [payload["event_id"] for payload, _ in queued],
+        [payload["event_type"] for payload, _ in queued],
+        [f"{payload['tenant_id']}:{payload['chat_id']}" for payload, _ in queued],
+        [pg_json(payload) for payload, _ in queued],
         [source for _, source in queued],
     )
 
@@ -155,6 +216,7 @@ class OutboxRelay:
         self._batch = batch
         self._retention_hours = retention_hours
         self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
 
     async def flush(self) -> int:
         """Publish everything pending now; returns how many were published."""
@@ -173,16 +235,19 @@ class OutboxRelay:
             rows = await conn.fetch(QUERIES["pending_chat_events"], self._batch)
             if not rows:
                 return 0
-            messages = []
-            for row in rows:
-                event = chat_event_adapter.validate_python(row["payload"])
-                headers = {
-                    "event-type": row["event_type"],
-                    "event-id": str(row["event_id"]),
-                    "schema-version": str(event.schema_version),
-                    "content-type": "application/json",
-                }
-                messages.append((row["kafka_key"], event.model_dump_json().encode(), headers))
+            messages = [
+                (
+                    row["kafka_key"],
+                    row["payload"].encode(),  # as written, in the contract's shape
+                    {
+                        "event-type": row["event_type"],
+                        "event-id": str(row["event_id"]),
+                        "schema-version": str(SCHEMA_VERSION),
+                        "content-type": "application/json",
+                    },
+                )
+                for row in rows
+            ]
             await self._publish(messages)
             await conn.execute(QUERIES["mark_published"], [row["seq"] for row in rows])
             return len(rows)
@@ -191,16 +256,25 @@ class OutboxRelay:
         async with self._pool.acquire() as conn:
             await conn.execute(QUERIES["purge_published"], self._retention_hours)
 
+    def wake(self) -> None:
+        """Ask the running relay to publish now (after a batch commit), without waiting for it."""
+        self._wake.set()
+
     async def run(self, interval_s: float, stop: asyncio.Event) -> None:
-        """The sweep: publishes what a crashed or failed flush left behind."""
+        """Publishes when woken after a commit, and every `interval_s` anyway: the sweep that
+        publishes what a crashed process or a failed publish left pending."""
         sweeps = 0
         while not stop.is_set():
+            self._wake.clear()
             try:
                 await self.flush()
                 sweeps += 1
                 if sweeps % 3600 == 0:
                     await self.purge()
-            except Exception as exc:  # the next sweep retries; rows stay pending
+            except Exception as exc:  # the next round retries; rows stay pending
                 log.warning("outbox relay failed, will retry", error=repr(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval_s)
+            woken = asyncio.ensure_future(self._wake.wait())
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({woken, stopped}, timeout=interval_s, return_when="FIRST_COMPLETED")
+            woken.cancel()
+            stopped.cancel()

@@ -27,7 +27,7 @@ import asyncpg
 from handlers import chat_events
 from handlers.chat_events import Queued
 from handlers.pg import naive_utc, pg_json, pg_text
-from ingest.events import Attachment, ChatAttachment, MessageEvent, Sender
+from ingest.events import Attachment, MessageEvent, Sender
 from sql import QUERIES
 
 IdentityKey = tuple[UUID, str, str]  # tenant_id, contact_type, contact_value
@@ -369,13 +369,8 @@ async def _store_messages(
     uploads = iter(upload_ids)
     for event, message_id, chat_id, member_key in created:
         linked = [
-            ChatAttachment(
-                upload_id=next(uploads),
-                kind=a.kind,
-                provider_ref=a.provider_ref,
-                mime_type=a.mime_type,
-                filename=a.filename,
-                size_bytes=a.size_bytes,
+            chat_events.attachment(
+                next(uploads), a.kind, a.provider_ref, a.mime_type, a.filename, a.size_bytes
             )
             for a in event.attachments
         ]

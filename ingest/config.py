@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     consumer_group: str = Field(default="crm-ingest", min_length=1)
     batch_max_records: int = Field(default=500, ge=1, le=100_000)
     batch_timeout_ms: int = Field(default=100, ge=1, le=60_000)
+    # How long a fetch may wait for data; it bounds webhook-to-row latency when traffic is low.
+    fetch_max_wait_ms: int = Field(default=50, ge=1, le=60_000)
     retry_backoff_initial_s: float = Field(default=0.5, gt=0, le=60)
     retry_backoff_max_s: float = Field(default=30.0, gt=0, le=3600)
     outbox_interval_s: float = Field(default=1.0, gt=0, le=3600)

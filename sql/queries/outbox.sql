@@ -10,7 +10,7 @@ SELECT pg_try_advisory_xact_lock($1);
 
 -- pending_chat_events --
 -- The oldest unpublished chat events
-SELECT seq, event_id, event_type, kafka_key, payload
+SELECT seq, event_id, event_type, kafka_key, payload::text AS payload
 FROM ingest_outbox
 WHERE published_at IS NULL
 ORDER BY seq

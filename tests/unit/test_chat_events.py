@@ -1,0 +1,79 @@
+"""The outbox's hand-built payloads are exactly what the contract models serialize to."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from handlers import chat_events
+from ingest.events import chat_event_adapter
+
+TENANT = uuid.UUID("11111111-1111-4111-8111-111111111111")
+MEMBER = uuid.UUID("22222222-2222-4222-8222-222222222222")
+AT = datetime(2024, 5, 14, 7, 21, 7, 250000, tzinfo=UTC)
+NAIVE = datetime(2024, 5, 14, 9, 0)  # columns hold UTC wall time
+
+
+def row(**values: object) -> dict[str, object]:
+    return values
+
+
+PAYLOADS = {
+    "client.created": chat_events.client_created(
+        TENANT,
+        7,
+        9,
+        AT,
+        first_name="Ирина",
+        last_name=None,
+        phone_number="+15555550100",
+        email=None,
+    ),
+    "chat.created": chat_events.chat_created(TENANT, 7, 9, AT),
+    "message.created": chat_events.message_created(
+        tenant_id=TENANT,
+        client_id=7,
+        chat_id=9,
+        member_id=MEMBER,
+        message_id=42,
+        transport="whatsapp",
+        text="hi",
+        sent_at=AT,
+        attachments=[chat_events.attachment(5, "image", "whatsapp:1", "image/jpeg", None, 10)],
+    ),
+    "message.updated edit": chat_events.message_edited(
+        TENANT, 7, 9, row(id=42, sent_at=NAIVE, read_at=None), "edited", 1715671267000, AT
+    ),
+    "message.updated status": chat_events.status_changed(
+        row(
+            tenant_id=TENANT,
+            client_id=7,
+            chat_id=9,
+            message_id=42,
+            status="read",
+            status_at=NAIVE,
+            sent_at=NAIVE,
+            read_at=NAIVE,
+        )
+    ),
+}
+
+
+@pytest.mark.parametrize("name", PAYLOADS)
+def test_payload_is_the_models_serialization(name: str) -> None:
+    payload = PAYLOADS[name]
+    model = chat_event_adapter.validate_python(payload)
+    assert model.model_dump(mode="json") == payload
+
+
+def test_ids_are_deterministic_and_distinct_per_change() -> None:
+    again = chat_events.chat_created(TENANT, 7, 9, AT)
+    assert again["event_id"] == PAYLOADS["chat.created"]["event_id"]
+    ids = {p["event_id"] for p in PAYLOADS.values()}
+    assert len(ids) == len(PAYLOADS)
+
+
+def test_naive_column_times_are_utc() -> None:
+    assert PAYLOADS["message.updated status"]["read_at"] == "2024-05-14T09:00:00Z"
