@@ -154,6 +154,12 @@ async def cmd_dlq_replay(settings: Settings, args: argparse.Namespace) -> None:
     _print_json(await replay_dead_letters(settings, None if args.all else args.id))
 
 
+async def cmd_bench(settings: Settings, args: argparse.Namespace) -> None:
+    from ingest.bench import run_bench
+
+    await run_bench(settings, args)
+
+
 async def cmd_dev(settings: Settings, args: argparse.Namespace) -> None:
     from ingest.dev import run_dev
 
@@ -228,6 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     again.add_argument("--id", type=int, action="append", help="dead letter id (repeatable)")
     again.add_argument("--all", action="store_true", help="every dead letter not yet replayed")
+
+    from ingest.bench import add_arguments as add_bench_arguments
+
+    add_bench_arguments(
+        verb("bench", cmd_bench, "Measure throughput against ceilings measured in the same run.")
+    )
 
     tenant = verbs.add_parser("tenant", help="Manage tenants (standalone installs).")
     tenant_verbs = tenant.add_subparsers(dest="tenant_verb", required=True, metavar="VERB")

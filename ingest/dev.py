@@ -192,14 +192,7 @@ async def run_dev(settings: Settings, stop: asyncio.Event, *, host: str, port: i
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with resolve_services(settings, data_dir=settings.data_dir) as services:
-        settings = settings.model_copy(
-            update={
-                "database_url": services.database_url,
-                "kafka_bootstrap_servers": services.bootstrap_servers,
-                "producer_idempotence": settings.producer_idempotence
-                and services.broker_supports_idempotence,
-            }
-        )
+        settings = services.apply(settings)
         await admin.migrate(settings.database_url)
         await ensure_topics(settings)
         channels = await ensure_demo_channels(settings.database_url)

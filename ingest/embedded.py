@@ -366,6 +366,18 @@ class ResolvedServices:
     broker_source: Source
     broker_supports_idempotence: bool
 
+    def apply(self, settings: Settings, **more: Any) -> Settings:
+        """`settings` pointed at these services (idempotence only where the broker has it)."""
+        return settings.model_copy(
+            update={
+                "database_url": self.database_url,
+                "kafka_bootstrap_servers": self.bootstrap_servers,
+                "producer_idempotence": settings.producer_idempotence
+                and self.broker_supports_idempotence,
+                **more,
+            }
+        )
+
 
 def docker_available() -> bool:
     try:

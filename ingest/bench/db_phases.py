@@ -1,0 +1,322 @@
+"""PostgreSQL side of the bench: the COPY ceiling (phase b), the per-event baseline (phase c)
+and the service's consumer end to end (phase d), each checking its rows afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from faststream import BaseMiddleware
+
+from handlers.pg import naive_utc, pg_text
+from handlers.store import upload_row
+from ingest.bench.kafka_phases import wait_committed
+from ingest.bench.measure import (
+    IDLE_TIMEOUT_S,
+    BenchError,
+    PhaseResult,
+    cpu_share,
+    cpu_snapshot,
+)
+from ingest.bench.rows import OUTBOX, final_rows, verify_rows
+from ingest.bench.services import count_rows, seed_channels, table_exists
+from ingest.bench.workload import Workload
+from ingest.config import Settings
+from ingest.events import MessageEvent, decode_event
+from sql.db import connect
+
+SCRATCH = "bench_scratch"
+
+# --- b. DB ceiling -------------------------------------------------------------------------
+
+
+async def _scratch_schema(conn: asyncpg.Connection, tables: Sequence[str]) -> None:
+    """`LIKE ... INCLUDING ALL` copies of the public tables, plus their foreign keys (to the
+    scratch copies where there is one, else to the public table)."""
+    fks = await conn.fetch(
+        """SELECT c.conrelid::regclass::text AS tbl, c.conname, pg_get_constraintdef(c.oid) AS def
+           FROM pg_constraint c WHERE c.contype = 'f'
+             AND c.conrelid = ANY(SELECT to_regclass('public.' || t) FROM unnest($1::text[]) t)""",
+        list(tables),
+    )
+    await conn.execute(f"DROP SCHEMA IF EXISTS {SCRATCH} CASCADE; CREATE SCHEMA {SCRATCH}")
+    for table in tables:
+        await conn.execute(f"CREATE TABLE {SCRATCH}.{table} (LIKE public.{table} INCLUDING ALL)")
+    await conn.execute(f"SET search_path = {SCRATCH}, public")
+    try:
+        for fk in fks:
+            table = fk["tbl"].removeprefix("public.")
+            await conn.execute(
+                f'ALTER TABLE {SCRATCH}.{table} ADD CONSTRAINT "{fk["conname"]}" {fk["def"]}'
+            )
+    finally:
+        await conn.execute("SET search_path = public")
+
+
+async def db_ceiling(url: str, workload: Workload) -> PhaseResult:
+    """COPY of the final rows into same-shaped tables (indexes, defaults, FKs) in one
+    transaction on one connection: what PostgreSQL alone can absorb on this machine."""
+    conn = await connect(url)
+    try:
+        # Binary COPY needs a binary jsonb codec: format version 1, then the JSON text, which
+        # is serialized before the clock starts (the ceiling is PostgreSQL's, not json.dumps').
+        await conn.set_type_codec(
+            "jsonb",
+            encoder=lambda text: b"\x01" + text.encode(),
+            decoder=lambda data: data[1:].decode(),
+            schema="pg_catalog",
+            format="binary",
+        )
+        outbox = await table_exists(conn, OUTBOX)
+        rows = final_rows(workload, outbox=outbox)
+        for table, column in (("crm_chat_members", "transport_meta"), (OUTBOX, "payload")):
+            if table in rows:
+                columns, records = rows[table]
+                at = columns.index(column)
+                rows[table] = (
+                    columns,
+                    [(*r[:at], json.dumps(r[at]), *r[at + 1 :]) for r in records],
+                )
+        if outbox:  # seq values: BIGSERIAL in the service, assigned here
+            rows[OUTBOX] = (
+                rows[OUTBOX][0],
+                [(i + 1, *r[1:]) for i, r in enumerate(rows[OUTBOX][1])],
+            )
+        await _scratch_schema(conn, ["tenants", "ingest_channels", *rows])
+        await seed_channels(conn, workload.channels, SCRATCH)
+        before = cpu_snapshot()
+        started = time.perf_counter()
+        async with conn.transaction():
+            for table, (columns, records) in rows.items():
+                if records:
+                    await conn.copy_records_to_table(
+                        table, records=records, columns=columns, schema_name=SCRATCH
+                    )
+        seconds = time.perf_counter() - started
+        after = cpu_snapshot()
+        counts = await count_rows(conn, list(rows), SCRATCH)
+        await conn.execute(f"DROP SCHEMA {SCRATCH} CASCADE")
+    finally:
+        await conn.close()
+    wrong = {t: (counts[t], len(r)) for t, (_, r) in rows.items() if counts[t] != len(r)}
+    if wrong:
+        raise BenchError(f"db ceiling: COPY lost rows: {wrong}")
+    total = sum(counts.values())
+    return PhaseResult(
+        f"b  DB ceiling (COPY {total:,} rows)",
+        len(workload.deliveries),
+        seconds,
+        {
+            "rows": total,
+            "rows_per_s": round(total / seconds, 1),
+            "tables": counts,
+            "cpu_share": cpu_share(before, after, seconds),
+        },
+    )
+
+
+# --- c. per-event baseline -----------------------------------------------------------------
+
+_FIND_CONTACT = """SELECT cc.id, cc.client_id FROM crm_client_contacts cc
+    JOIN crm_clients c ON c.id = cc.client_id
+    WHERE c.tenant_id = $1 AND cc.contact_type = $2 AND cc.contact_value = $3 LIMIT 1"""
+_INSERT_CLIENT = """INSERT INTO crm_clients (tenant_id, first_name, last_name, phone_number, email)
+    VALUES ($1, $2, $3, $4, $5) RETURNING id"""
+_INSERT_CONTACT = """INSERT INTO crm_client_contacts (client_id, contact_type, contact_value)
+    VALUES ($1, $2, $3) RETURNING id"""
+_INSERT_IDENTITY = """INSERT INTO ingest_identities
+    (tenant_id, contact_type, contact_value, client_id, contact_id, meta_version)
+    VALUES ($1, $2, $3, $4, $5, $6)"""
+_FIND_CHAT = "SELECT id FROM crm_chats WHERE tenant_id = $1 AND client_id = $2"
+_INSERT_CHAT = "INSERT INTO crm_chats (tenant_id, client_id) VALUES ($1, $2) RETURNING id"
+_FIND_MEMBER = """SELECT id FROM crm_chat_members
+    WHERE chat_id = $1 AND client_contact_id = $2 AND transport = $3"""
+_INSERT_MEMBER = """INSERT INTO crm_chat_members
+    (id, tenant_id, chat_id, client_id, client_contact_id, transport, transport_meta)
+    VALUES (gen_random_uuid(), $1, $2, $3, $4, $5, $6) RETURNING id"""
+_FIND_REF = "SELECT message_id FROM ingest_message_refs WHERE channel_id = $1 AND external_id = $2"
+_INSERT_MESSAGE = """INSERT INTO crm_chat_messages (chat_id, sender_id, message, sent_at)
+    VALUES ($1, $2, $3, $4) RETURNING id"""
+_INSERT_REF = """INSERT INTO ingest_message_refs (channel_id, external_id, message_id, version)
+    VALUES ($1, $2, $3, $4)"""
+_INSERT_UPLOAD = """INSERT INTO core_uploads (tenant_id, hash, path, name, size, mimetype)
+    VALUES ($1, $2, $3, $4, $5, $6) RETURNING id"""
+_INSERT_LINK = "INSERT INTO crm_chat_message_attachments (message_id, upload_id) VALUES ($1, $2)"
+_ADVANCE = """UPDATE crm_chats SET last_message_at = $2
+    WHERE id = $1 AND (last_message_at IS NULL OR last_message_at < $2)"""
+
+
+async def _per_event(conn: asyncpg.Connection, e: MessageEvent) -> None:
+    s = e.sender
+    async with conn.transaction():
+        found = await conn.fetchrow(_FIND_CONTACT, e.tenant_id, s.contact_type, s.contact_value)
+        if found is None:
+            client_id = await conn.fetchval(
+                _INSERT_CLIENT, e.tenant_id, s.first_name, s.last_name, s.phone_e164, s.email
+            )
+            contact_id = await conn.fetchval(
+                _INSERT_CONTACT, client_id, s.contact_type, s.contact_value
+            )
+            await conn.execute(
+                _INSERT_IDENTITY,
+                *(e.tenant_id, s.contact_type, s.contact_value, client_id, contact_id, e.version),
+            )
+        else:
+            contact_id, client_id = found["id"], found["client_id"]
+        chat_id = await conn.fetchval(_FIND_CHAT, e.tenant_id, client_id)
+        if chat_id is None:
+            chat_id = await conn.fetchval(_INSERT_CHAT, e.tenant_id, client_id)
+        member = await conn.fetchval(_FIND_MEMBER, chat_id, contact_id, e.transport)
+        if member is None:
+            member = await conn.fetchval(
+                _INSERT_MEMBER, e.tenant_id, chat_id, client_id, contact_id, e.transport,
+                e.member_meta,
+            )  # fmt: skip
+        if await conn.fetchval(_FIND_REF, e.channel_id, e.external_message_id) is not None:
+            return
+        sent_at = naive_utc(e.sent_at)
+        message_id = await conn.fetchval(_INSERT_MESSAGE, chat_id, member, pg_text(e.text), sent_at)
+        await conn.execute(_INSERT_REF, e.channel_id, e.external_message_id, message_id, e.version)
+        for a in e.attachments:
+            upload_id = await conn.fetchval(_INSERT_UPLOAD, *upload_row(message_id, e, a)[1:])
+            await conn.execute(_INSERT_LINK, message_id, upload_id)
+        await conn.execute(_ADVANCE, chat_id, sent_at)
+
+
+async def baseline(url: str, workload: Workload, sample: int) -> PhaseResult:
+    """The first `sample` deliveries, each decoded and written in its own transaction through
+    straightforward select-then-insert SQL on one connection."""
+    expected = workload.expected(sample)
+    conn = await connect(url)
+    try:
+        before = cpu_snapshot()
+        started = time.perf_counter()
+        for d in workload.deliveries[:sample]:
+            event = decode_event(d.value)
+            assert isinstance(event, MessageEvent)
+            await _per_event(conn, event)
+        seconds = time.perf_counter() - started
+        after = cpu_snapshot()
+        await verify_rows(conn, workload, expected, "baseline")
+    finally:
+        await conn.close()
+    share = sample / len(workload.deliveries)
+    return PhaseResult(
+        f"c  per-event baseline ({share:.0%} sample)",
+        sample,
+        seconds,
+        {"sample": sample, "cpu_share": cpu_share(before, after, seconds)},
+    )
+
+
+# --- d. the service's consumer -------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class BatchClock:
+    """Handler timings collected by `_Timed`: first batch in, last batch done, busy time."""
+
+    first: float = 0.0
+    last: float = 0.0
+    batches: int = 0
+    records: int = 0
+    busy: float = 0.0
+    sizes: list[int] = field(default_factory=list)
+    cpu_at_first: dict[str, float] = field(default_factory=dict)
+
+    def middleware(self, msg: Any, /, *, context: Any) -> BaseMiddleware:
+        return _Timed(msg, context=context, clock=self)
+
+
+class _Timed(BaseMiddleware):  # type: ignore[type-arg]
+    """Innermost broker middleware: wraps exactly the handler (decode, DB transaction, outbox
+    flush); the offset commit of the batch follows it."""
+
+    def __init__(self, msg: Any, /, *, context: Any, clock: BatchClock) -> None:
+        super().__init__(msg, context=context)
+        self.clock = clock
+
+    async def consume_scope(self, call_next: Any, msg: Any) -> Any:
+        clock = self.clock
+        if not clock.first:
+            clock.cpu_at_first = cpu_snapshot()
+        started = time.perf_counter()
+        clock.first = clock.first or started
+        result = await call_next(msg)
+        clock.last = time.perf_counter()
+        clock.busy += clock.last - started
+        size = len(msg.raw_message) if isinstance(msg.raw_message, tuple | list) else 1
+        clock.batches += 1
+        clock.records += size
+        clock.sizes.append(size)
+        return result
+
+
+async def consumer_e2e(
+    settings: Settings, workload: Workload, partitions: dict[str, int]
+) -> PhaseResult:
+    """`running_consumer` on a fresh database and group, from the beginning of the topic until
+    every expected message row is committed; then rows and committed offsets are verified."""
+    from handlers.app import running_consumer
+
+    expected = workload.expected()
+    clock = BatchClock()
+    cpu_at_start = cpu_snapshot()
+    pool_started = time.perf_counter()
+    async with running_consumer(settings) as running:
+        # Before any await: the group has not even joined yet, so no batch is missed.
+        running.broker.add_middleware(clock.middleware)
+        conn = await connect(settings.database_url)
+        try:
+            count, progress = -1, time.monotonic()
+            while count < expected.events:
+                await asyncio.sleep(0.05)
+                now_count = int(await conn.fetchval("SELECT count(*) FROM ingest_message_refs"))
+                if now_count != count:
+                    count, progress = now_count, time.monotonic()
+                elif time.monotonic() - progress > IDLE_TIMEOUT_S:
+                    raise BenchError(f"consumer: stalled at {count} of {expected.events} messages")
+            db_seen = time.perf_counter()
+            cpu_at_end = cpu_snapshot()
+            rows = await verify_rows(conn, workload, expected, "consumer")
+            outbox = None
+            if await table_exists(conn, OUTBOX):
+                outbox = await conn.fetchrow(
+                    f"SELECT count(*) AS n, count(*) FILTER (WHERE published_at IS NULL)"
+                    f" AS pending FROM {OUTBOX}"
+                )
+        finally:
+            await conn.close()
+        offsets = await wait_committed(settings, partitions)
+    if clock.records >= len(workload.deliveries):
+        seconds, timing = clock.last - clock.first, "first record to last handler return"
+    else:  # the hook came too late for the first batches: fall back to the wall clock
+        seconds, timing = db_seen - pool_started, "consumer start to last row seen"
+    sizes = sorted(clock.sizes)
+    extra: dict[str, Any] = {
+        "timing": timing,
+        "from_start_s": round(db_seen - pool_started, 3),
+        "batches": clock.batches,
+        "batch_size_mean": round(clock.records / max(1, clock.batches), 1),
+        "batch_size_max": sizes[-1] if sizes else 0,
+        "handler_busy_share": round(clock.busy / seconds, 3) if seconds else 0.0,
+        "cpu_share": cpu_share(
+            clock.cpu_at_first or cpu_at_start, cpu_at_end, db_seen - (clock.first or pool_started)
+        ),
+        "rows": rows,
+        "offsets_committed": sum(offsets.values()),
+        "settings": {
+            "batch_max_records": settings.batch_max_records,
+            "batch_timeout_ms": settings.batch_timeout_ms,
+            "db_pool_max": settings.db_pool_max,
+        },
+    }
+    if outbox is not None:
+        extra["outbox_rows"] = int(outbox["n"])
+        extra["outbox_pending_at_end"] = int(outbox["pending"])
+    return PhaseResult("d  consumer end to end", len(workload.deliveries), seconds, extra)

@@ -1,0 +1,109 @@
+"""The driver of `crm-ingest bench`: fresh databases and topics, every phase in order, the
+report; whatever it created on services it was given is removed again."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import logging
+import os
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from ingest.config import Settings
+
+if TYPE_CHECKING:
+    from ingest.bench.measure import PhaseResult
+
+
+async def run_bench(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    """Run every phase on fresh databases and topics; print the table and the JSON line."""
+    from ingest.bench import db_phases, gateway_phase, kafka_phases
+    from ingest.bench import services as svc
+    from ingest.bench.report import build_report, machine_info, print_report
+    from ingest.bench.workload import generate
+    from ingest.embedded import resolve_services
+
+    # httpx logs every request at INFO: in the load generator that would be the bottleneck.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    load_at_start = round(os.getloadavg()[0], 2)
+    began = time.perf_counter()
+    workload = generate(args.events, args.tenants, args.seed)
+    generated_s = time.perf_counter() - began
+    tag = uuid.uuid4().hex[:8]
+    results: dict[str, PhaseResult] = {}
+    with resolve_services(settings) as services:
+        run = services.apply(
+            settings,
+            topic_prefix=f"bench{tag}.",
+            partitions=args.partitions,
+            consumer_group=f"crm-ingest-bench-{tag}",
+        )
+        server = services.database_url
+        names = {phase: f"bench_{tag}_{phase}" for phase in ("copy", "baseline", "consumer")}
+        made: list[str] = []
+        try:
+            urls = {}
+            for phase, name in names.items():
+                urls[phase] = await svc.prepare_database(server, name, workload.channels)
+                made.append(name)
+            results["load"] = await kafka_phases.load_topic(run, workload)
+            results["kafka_ceiling"] = await kafka_phases.kafka_ceiling(
+                run, len(workload.deliveries)
+            )
+            results["db_ceiling"] = await db_phases.db_ceiling(urls["copy"], workload)
+            sample = max(1, round(len(workload.deliveries) * args.baseline_sample))
+            results["baseline"] = await db_phases.baseline(urls["baseline"], workload, sample)
+            consumer = run.model_copy(update={"database_url": urls["consumer"]})
+            profiler = cProfile.Profile() if args.profile else None
+            if profiler is not None:
+                profiler.enable()
+            try:
+                partitions = results["load"].extra["partitions"]
+                results["consumer"] = await db_phases.consumer_e2e(consumer, workload, partitions)
+            finally:
+                if profiler is not None:
+                    profiler.disable()
+                    profiler.dump_stats(args.profile)
+            if not args.skip_gateway:
+                gateway = run.model_copy(
+                    update={
+                        "database_url": urls["consumer"],
+                        "topic_prefix": f"bench{tag}gw.",
+                        "consumer_group": f"crm-ingest-bench-{tag}-gw",
+                    }
+                )
+                results |= await gateway_phase.gateway_phases(
+                    gateway,
+                    workload,
+                    requests=args.gateway_requests,
+                    rate=args.gateway_rate,
+                    seconds=args.gateway_seconds,
+                    concurrency=args.gateway_concurrency,
+                    client_kind=args.gateway_client,
+                    already=workload.expected().events,
+                )
+            machine = await machine_info(services, urls["consumer"])
+            machine["loadavg_1m_at_start"] = load_at_start
+        finally:
+            if services.database_source != "embedded":  # leave the server as we found it
+                for name in made:
+                    with contextlib.suppress(Exception):
+                        await svc.drop_database(server, name)
+            if services.broker_source != "embedded":
+                with contextlib.suppress(Exception):
+                    await svc.delete_topics(run, [f"bench{tag}.", f"bench{tag}gw."])
+
+    report = build_report(
+        args,
+        settings,
+        workload,
+        results,
+        machine,
+        generate_s=generated_s,
+        total_s=time.perf_counter() - began,
+    )
+    print_report(report, json_only=args.json_only)
+    return report

@@ -1,0 +1,251 @@
+"""The bench's workload generator and report formatting (no services; fast)."""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import math
+import os
+
+import pytest
+
+from ingest.bench import add_arguments
+from ingest.bench.children import settings_env
+from ingest.bench.measure import percentile
+from ingest.bench.report import format_table, summarize
+from ingest.bench.workload import (
+    ATTACHMENT_SHARE,
+    DUPLICATE_SHARE,
+    NEW_SENDER_SHARE,
+    gateway_bodies,
+    generate,
+    telegram_request,
+)
+from ingest.config import load_settings
+from ingest.events import MessageEvent, conversation_key, decode_event
+from ingest.transports.base import ParseContext
+from ingest.transports.telegram import TelegramAdapter
+
+EVENTS = 2000
+
+
+@pytest.fixture(scope="module")
+def workload():
+    return generate(EVENTS, 3, seed=7)
+
+
+def test_mix_proportions_are_exact(workload) -> None:
+    duplicates = round(EVENTS * DUPLICATE_SHARE)
+    distinct = EVENTS - duplicates
+    assert len(workload.deliveries) == EVENTS
+    assert workload.duplicates == duplicates == EVENTS - len({d.event for d in workload.deliveries})
+    assert len(workload.events) == distinct
+    assert workload.new_senders == round(distinct * NEW_SENDER_SHARE)
+    assert len({e.sender.contact_value for e in workload.events}) == workload.new_senders
+    with_attachments = [e for e in workload.events if e.attachments]
+    assert len(with_attachments) == round(distinct * ATTACHMENT_SHARE)
+    assert workload.with_attachments == len(with_attachments)
+    # Every tenant gets senders, and each sender stays with one tenant.
+    tenants = collections.defaultdict(set)
+    for e in workload.events:
+        tenants[e.sender.contact_value].add(e.tenant_id)
+    assert all(len(t) == 1 for t in tenants.values())
+    assert {e.tenant_id for e in workload.events} == {c.tenant_id for c in workload.channels}
+
+
+def test_known_senders_are_known_before_they_speak_again(workload) -> None:
+    seen: set[str] = set()
+    firsts = 0
+    for event in workload.events:
+        if event.sender.contact_value not in seen:
+            firsts += 1
+            seen.add(event.sender.contact_value)
+            assert event.external_message_id.endswith(":1")
+    assert firsts == workload.new_senders
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes() -> None:
+    a, b, c = generate(300, 2, seed=1), generate(300, 2, seed=1), generate(300, 2, seed=2)
+    assert [(d.key, d.value, d.headers) for d in a.deliveries] == [
+        (d.key, d.value, d.headers) for d in b.deliveries
+    ]
+    assert [d.value for d in a.deliveries] != [d.value for d in c.deliveries]
+
+
+def test_duplicates_are_the_same_delivery_later_in_the_topic(workload) -> None:
+    positions = collections.defaultdict(list)
+    for position, delivery in enumerate(workload.deliveries):
+        positions[delivery.event].append(position)
+    twice = {event: at for event, at in positions.items() if len(at) > 1}
+    assert len(twice) == workload.duplicates
+    assert all(len(at) == 2 for at in twice.values())
+    for at in twice.values():
+        first, again = (workload.deliveries[p] for p in at)
+        assert (again.key, again.value, again.headers) == (first.key, first.value, first.headers)
+        assert decode_event(again.value).event_id == decode_event(first.value).event_id
+        assert dict(again.headers)["event-id"] == dict(first.headers)["event-id"]
+
+
+def test_events_are_shaped_like_the_telegram_adapters(workload) -> None:
+    for delivery in workload.deliveries[:200]:
+        event = decode_event(delivery.value)
+        assert isinstance(event, MessageEvent)
+        assert event.transport == "telegram"
+        assert event.sender.contact_type == "telegram"
+        assert event.member_meta["chat_id"] == event.member_meta["user_id"]
+        assert event.member_meta["chat_type"] == "private"
+        key = conversation_key(event.tenant_id, "telegram", event.sender.contact_value)
+        assert event.conversation_key == key
+        assert delivery.key == key.encode()
+        assert event.event_id == workload.events[delivery.event].event_id
+
+
+def test_expected_counts_of_a_prefix(workload) -> None:
+    whole = workload.expected()
+    assert whole.events == len(workload.events)
+    assert whole.senders == workload.new_senders
+    assert whole.attachments == workload.with_attachments
+    assert whole.rows()["crm_chat_messages"] == whole.events
+    first = workload.expected(100)
+    assert first.deliveries == 100
+    assert first.events == len({d.event for d in workload.deliveries[:100]})
+    assert 0 < first.senders <= first.events <= 100
+
+
+def test_gateway_bodies_are_new_messages_the_adapter_accepts(workload) -> None:
+    first, second = gateway_bodies(workload, 50), gateway_bodies(workload, 50, start=50)
+    ids = [ext for _, _, ext in first + second]
+    assert len(set(ids)) == 100
+    assert not set(ids) & {e.external_message_id for e in workload.events}
+    adapter = TelegramAdapter()
+    for channel, body, ext in first[:10]:
+        ctx = ParseContext(channel=channel.as_channel(), received_at=workload.events[0].sent_at)
+        (event,) = adapter.handle(telegram_request(channel, body), ctx).events
+        assert event.external_message_id == ext
+
+
+def _phases(consumer: float, latency_p99: float | None = 120.0) -> dict:
+    def phase(label: str, rate: float) -> dict:
+        return {"label": label, "events": 1000, "seconds": 1000 / rate, "events_per_s": rate}
+
+    phases = {
+        "load": phase("load", 40_000),
+        "kafka_ceiling": phase("a", 100_000),
+        "db_ceiling": {**phase("b", 40_000), "rows_per_s": 170_000},
+        "baseline": phase("c", 1000),
+        "consumer": phase("d", consumer),
+        "gateway_bare": phase("f bare", 4000),
+        "gateway_telegram": phase("f telegram", 2400),
+        "latency": None,
+    }
+    if latency_p99 is not None:
+        phases["latency"] = {
+            **phase("f latency", 1000),
+            "p50_ms": 20.0,
+            "p95_ms": 60.0,
+            "p99_ms": latency_p99,
+        }
+    return phases
+
+
+def _report(phases: dict) -> dict:
+    ratios, targets = summarize(phases)
+    machine = {
+        "cores": 2,
+        "python": "3.11",
+        "postgres": "17",
+        "postgres_fsync": "off",
+        "database_source": "embedded",
+        "broker": "Tansu",
+        "versions": {"asyncpg": "0.30"},
+        "uvicorn_http": "h11",
+        "event_loop": "asyncio",
+    }
+    met = all(t["met"] for t in targets.values() if t["met"] is not None)
+    return {"phases": phases, "ratios": ratios, "targets": targets, "machine": machine} | {
+        "targets_met": met
+    }
+
+
+def test_ratios_and_targets() -> None:
+    ratios, targets = summarize(_phases(consumer=30_000))
+    assert ratios["d_over_b"] == 0.75
+    assert ratios["d_over_c"] == 30.0
+    assert ratios["d_over_min_a_b"] == 0.75  # min(a, b) is the DB ceiling here
+    assert ratios["gateway_over_bare"] == 0.6
+    assert all(t["met"] for t in targets.values())
+
+    ratios, targets = summarize(_phases(consumer=10_000, latency_p99=400.0))
+    assert ratios["d_over_b"] == 0.25
+    assert not targets["consumer_events_per_s"]["met"]
+    assert not targets["d_over_b"]["met"]
+    assert not targets["d_over_c"]["met"]
+    assert not targets["latency_p99_ms"]["met"]
+    assert targets["gateway_over_bare"]["met"]
+
+
+def test_missing_phases_give_no_ratio_and_no_verdict() -> None:
+    phases = _phases(consumer=30_000, latency_p99=None)
+    phases["gateway_bare"] = phases["gateway_telegram"] = None
+    ratios, targets = summarize(phases)
+    assert ratios["gateway_over_bare"] is None
+    assert targets["gateway_over_bare"]["met"] is None
+    assert targets["latency_p99_ms"]["met"] is None
+    table = format_table(_report(phases))
+    assert "f bare" not in table
+    assert "targets met: yes" in table
+
+
+def test_table_shows_every_phase_ratio_and_verdict() -> None:
+    table = format_table(_report(_phases(consumer=10_000, latency_p99=400.0)))
+    lines = table.splitlines()
+    assert lines[0].split()[:4] == ["phase", "events", "seconds", "events/s"]
+    for label in ("load", "a ", "b ", "c ", "d ", "f bare", "f telegram", "f latency"):
+        assert any(line.startswith(label) for line in lines), label
+    assert "170,000 rows/s" in table
+    assert "≥ 25,000 ev/s  ✗" in table
+    assert "ii/i 0.60  ≥ 0.5 × bare ASGI  ✓" in table
+    assert "p99 400 ms  p99 < 250 ms  ✗" in table
+    d_over_b = next(line for line in lines if line.startswith("e  d / b"))
+    assert "0.25" in d_over_b
+    assert d_over_b.endswith("✗")
+    assert "targets met: no" in table
+    json.dumps(_report(_phases(consumer=10_000)))  # the report is JSON as it is
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50
+    assert percentile(values, 99) == 99
+    assert percentile(values, 100) == 100
+    assert percentile([7.0], 99) == 7
+    assert math.isnan(percentile([], 50))
+
+
+def test_arguments_and_defaults() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args([])
+    assert (args.events, args.partitions, args.tenants) == (100_000, 4, 4)
+    assert (args.gateway_requests, args.gateway_rate, args.json_only) == (5000, 1000.0, False)
+    args = parser.parse_args(["--events", "10", "--json-only", "--gateway-client", "httpx"])
+    assert (args.events, args.json_only, args.gateway_client) == (10, True, "httpx")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--events", "0"])
+
+
+def test_children_get_exactly_the_benchs_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings(
+        DATABASE_URL="postgresql://u@h/db",
+        KAFKA_BOOTSTRAP_SERVERS="h:9092",
+        topic_prefix="bench1.",
+        producer_idempotence=False,
+        batch_max_records=123,
+    )
+    env = settings_env(settings)
+    for key in list(os.environ):
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert load_settings() == settings
