@@ -35,6 +35,7 @@ from ingest.config import Settings, SettingsError, Transport
 from ingest.errors import PublishUnavailable, WebhookRejected
 from ingest.logs import get_logger
 from ingest.metrics import metrics_response, observe_publish, observe_request
+from ingest.openapi import openapi_document
 from ingest.publisher import EventPublisher
 from ingest.transports import load_adapters
 from ingest.transports.base import (
@@ -101,6 +102,7 @@ def create_app(
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", gateway.readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/openapi.json", openapi_endpoint, methods=["GET"]),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
 
@@ -134,6 +136,10 @@ def create_gateway(settings: Settings) -> Starlette:
     return create_app(
         settings, publisher=publisher, channels=channels, adapters=adapters, lifespan=lifespan
     )
+
+
+async def openapi_endpoint(_: Request) -> Response:
+    return JSONResponse(openapi_document())
 
 
 async def healthz(_: Request) -> Response:
