@@ -21,6 +21,8 @@ import structlog
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
+from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+from prometheus_client import REGISTRY
 
 from handlers.chat_events import OutboxRelay
 from handlers.ingestor import correlation_ids
@@ -50,6 +52,9 @@ def build_broker(
         # On stop, the batch in hand finishes (and commits) within this; past it, it is
         # abandoned uncommitted and redelivered to whoever takes the partition next.
         graceful_timeout=settings.shutdown_timeout_s,
+        # FastStream's own series (received/processed messages, handler time, publishes),
+        # beside ours, which count what a batch did to the database.
+        middlewares=[KafkaPrometheusMiddleware(registry=REGISTRY, app_name="crm-ingest")],
         log_level=logging.DEBUG,
         **broker_options,
     )

@@ -14,10 +14,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from ingest.embedded import ResolvedServices, free_port
 from sql.db import connect
@@ -37,6 +39,16 @@ def run(env: dict[str, str], *args: str, check: bool = True) -> subprocess.Compl
     if check:
         assert result.returncode == 0, result.stderr
     return result
+
+
+async def scrape(client: httpx.AsyncClient, url: str) -> dict[tuple[str, tuple[Any, ...]], float]:
+    """A /metrics page as {(sample name, sorted labels): value}."""
+    text = (await client.get(url)).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def spawn(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
@@ -112,9 +124,9 @@ async def test_operator_verbs_against_external_services(
         assert failed.stderr.startswith("crm-ingest: error: ")
         assert failed.stderr.count("\n") == 1
 
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     gateway = spawn(env, "gateway", "--port", str(port))
-    consumer = spawn(env, "consume")
+    consumer = spawn({**env, "CRM_INGEST_METRICS_PORT": str(metrics_port)}, "consume")
     processes += [gateway, consumer]
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
 
@@ -149,6 +161,19 @@ async def test_operator_verbs_against_external_services(
         assert message == "just text"
     finally:
         await conn.close()
+
+    async with httpx.AsyncClient() as client:
+        served = await scrape(client, f"http://127.0.0.1:{port}/metrics")
+        consumed = await eventually(
+            lambda: scrape(client, f"http://127.0.0.1:{metrics_port}/metrics"),
+            lambda m: m.get(("crm_ingest_consumer_events_total", (("outcome", "created"),))) == 1,
+        )
+    accepted = (("status", "200"), ("transport", "telegram"))
+    assert served[("crm_ingest_webhook_requests_total", accepted)] == 1
+    assert served[("crm_ingest_publish_seconds_count", (("transport", "telegram"),))] == 1
+    assert consumed[("crm_ingest_consumer_events_total", (("outcome", "created"),))] == 1
+    assert consumed[("crm_ingest_consumer_batch_size_count", ())] >= 1
+    assert any(name == "faststream_received_messages_total" for name, _ in consumed)
 
     assert stop(gateway) == 0
     assert stop(consumer) == 0
