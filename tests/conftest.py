@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
+from typing import Any
 
 import hypothesis
 import pytest
@@ -33,3 +35,26 @@ def bootstrap_servers(services: ResolvedServices) -> str:
 hypothesis.settings.register_profile("ci", derandomize=True, deadline=None)
 if os.environ.get("CI"):
     hypothesis.settings.load_profile("ci")
+
+
+# The chaos, shutdown and security tests print their figures (events sent, stored, lost,
+# duplicated, ...) as lines starting with "[name] ". Output of passing tests is captured, so the
+# figures are collected here and shown in a section at the end of every run, CI's included.
+FIGURE_LINE = re.compile(r"^\[[a-z][^\]]*\] ")
+FIGURES: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" and report.passed:
+        FIGURES.extend(
+            f"{report.nodeid.split('::')[-1]}: {line}"
+            for line in report.capstdout.splitlines()
+            if FIGURE_LINE.match(line)
+        )
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if FIGURES:
+        terminalreporter.section("figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
