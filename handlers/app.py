@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +24,10 @@ from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from prometheus_client import REGISTRY
 
-from handlers.chat_events import OutboxRelay
+from handlers.chat_events import OutboxRelay, Publish
+from handlers.dead_letters import PublishDeadLetter
 from handlers.ingestor import correlation_ids
-from handlers.pipeline import build_pipeline
+from handlers.pipeline import build_pipeline, producer_publishers
 from ingest import metrics
 from ingest.config import Settings
 from sql.db import create_pool
@@ -40,8 +41,16 @@ async def _raw_values(message: Any) -> Any:
 
 
 def build_broker(
-    settings: Settings, pool: asyncpg.Pool, **broker_options: Any
+    settings: Settings,
+    pool: asyncpg.Pool,
+    *,
+    publish_dead_letter: PublishDeadLetter,
+    publish_chat_events: Publish,
+    **broker_options: Any,
 ) -> tuple[KafkaBroker, OutboxRelay]:
+    """The consumer's broker. Dead letters and chat events leave through a plain aiokafka
+    producer (publishing each through FastStream cost ~90 µs; ingest/asyncapi.py documents
+    those topics)."""
     broker = KafkaBroker(
         settings.kafka_bootstrap_servers,
         client_id="crm-ingest-consumer",
@@ -52,25 +61,12 @@ def build_broker(
         # On stop, the batch in hand finishes (and commits) within this; past it, it is
         # abandoned uncommitted and redelivered to whoever takes the partition next.
         graceful_timeout=settings.shutdown_timeout_s,
-        # FastStream's own series (received/processed messages, handler time, publishes),
-        # beside ours, which count what a batch did to the database.
+        # FastStream's own series (received/processed messages, handler time), beside ours,
+        # which count what a batch did to the database.
         middlewares=[KafkaPrometheusMiddleware(registry=REGISTRY, app_name="crm-ingest")],
         log_level=logging.DEBUG,
         **broker_options,
     )
-    dead_letters = broker.publisher(settings.dlq_topic, title="dead letters")
-    chat_events = broker.publisher(settings.chat_events_topic, title="chat events")
-
-    async def publish_dead_letter(value: bytes, key: bytes | None, headers: dict[str, str]) -> None:
-        await dead_letters.publish(value, key=key, headers=headers)
-
-    async def publish_chat_events(messages: Sequence[tuple[str, bytes, dict[str, str]]]) -> None:
-        pending = [
-            await chat_events.publish(value, key=key.encode(), headers=headers, no_confirm=True)
-            for key, value, headers in messages
-        ]
-        await asyncio.gather(*pending)
-
     pipeline = build_pipeline(
         settings,
         pool,
@@ -134,15 +130,19 @@ async def running_consumer(settings: Settings) -> AsyncIterator[RunningConsumer]
         settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
     )
     try:
-        broker, relay = build_broker(settings, pool)
-        await broker.start()
-        stop = asyncio.Event()
-        sweep = asyncio.create_task(relay.run(settings.outbox_interval_s, stop))
-        try:
-            yield RunningConsumer(broker, pool, relay)
-        finally:
-            await broker.stop()
-            stop.set()
-            await sweep
+        publishers = producer_publishers(settings, client_id="crm-ingest-consumer-out")
+        async with publishers as (dead_letter, chat_events):
+            broker, relay = build_broker(
+                settings, pool, publish_dead_letter=dead_letter, publish_chat_events=chat_events
+            )
+            await broker.start()
+            stop = asyncio.Event()
+            sweep = asyncio.create_task(relay.run(settings.outbox_interval_s, stop))
+            try:
+                yield RunningConsumer(broker, pool, relay)
+            finally:
+                await broker.stop()
+                stop.set()
+                await sweep
     finally:
         await pool.close()

@@ -13,7 +13,6 @@ from uuid import UUID
 import asyncpg
 import structlog
 
-from handlers.pg import pg_json
 from ingest.events import SCHEMA_VERSION, make_chat_event_id
 from sql import QUERIES
 
@@ -197,7 +196,7 @@ async def enqueue(conn: asyncpg.Connection, queued: Sequence[Queued]) -> None:
         [payload["event_id"] for payload, _ in queued],
         [payload["event_type"] for payload, _ in queued],
         [f"{payload['tenant_id']}:{payload['chat_id']}" for payload, _ in queued],
-        [pg_json(payload) for payload, _ in queued],
+        [payload for payload, _ in queued],
         [source for _, source in queued],
     )
 

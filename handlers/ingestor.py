@@ -26,6 +26,7 @@ import structlog
 from pydantic import ValidationError
 
 from handlers.chat_events import enqueue
+from handlers.pg import without_nul
 from handlers.statuses import log_statuses, settle_statuses
 from handlers.store import BatchOutcome, LostRace, write_messages
 from ingest.events import MessageEvent, StatusEvent, decode_event
@@ -132,7 +133,7 @@ class Ingestor:
         decoded: list[tuple[Record, MessageEvent | StatusEvent]] = []
         for record in records:
             try:
-                decoded.append((record, decode_event(record.value or b"")))
+                decoded.append((record, decode_event(without_nul(record.value or b""))))
             except ValidationError as exc:
                 report.invalid += 1
                 await self._reject(record, exc, report)

@@ -1,6 +1,6 @@
 """The inbound pipeline, built one way for the live consumer, topic replay and DLQ replay:
 an Ingestor writing batches (dead letters to table + topic) and an OutboxRelay publishing chat
-events. Callers supply how to publish; FastStream publishers live, an aiokafka producer in ops.
+events, both publishing through one plain aiokafka producer (`producer_publishers`).
 """
 
 from __future__ import annotations
@@ -44,14 +44,15 @@ def build_pipeline(
 
 @contextlib.asynccontextmanager
 async def producer_publishers(
-    settings: Settings,
+    settings: Settings, client_id: str = "crm-ingest-ops"
 ) -> AsyncIterator[tuple[PublishDeadLetter, Publish]]:
-    """Publish functions over one plain aiokafka producer (for the ops commands)."""
+    """Publish functions for dead letters and chat events over one plain aiokafka producer."""
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
-        client_id="crm-ingest-ops",
+        client_id=client_id,
         acks="all",
         enable_idempotence=settings.producer_idempotence,
+        linger_ms=settings.producer_linger_ms,
     )
     await producer.start()
 

@@ -15,7 +15,7 @@ from uuid import UUID
 import asyncpg
 
 from handlers.chat_events import Queued, status_changed
-from handlers.pg import naive_utc, pg_json
+from handlers.pg import naive_utc
 from ingest.events import StatusEvent
 from sql import QUERIES
 
@@ -34,7 +34,7 @@ async def log_statuses(conn: asyncpg.Connection, statuses: Sequence[StatusEvent]
         [s.status for s in rows],
         [STATUS_RANK[s.status] for s in rows],
         [naive_utc(s.status_at) for s in rows],
-        [pg_json(s.meta) for s in rows],
+        [s.meta for s in rows],
     )
 
 

@@ -12,6 +12,9 @@ concurrent writer won a race). Business outcomes are decided by database constra
 4. messages: `ingest_message_refs` (channel, provider message id) dedupes; a higher version
    (a newer edit) updates the text, anything else is already present.
 5. last_message_at only moves forward.
+
+Events arrive sanitized for PostgreSQL (no NUL anywhere: `handlers.pg.without_nul` runs on
+every record before it is decoded).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import asyncpg
 
 from handlers import chat_events
 from handlers.chat_events import Queued
-from handlers.pg import naive_utc, pg_json, pg_text
+from handlers.pg import naive_utc, pg_text
 from ingest.events import Attachment, MessageEvent, Sender
 from sql import QUERIES
 
@@ -289,7 +292,7 @@ async def write_messages(conn: asyncpg.Connection, events: Sequence[MessageEvent
         chat_id = chats[(event.tenant_id, client_id)]
         key = (chat_id, contact_id, event.transport)
         merged = {**wanted[key][2], **event.member_meta} if key in wanted else event.member_meta
-        wanted[key] = (event.tenant_id, client_id, pg_json(merged), event.version)
+        wanted[key] = (event.tenant_id, client_id, merged, event.version)
         placed[(event.channel_id, event.external_message_id)] = (event, chat_id, key)
     members = await _resolve_members(conn, wanted)
 
@@ -342,7 +345,7 @@ async def _store_messages(
         [e.channel_id for e in latest],
         [e.external_message_id for e in latest],
         [e.version for e in latest],
-        [pg_json(e.message_meta) for e in latest],
+        [e.message_meta for e in latest],
     )
     inserts: list[tuple[int, int, UUID, str, datetime]] = []
     edits: list[tuple[int, str]] = []
