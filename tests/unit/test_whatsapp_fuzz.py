@@ -24,6 +24,7 @@ from ingest.errors import BadPayload, Forbidden, Unauthorized, UnprocessablePayl
 from ingest.events import MessageEvent, decode_event, encode_event
 from ingest.transports.base import Channel, ParseContext, RawRequest, WebhookResult
 from ingest.transports.whatsapp import MAX_UPDATES, UNSUPPORTED, WhatsAppAdapter
+from tests.unit.strategies import huge_ints, json_values, scalars
 
 PAYLOADS = Path(__file__).resolve().parents[1] / "payloads" / "whatsapp"
 REAL = {p.stem: json.loads(p.read_bytes()) for p in sorted(PAYLOADS.glob("*.json"))}
@@ -78,22 +79,6 @@ def check(body: bytes) -> WebhookResult | None:
     return result
 
 
-huge_ints = st.sampled_from([2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 10**30, -(10**30)])
-scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | huge_ints
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20)
-)
-json_values = st.recursive(
-    scalars,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=20,
-)
 # Keys a Cloud API parser actually looks at, so random objects reach past the first checks.
 known_keys = st.sampled_from(
     [
