@@ -27,6 +27,7 @@ import httpx
 
 from ingest.transports.sms import compute_signature
 from tests.integration.pipeline import Gateway, TenantChannel
+from tests.support import eventually
 
 PAYLOADS = Path(__file__).parent.parent / "payloads"
 BASE_URL = "https://gateway.test"
@@ -271,3 +272,13 @@ async def logged_statuses(pool: asyncpg.Pool, channel: TenantChannel) -> list[tu
         channel.channel_id,
     )
     return [(r["external_id"], r["status"]) for r in rows]
+
+
+async def wait_messages(
+    pool: asyncpg.Pool, owner: TenantChannel | uuid.UUID, count: int
+) -> dict[str, list[asyncpg.Record]]:
+    """A tenant's rows once it has at least `count` messages (or as they are at the timeout)."""
+    tenant_id = owner.tenant_id if isinstance(owner, TenantChannel) else owner
+    return await eventually(
+        lambda: tenant_rows(pool, tenant_id), lambda rows: len(rows["messages"]) >= count
+    )

@@ -46,6 +46,7 @@ from tests.integration.signing import (
     wa_raw,
     wa_signature,
     wa_statuses,
+    wait_messages,
 )
 from tests.support import eventually
 
@@ -84,12 +85,6 @@ async def host_client(pool: asyncpg.Pool, tenant_id: uuid.UUID, **columns: str) 
         *columns.values(),
     )
     return client_id
-
-
-async def wait_messages(pool: asyncpg.Pool, tenant_id: uuid.UUID, count: int) -> Any:
-    return await eventually(
-        lambda: tenant_rows(pool, tenant_id), lambda r: len(r["messages"]) >= count
-    )
 
 
 def sms_from(phone: str, sid: str = "SM00000000000000000000000000000001") -> list[tuple[str, str]]:

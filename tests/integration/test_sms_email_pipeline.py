@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from typing import Any
 
 import asyncpg
 import pytest
@@ -27,8 +26,8 @@ from tests.integration.signing import (
     post_sms,
     sms_fields,
     tenant_rows,
+    wait_messages,
 )
-from tests.support import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("consumer")]
 
@@ -59,12 +58,6 @@ async def sms(pool: asyncpg.Pool) -> TenantChannel:
 @pytest.fixture
 async def email(pool: asyncpg.Pool) -> TenantChannel:
     return await new_channel(pool, "email", signing_key=SIGNING_KEY)
-
-
-async def wait_messages(pool: asyncpg.Pool, channel: TenantChannel, count: int) -> Any:
-    return await eventually(
-        lambda: tenant_rows(pool, channel.tenant_id), lambda r: len(r["messages"]) >= count
-    )
 
 
 # --- SMS --------------------------------------------------------------------------------------

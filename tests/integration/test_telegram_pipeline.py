@@ -27,7 +27,7 @@ from tests.integration.pipeline import (
     new_channel,
     pipeline_settings,
 )
-from tests.integration.signing import tenant_rows
+from tests.integration.signing import tenant_rows, wait_messages
 from tests.support import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("consumer")]
@@ -50,14 +50,6 @@ async def post(
             "content-type": "application/json",
             SECRET_HEADER: secret or channel.config["secret_token"],
         },
-    )
-
-
-async def wait_messages(
-    pool: asyncpg.Pool, tenant_id: Any, count: int
-) -> dict[str, list[asyncpg.Record]]:
-    return await eventually(
-        lambda: tenant_rows(pool, tenant_id), lambda r: len(r["messages"]) >= count
     )
 
 

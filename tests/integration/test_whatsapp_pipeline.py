@@ -27,6 +27,7 @@ from tests.integration.signing import (
     wa_message,
     wa_payload,
     wa_raw,
+    wait_messages,
 )
 from tests.support import eventually
 
@@ -56,12 +57,6 @@ def utc(seconds: int) -> datetime:
 @pytest.fixture
 async def whatsapp(pool: asyncpg.Pool) -> TenantChannel:
     return await new_channel(pool, "whatsapp", app_secret=APP_SECRET)
-
-
-async def wait_messages(pool: asyncpg.Pool, channel: TenantChannel, count: int) -> Any:
-    return await eventually(
-        lambda: tenant_rows(pool, channel.tenant_id), lambda r: len(r["messages"]) >= count
-    )
 
 
 def media_message(kind: str, media: dict[str, Any], timestamp: int = 1697043500) -> dict[str, Any]:
