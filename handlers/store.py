@@ -309,6 +309,8 @@ def _announce_clients_and_chats(
     outcome: BatchOutcome,
 ) -> None:
     """client.created / chat.created for what this batch created, caused by its first message."""
+    if not outcome.new_clients and not outcome.new_chats:
+        return  # the common case: every sender was known
     for event in sorted(by_version, key=lambda e: e.sent_at):
         client_id = identities[_identity(event.sender, event.tenant_id)][0]
         chat_id = chats[(event.tenant_id, client_id)]

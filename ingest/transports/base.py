@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from ingest.config import Transport
-from ingest.errors import BadPayload, UnprocessablePayload
+from ingest.errors import BadPayload, ChannelConfigError, UnprocessablePayload
 from ingest.events import MessageEvent, StatusEvent
 
 Event = MessageEvent | StatusEvent
@@ -88,6 +88,13 @@ class TransportAdapter(Protocol):
     def channel_config(self, given: Mapping[str, str]) -> dict[str, Any]:
         """Validate `channel add --config` values and generate missing secrets."""
         ...
+
+
+def reject_unknown_keys(transport: str, given: Mapping[str, str], known: set[str]) -> None:
+    """`channel add --config` takes only the keys a transport knows (a typo is an error)."""
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ChannelConfigError(f"unknown config key for {transport}: {unknown[0]}")
 
 
 def generate_token(nbytes: int = 32) -> str:

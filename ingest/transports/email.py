@@ -36,7 +36,13 @@ from pydantic import ValidationError
 from ingest.errors import BadPayload, ChannelConfigError, Unauthorized, UnprocessablePayload
 from ingest.events import Attachment, MessageEvent, Sender, conversation_key, make_event_id
 from ingest.identity import normalize_email
-from ingest.transports.base import ParseContext, RawRequest, WebhookResult, generate_token
+from ingest.transports.base import (
+    ParseContext,
+    RawRequest,
+    WebhookResult,
+    generate_token,
+    reject_unknown_keys,
+)
 
 RFC822 = "message/rfc822"
 FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
@@ -490,9 +496,7 @@ class EmailAdapter:
         return WebhookResult(events=[event])
 
     def channel_config(self, given: Mapping[str, str]) -> dict[str, Any]:
-        unknown = sorted(set(given) - _CONFIG_KEYS)
-        if unknown:
-            raise ChannelConfigError(f"unknown config key for email: {unknown[0]}")
+        reject_unknown_keys("email", given, _CONFIG_KEYS)
         token = given.get("token")
         if token is None:
             token = generate_token()

@@ -28,7 +28,7 @@ from ingest.events import (
     make_event_id,
 )
 from ingest.identity import normalize_phone
-from ingest.transports.base import ParseContext, RawRequest, WebhookResult
+from ingest.transports.base import ParseContext, RawRequest, WebhookResult, reject_unknown_keys
 
 SIGNATURE_HEADER = "X-Twilio-Signature"
 FORM_TYPE = "application/x-www-form-urlencoded"
@@ -307,9 +307,7 @@ class TwilioSmsAdapter:
         )
 
     def channel_config(self, given: Mapping[str, str]) -> dict[str, Any]:
-        unknown = sorted(set(given) - _CONFIG_KEYS)
-        if unknown:
-            raise ChannelConfigError(f"unknown config key for sms: {unknown[0]}")
+        reject_unknown_keys("sms", given, _CONFIG_KEYS)
         token = given.get("auth_token")
         if not token or not token.isascii() or not token.isprintable() or token != token.strip():
             raise ChannelConfigError("sms auth_token (the Twilio Auth Token) is required")

@@ -28,6 +28,7 @@ from ingest.transports.base import (
     WebhookResult,
     generate_token,
     parse_json_body,
+    reject_unknown_keys,
     validation_reason,
 )
 
@@ -409,9 +410,7 @@ class TelegramAdapter:
         )
 
     def channel_config(self, given: Mapping[str, str]) -> dict[str, Any]:
-        unknown = sorted(set(given) - {"secret_token"})
-        if unknown:
-            raise ChannelConfigError(f"unknown config key for telegram: {unknown[0]}")
+        reject_unknown_keys("telegram", given, {"secret_token"})
         token = given.get("secret_token")
         if token is None:
             token = generate_token()

@@ -48,6 +48,7 @@ from ingest.transports.base import (
     WebhookResult,
     generate_token,
     parse_json_body,
+    reject_unknown_keys,
     validation_reason,
 )
 
@@ -510,9 +511,7 @@ class WhatsAppAdapter:
         )
 
     def channel_config(self, given: Mapping[str, str]) -> dict[str, Any]:
-        unknown = sorted(set(given) - {"verify_token", "app_secret", "phone_number_id"})
-        if unknown:
-            raise ChannelConfigError(f"unknown config key for whatsapp: {unknown[0]}")
+        reject_unknown_keys("whatsapp", given, {"verify_token", "app_secret", "phone_number_id"})
         token = given.get("verify_token")
         if token is None:
             token = generate_token()
