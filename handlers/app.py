@@ -30,6 +30,7 @@ from handlers.ingestor import correlation_ids
 from handlers.pipeline import build_pipeline, producer_publishers
 from ingest import metrics
 from ingest.config import Settings
+from ingest.process import settle_heap
 from sql.db import create_pool
 
 log = structlog.stdlib.get_logger("crm_ingest.consumer")
@@ -136,6 +137,7 @@ async def running_consumer(settings: Settings) -> AsyncIterator[RunningConsumer]
                 settings, pool, publish_dead_letter=dead_letter, publish_chat_events=chat_events
             )
             await broker.start()
+            settle_heap()
             stop = asyncio.Event()
             sweep = asyncio.create_task(relay.run(settings.outbox_interval_s, stop))
             try:
