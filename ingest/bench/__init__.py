@@ -7,7 +7,8 @@ verifying its rows afterwards (a phase that loses rows raises, the command exits
   a. Kafka ceiling     raw aiokafka consume of the topic, nothing decoded
   b. DB ceiling        COPY of the same final rows into same-shaped tables (scratch schema)
   c. baseline          one transaction per event, straightforward per-event SQL (a sample)
-  d. consumer          the service's consumer end to end, fresh database and consumer group
+  d. consumer          the service's consumer end to end: `crm-ingest consume` processes (one
+                       per core) in one group on a fresh database
   e. ratios            d/b, d/c, d/min(a, b), against the issue's targets
   f. gateway           bare ASGI vs Telegram webhooks on the same uvicorn stack, and webhook ->
                        committed row latency at a fixed request rate with the consumer running
@@ -24,6 +25,7 @@ holds the command's arguments; the phases are imported only when the command run
 from __future__ import annotations
 
 import argparse
+import os
 
 from ingest.bench.run import run_bench
 
@@ -69,5 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="load generator: a minimal keep-alive HTTP/1.1 client (default) or httpx",
     )
     add("--skip-gateway", action="store_true", help="measure phases a-e only")
-    add("--profile", metavar="PATH", help="write a cProfile of phase d (slows it down)")
+    add(
+        "--consumer-processes",
+        type=_positive_int,
+        default=os.cpu_count() or 1,
+        help="consumer processes in phase d, one group (default: one per core)",
+    )
     add("--json-only", action="store_true", help="print only the JSON line")

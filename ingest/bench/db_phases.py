@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
+import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncpg
-from faststream import BaseMiddleware
 
 from handlers.pg import naive_utc, pg_text
 from handlers.store import upload_row
+from ingest.bench.children import Child, children, settings_env
 from ingest.bench.kafka_phases import wait_committed
 from ingest.bench.measure import (
     IDLE_TIMEOUT_S,
@@ -217,71 +219,51 @@ async def baseline(url: str, workload: Workload, sample: int) -> PhaseResult:
 # --- d. the service's consumer -------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class BatchClock:
-    """Handler timings collected by `_Timed`: first batch in, last batch done, busy time."""
-
-    first: float = 0.0
-    last: float = 0.0
-    batches: int = 0
-    records: int = 0
-    busy: float = 0.0
-    sizes: list[int] = field(default_factory=list)
-    cpu_at_first: dict[str, float] = field(default_factory=dict)
-
-    def middleware(self, msg: Any, /, *, context: Any) -> BaseMiddleware:
-        return _Timed(msg, context=context, clock=self)
-
-
-class _Timed(BaseMiddleware):  # type: ignore[type-arg]
-    """Innermost broker middleware: wraps exactly the handler (decode, DB transaction, outbox
-    flush); the offset commit of the batch follows it."""
-
-    def __init__(self, msg: Any, /, *, context: Any, clock: BatchClock) -> None:
-        super().__init__(msg, context=context)
-        self.clock = clock
-
-    async def consume_scope(self, call_next: Any, msg: Any) -> Any:
-        clock = self.clock
-        if not clock.first:
-            clock.cpu_at_first = cpu_snapshot()
-        started = time.perf_counter()
-        clock.first = clock.first or started
-        result = await call_next(msg)
-        clock.last = time.perf_counter()
-        clock.busy += clock.last - started
-        size = len(msg.raw_message) if isinstance(msg.raw_message, tuple | list) else 1
-        clock.batches += 1
-        clock.records += size
-        clock.sizes.append(size)
-        return result
-
-
 async def consumer_e2e(
-    settings: Settings, workload: Workload, partitions: dict[str, int]
+    settings: Settings, workload: Workload, partitions: dict[str, int], processes: int
 ) -> PhaseResult:
-    """`running_consumer` on a fresh database and group, from the beginning of the topic until
-    every expected message row is committed; then rows and committed offsets are verified."""
-    from handlers.app import running_consumer
+    """`processes` x `crm-ingest consume` (one consumer group, as deployed: one process per
+    core) on a fresh database, from the beginning of the topic until every expected message
+    row is committed; then rows and committed offsets are verified.
 
+    Timed from the first batch's transaction (the smallest `created_at`, PostgreSQL's
+    transaction start) to the poll that saw the last row, on PostgreSQL's clock: start-up and
+    the group join are left out, the first batch's decode too (one batch), and up to one poll
+    interval (50 ms) is added."""
     expected = workload.expected()
-    clock = BatchClock()
-    cpu_at_start = cpu_snapshot()
-    pool_started = time.perf_counter()
-    async with running_consumer(settings) as running:
-        # Before any await: the group has not even joined yet, so no batch is missed.
-        running.broker.add_middleware(clock.middleware)
-        conn = await connect(settings.database_url)
+    env = settings_env(settings) | {"CRM_INGEST_METRICS_PORT": "0"}
+    consume = [sys.executable, "-m", "ingest.cli", "consume"]
+    conn = await connect(settings.database_url)
+    with (
+        tempfile.TemporaryDirectory(prefix="crm-ingest-bench-") as tmp,
+        children(Path(tmp)) as kids,
+    ):
         try:
-            count, progress = -1, time.monotonic()
+            spawned = time.perf_counter()
+            for i in range(processes):
+                kids.append(Child(f"consumer-{i}", consume, env, Path(tmp)))
+            count, progress, cpu_at_first, first_seen = -1, time.monotonic(), None, 0.0
             while count < expected.events:
                 await asyncio.sleep(0.05)
                 now_count = int(await conn.fetchval("SELECT count(*) FROM ingest_message_refs"))
+                if now_count and cpu_at_first is None:
+                    cpu_at_first, first_seen = cpu_snapshot(), time.perf_counter()
                 if now_count != count:
                     count, progress = now_count, time.monotonic()
-                elif time.monotonic() - progress > IDLE_TIMEOUT_S:
-                    raise BenchError(f"consumer: stalled at {count} of {expected.events} messages")
-            db_seen = time.perf_counter()
+                elif time.monotonic() - progress > IDLE_TIMEOUT_S or any(
+                    kid.proc.poll() is not None for kid in kids
+                ):
+                    tails = "\n".join(kid.tail() for kid in kids)
+                    raise BenchError(
+                        f"consumer: stalled at {count} of {expected.events} messages\n{tails}"
+                    )
+            seconds = float(
+                await conn.fetchval(
+                    "SELECT extract(epoch FROM clock_timestamp()"
+                    " - (SELECT min(created_at) FROM crm_chat_messages) AT TIME ZONE 'UTC')"
+                )
+            )
+            done = time.perf_counter()
             cpu_at_end = cpu_snapshot()
             rows = await verify_rows(conn, workload, expected, "consumer")
             outbox = None
@@ -290,24 +272,17 @@ async def consumer_e2e(
                     f"SELECT count(*) AS n, count(*) FILTER (WHERE published_at IS NULL)"
                     f" AS pending FROM {OUTBOX}"
                 )
+            offsets = await wait_committed(settings, partitions)
+            batches = [kid.tail(1 << 26).count('"batch committed"') for kid in kids]
         finally:
             await conn.close()
-        offsets = await wait_committed(settings, partitions)
-    if clock.records >= len(workload.deliveries):
-        seconds, timing = clock.last - clock.first, "first record to last handler return"
-    else:  # the hook came too late for the first batches: fall back to the wall clock
-        seconds, timing = db_seen - pool_started, "consumer start to last row seen"
-    sizes = sorted(clock.sizes)
     extra: dict[str, Any] = {
-        "timing": timing,
-        "from_start_s": round(db_seen - pool_started, 3),
-        "batches": clock.batches,
-        "batch_size_mean": round(clock.records / max(1, clock.batches), 1),
-        "batch_size_max": sizes[-1] if sizes else 0,
-        "handler_busy_share": round(clock.busy / seconds, 3) if seconds else 0.0,
-        "cpu_share": cpu_share(
-            clock.cpu_at_first or cpu_at_start, cpu_at_end, db_seen - (clock.first or pool_started)
-        ),
+        "processes": processes,
+        "timing": "first transaction to last row seen (PostgreSQL clock)",
+        "from_start_s": round(done - spawned, 3),
+        "batches_per_process": batches,
+        "batch_size_mean": round(len(workload.deliveries) / max(1, sum(batches)), 1),
+        "cpu_share": cpu_share(cpu_at_first or {}, cpu_at_end, done - first_seen),
         "rows": rows,
         "offsets_committed": sum(offsets.values()),
         "settings": {

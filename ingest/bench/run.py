@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import cProfile
 import logging
 import os
 import time
@@ -57,16 +56,9 @@ async def run_bench(settings: Settings, args: argparse.Namespace) -> dict[str, A
             sample = max(1, round(len(workload.deliveries) * args.baseline_sample))
             results["baseline"] = await db_phases.baseline(urls["baseline"], workload, sample)
             consumer = run.model_copy(update={"database_url": urls["consumer"]})
-            profiler = cProfile.Profile() if args.profile else None
-            if profiler is not None:
-                profiler.enable()
-            try:
-                partitions = results["load"].extra["partitions"]
-                results["consumer"] = await db_phases.consumer_e2e(consumer, workload, partitions)
-            finally:
-                if profiler is not None:
-                    profiler.disable()
-                    profiler.dump_stats(args.profile)
+            results["consumer"] = await db_phases.consumer_e2e(
+                consumer, workload, results["load"].extra["partitions"], args.consumer_processes
+            )
             if not args.skip_gateway:
                 gateway = run.model_copy(
                     update={

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.integration
 
 ARGS = ["--events", "2000", "--gateway-requests", "200", "--gateway-rate", "200"]
 ARGS += ["--gateway-seconds", "1", "--gateway-concurrency", "8", "--seed", "3"]
+ARGS += ["--consumer-processes", "2"]
 
 
 async def test_bench_runs_every_phase_and_reports_every_figure(
@@ -60,6 +61,7 @@ async def test_bench_runs_every_phase_and_reports_every_figure(
     consumer = printed["phases"]["consumer"]
     assert consumer["events"] == 2000
     assert consumer["offsets_committed"] == 2000
+    assert consumer["processes"] == len(consumer["batches_per_process"]) == 2
     assert consumer["rows"]["crm_chat_messages"] == 1900
     assert consumer["rows"]["crm_clients"] == workload["new_senders"]
     assert consumer["rows"]["crm_chat_message_attachments"] == workload["with_attachments"]

@@ -229,6 +229,7 @@ def test_arguments_and_defaults() -> None:
     args = parser.parse_args([])
     assert (args.events, args.partitions, args.tenants) == (100_000, 4, 4)
     assert (args.gateway_requests, args.gateway_rate, args.json_only) == (5000, 1000.0, False)
+    assert args.consumer_processes == (os.cpu_count() or 1)  # as deployed: one per core
     args = parser.parse_args(["--events", "10", "--json-only", "--gateway-client", "httpx"])
     assert (args.events, args.json_only, args.gateway_client) == (10, True, "httpx")
     with pytest.raises(SystemExit):
