@@ -11,9 +11,10 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+import pydantic_core
 import structlog
 
-from ingest.events import SCHEMA_VERSION, make_chat_event_id
+from ingest.events import SCHEMA_VERSION, chat_key, make_chat_event_id
 from sql import QUERIES
 
 log = structlog.stdlib.get_logger("crm_ingest.outbox")
@@ -193,12 +194,21 @@ async def enqueue(conn: asyncpg.Connection, queued: Sequence[Queued]) -> None:
         return
     await conn.execute(
         QUERIES["enqueue_chat_events"],
-        [payload["event_id"] for payload, _ in queued],
-        [payload["event_type"] for payload, _ in queued],
-        [f"{payload['tenant_id']}:{payload['chat_id']}" for payload, _ in queued],
         [payload for payload, _ in queued],
         [source for _, source in queued],
     )
+
+
+def outbound_message(payload: Payload) -> tuple[str, bytes, dict[str, str]]:
+    """Kafka key (the chat: its events stay in order), value and headers of a chat event."""
+    headers = {
+        "event-type": payload["event_type"],
+        "event-id": payload["event_id"],
+        "schema-version": str(SCHEMA_VERSION),
+        "content-type": "application/json",
+    }
+    key = chat_key(payload["tenant_id"], payload["chat_id"])
+    return key, pydantic_core.to_json(payload), headers
 
 
 Publish = Callable[[Sequence[tuple[str, bytes, dict[str, str]]]], Awaitable[None]]
@@ -208,17 +218,17 @@ class OutboxRelay:
     """Publishes pending outbox rows in commit order; one relay at a time (advisory lock)."""
 
     def __init__(
-        self, pool: asyncpg.Pool, publish: Publish, *, batch: int = 1000, retention_hours: int = 168
+        self, pool: asyncpg.Pool, publish: Publish, *, batch: int = 8, retention_hours: int = 168
     ) -> None:
         self._pool = pool
         self._publish = publish
-        self._batch = batch
+        self._batch = batch  # outbox rows per publish: each holds one transaction's events
         self._retention_hours = retention_hours
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
 
     async def flush(self) -> int:
-        """Publish everything pending now; returns how many were published."""
+        """Publish everything pending now; returns how many outbox rows were published."""
         published = 0
         async with self._lock:
             while True:
@@ -235,17 +245,9 @@ class OutboxRelay:
             if not rows:
                 return 0
             messages = [
-                (
-                    row["kafka_key"],
-                    row["payload"].encode(),  # as written, in the contract's shape
-                    {
-                        "event-type": row["event_type"],
-                        "event-id": str(row["event_id"]),
-                        "schema-version": str(SCHEMA_VERSION),
-                        "content-type": "application/json",
-                    },
-                )
+                outbound_message(payload)
                 for row in rows
+                for payload in pydantic_core.from_json(row["events"])
             ]
             await self._publish(messages)
             await conn.execute(QUERIES["mark_published"], [row["seq"] for row in rows])

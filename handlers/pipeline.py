@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
 
 from handlers.chat_events import OutboxRelay, Publish
 from handlers.dead_letters import DeadLetterSink, PublishDeadLetter
@@ -42,6 +45,48 @@ def build_pipeline(
     return Pipeline(ingestor, relay)
 
 
+# Record batches of chat events built here, one per partition, up to this size: measured against
+# Tansu with 60k chat events, `send()` per event cost 16 µs of CPU (aiokafka's default 16 KiB
+# batches) or 12 µs (256 KiB); building the batches ourselves, 4 µs.
+OUTBOUND_BATCH_BYTES = 256 * 1024
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _partition_of(key: bytes, count: int) -> int:
+    every = list(range(count))
+    return int(DefaultPartitioner()(key, every, every))
+
+
+async def publish_batched(
+    producer: AIOKafkaProducer,
+    topic: str,
+    messages: Sequence[tuple[str, bytes, dict[str, str]]],
+    encode: Callable[[dict[str, str]], list[tuple[str, bytes]]],
+) -> None:
+    """Send messages as record batches built per partition and wait for every acknowledgement.
+    Partitions are chosen like `send()` does (murmur2 of the key over all partitions, as in the
+    Java client), and a partition's messages keep their order."""
+    count = len(await producer.partitions_for(topic))
+    open_batches: dict[int, Any] = {}
+    acks = []
+    for key, value, headers in messages:
+        key_bytes = key.encode()
+        partition = _partition_of(key_bytes, count)
+        batch = open_batches.get(partition)
+        if batch is None:
+            batch = open_batches[partition] = producer.create_batch()
+        record_headers = encode(headers)
+        if batch.append(key=key_bytes, value=value, timestamp=None, headers=record_headers) is None:
+            batch.close()  # full: send it, and start the partition's next one
+            acks.append(await producer.send_batch(batch, topic, partition=partition))
+            batch = open_batches[partition] = producer.create_batch()
+            batch.append(key=key_bytes, value=value, timestamp=None, headers=record_headers)
+    for partition, batch in open_batches.items():
+        batch.close()
+        acks.append(await producer.send_batch(batch, topic, partition=partition))
+    await asyncio.gather(*acks)
+
+
 @contextlib.asynccontextmanager
 async def producer_publishers(
     settings: Settings, client_id: str = "crm-ingest-ops"
@@ -53,6 +98,7 @@ async def producer_publishers(
         acks="all",
         enable_idempotence=settings.producer_idempotence,
         linger_ms=settings.producer_linger_ms,
+        max_batch_size=OUTBOUND_BATCH_BYTES,
     )
     await producer.start()
 
@@ -63,13 +109,7 @@ async def producer_publishers(
         await producer.send_and_wait(settings.dlq_topic, value, key=key, headers=encode(headers))
 
     async def chat_events(messages: Sequence[tuple[str, bytes, dict[str, str]]]) -> None:
-        sent = [
-            await producer.send(
-                settings.chat_events_topic, value, key=key.encode(), headers=encode(headers)
-            )
-            for key, value, headers in messages
-        ]
-        await asyncio.gather(*sent)
+        await publish_batched(producer, settings.chat_events_topic, messages, encode)
 
     try:
         yield dead_letter, chat_events

@@ -183,8 +183,7 @@ async def _reemit(pool: asyncpg.Pool | None, batch: Sequence[Record]) -> int:
                 with contextlib.suppress(ValueError):
                     ids.append(uuid.UUID(value.decode()))
     assert pool is not None
-    result = await pool.execute(QUERIES["reemit_chat_events"], ids)
-    return int(result.split()[-1])
+    return int(await pool.fetchval(QUERIES["reemit_chat_events"], ids) or 0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -150,7 +150,7 @@ def make_chat_event_id(*parts: object) -> uuid.UUID:
     return uuid.uuid5(CHAT_EVENT_NAMESPACE, "|".join(str(p) for p in parts))
 
 
-def chat_key(tenant_id: uuid.UUID, chat_id: int) -> str:
+def chat_key(tenant_id: uuid.UUID | str, chat_id: int) -> str:
     return f"{tenant_id}:{chat_id}"
 
 

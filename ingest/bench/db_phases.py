@@ -60,23 +60,26 @@ async def _scratch_schema(conn: asyncpg.Connection, tables: Sequence[str]) -> No
         await conn.execute("SET search_path = public")
 
 
-async def db_ceiling(url: str, workload: Workload) -> PhaseResult:
+async def db_ceiling(url: str, workload: Workload, batch_records: int) -> PhaseResult:
     """COPY of the final rows into same-shaped tables (indexes, defaults, FKs) in one
-    transaction on one connection: what PostgreSQL alone can absorb on this machine."""
+    transaction on one connection: what PostgreSQL alone can absorb on this machine. Chat
+    events fill one outbox row per consumer batch of `batch_records`, as the consumer's do."""
     conn = await connect(url)
     try:
-        # Binary COPY needs a binary jsonb codec: format version 1, then the JSON text, which
+        # Binary COPY of json/jsonb: the JSON text (jsonb after a format version byte), which
         # is serialized before the clock starts (the ceiling is PostgreSQL's, not json.dumps').
-        await conn.set_type_codec(
-            "jsonb",
-            encoder=lambda text: b"\x01" + text.encode(),
-            decoder=lambda data: data[1:].decode(),
-            schema="pg_catalog",
-            format="binary",
-        )
+        for typename, prefix in (("json", b""), ("jsonb", b"\x01")):
+            await conn.set_type_codec(
+                typename,
+                encoder=lambda text, prefix=prefix: prefix + text.encode(),
+                decoder=lambda data, prefix=prefix: data[len(prefix) :].decode(),
+                schema="pg_catalog",
+                format="binary",
+            )
         outbox = await table_exists(conn, OUTBOX)
-        rows = final_rows(workload, outbox=outbox)
-        for table, column in (("crm_chat_members", "transport_meta"), (OUTBOX, "payload")):
+        transactions = -(-len(workload.deliveries) // batch_records)
+        rows = final_rows(workload, outbox=outbox, transactions=transactions)
+        for table, column in (("crm_chat_members", "transport_meta"), (OUTBOX, "events")):
             if table in rows:
                 columns, records = rows[table]
                 at = columns.index(column)
@@ -269,8 +272,9 @@ async def consumer_e2e(
             outbox = None
             if await table_exists(conn, OUTBOX):
                 outbox = await conn.fetchrow(
-                    f"SELECT count(*) AS n, count(*) FILTER (WHERE published_at IS NULL)"
-                    f" AS pending FROM {OUTBOX}"
+                    "SELECT count(*) AS n, coalesce(sum(json_array_length(events)), 0) AS events,"
+                    " count(*) FILTER (WHERE published_at IS NULL) AS pending"
+                    f" FROM {OUTBOX}"
                 )
             offsets = await wait_committed(settings, partitions)
             batches = [kid.tail(1 << 26).count('"batch committed"') for kid in kids]
@@ -293,5 +297,6 @@ async def consumer_e2e(
     }
     if outbox is not None:
         extra["outbox_rows"] = int(outbox["n"])
-        extra["outbox_pending_at_end"] = int(outbox["pending"])
+        extra["outbox_chat_events"] = int(outbox["events"])
+        extra["outbox_rows_pending_at_end"] = int(outbox["pending"])
     return PhaseResult("d  consumer end to end", len(workload.deliveries), seconds, extra)

@@ -14,7 +14,7 @@ from handlers.store import upload_row
 from ingest.bench.measure import BenchError
 from ingest.bench.services import count_rows
 from ingest.bench.workload import Expected, Workload
-from ingest.events import MessageEvent, chat_key, make_chat_event_id
+from ingest.events import MessageEvent, make_chat_event_id
 
 OUTBOX = "ingest_outbox"
 COLUMNS = {  # what the COPY of phase b writes
@@ -27,7 +27,7 @@ COLUMNS = {  # what the COPY of phase b writes
     "ingest_message_refs": "channel_id external_id message_id version",
     "core_uploads": "id tenant_id hash path name size mimetype",
     "crm_chat_message_attachments": "id message_id upload_id",
-    OUTBOX: "seq event_id event_type kafka_key payload source_event_id published_at",
+    OUTBOX: "seq events source_event_ids published_at",
 }
 
 
@@ -79,9 +79,10 @@ def last_message_at(workload: Workload, deliveries: int) -> dict[str, datetime]:
 
 
 def final_rows(
-    workload: Workload, *, outbox: bool
+    workload: Workload, *, outbox: bool, transactions: int = 1
 ) -> dict[str, tuple[list[str], list[tuple[Any, ...]]]]:
-    """The rows a correct ingestion of the whole workload ends with, ids assigned in order."""
+    """The rows a correct ingestion of the whole workload ends with, ids assigned in order;
+    the chat events split over as many outbox rows as the consumer has `transactions`."""
     senders: dict[int, list[MessageEvent]] = {}
     for i, event in enumerate(workload.events):
         senders.setdefault(workload.sender_of[i], []).append(event)
@@ -130,14 +131,19 @@ def final_rows(
         "crm_chat_message_attachments": links,
     }
     if outbox:
-        data[OUTBOX] = events_out
+        per_row = -(-len(events_out) // max(1, transactions))
+        published = naive_utc(datetime.now(UTC))
+        data[OUTBOX] = [
+            (0, [p for p, _ in chunk], [source for _, source in chunk], published)
+            for chunk in (events_out[i : i + per_row] for i in range(0, len(events_out), per_row))
+        ]
     return {table: (COLUMNS[table].split(), records) for table, records in data.items()}
 
 
 def _outbox_row(
     e: MessageEvent, kind: str, sender: int, message_id: int | None, member: uuid.UUID | None
-) -> tuple[Any, ...]:
-    """A chat-event outbox row shaped like the service's (payload close in size and keys)."""
+) -> tuple[dict[str, Any], uuid.UUID]:
+    """A chat event shaped like the service's (close in size and keys), with its cause."""
     client = sender + 1
     payload: dict[str, Any] = {
         "schema_version": 1,
@@ -159,6 +165,4 @@ def _outbox_row(
         }
     elif kind == "client.created":
         payload |= {"first_name": e.sender.first_name, "last_name": e.sender.last_name}
-    published = naive_utc(datetime.now(UTC))
-    key = chat_key(e.tenant_id, client)
-    return (0, uuid.UUID(payload["event_id"]), kind, key, payload, e.event_id, published)
+    return payload, e.event_id

@@ -52,7 +52,9 @@ async def run_bench(settings: Settings, args: argparse.Namespace) -> dict[str, A
             results["kafka_ceiling"] = await kafka_phases.kafka_ceiling(
                 run, len(workload.deliveries)
             )
-            results["db_ceiling"] = await db_phases.db_ceiling(urls["copy"], workload)
+            results["db_ceiling"] = await db_phases.db_ceiling(
+                urls["copy"], workload, run.batch_max_records
+            )
             sample = max(1, round(len(workload.deliveries) * args.baseline_sample))
             results["baseline"] = await db_phases.baseline(urls["baseline"], workload, sample)
             consumer = run.model_copy(update={"database_url": urls["consumer"]})

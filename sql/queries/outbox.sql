@@ -1,23 +1,21 @@
 -- enqueue_chat_events --
--- Add chat events to the outbox; an id already there (a replay) is a no-op
-INSERT INTO ingest_outbox (event_id, event_type, kafka_key, payload, source_event_id)
-SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::uuid[])
-ON CONFLICT (event_id) DO NOTHING;
+-- Queue a transaction's chat events as one row, each with the inbound event that caused it
+INSERT INTO ingest_outbox (events, source_event_ids) VALUES ($1::json, $2::uuid[]);
 
 -- lock_relay --
 -- Only one relay publishes at a time, so each chat's events leave in commit order
 SELECT pg_try_advisory_xact_lock($1);
 
 -- pending_chat_events --
--- The oldest unpublished chat events
-SELECT seq, event_id, event_type, kafka_key, payload::text AS payload
+-- The oldest unpublished rows of chat events, as the JSON text they were written as
+SELECT seq, events::text AS events
 FROM ingest_outbox
 WHERE published_at IS NULL
 ORDER BY seq
 LIMIT $1;
 
 -- mark_published --
--- Chat events the broker acknowledged
+-- Rows whose chat events the broker acknowledged
 UPDATE ingest_outbox SET published_at = NOW() WHERE seq = ANY($1::bigint[]);
 
 -- purge_published --
@@ -25,9 +23,20 @@ UPDATE ingest_outbox SET published_at = NOW() WHERE seq = ANY($1::bigint[]);
 DELETE FROM ingest_outbox WHERE published_at < NOW() - make_interval(hours => $1);
 
 -- reemit_chat_events --
--- Queue again the chat events caused by the given inbound events (replay --reemit)
-UPDATE ingest_outbox SET published_at = NULL
-WHERE source_event_id = ANY($1::uuid[]) AND published_at IS NOT NULL;
+-- Queue again, as one new row, the published chat events caused by the given inbound events
+WITH caused AS (
+    SELECT e.event, e.source, o.seq, e.ord
+    FROM ingest_outbox AS o
+    CROSS JOIN LATERAL ROWS FROM (json_array_elements(o.events), unnest(o.source_event_ids))
+         WITH ORDINALITY AS e(event, source, ord)
+    WHERE o.published_at IS NOT NULL AND o.source_event_ids && $1::uuid[]
+      AND e.source = ANY($1::uuid[])
+)
+INSERT INTO ingest_outbox (events, source_event_ids)
+SELECT json_agg(event ORDER BY seq, ord), array_agg(source ORDER BY seq, ord)
+FROM caused
+HAVING count(*) > 0
+RETURNING cardinality(source_event_ids) AS queued;
 
 -- record_dead_letter --
 -- Keep a dead letter (the same source record twice is one dead letter)

@@ -4,12 +4,14 @@ these are importable, so test modules and conftest share one copy of each class.
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import httpx
+from aiokafka import AIOKafkaConsumer
 
 import sql
 from ingest.admin import insert_channel
@@ -85,3 +87,35 @@ async def new_channel(
         await conn.execute(sql.QUERIES["insert_tenant"], tenant_id, "test tenant")
         view = await insert_channel(conn, tenant_id, transport, config)  # type: ignore[arg-type]
     return TenantChannel(tenant_id, uuid.UUID(view["id"]), view["config"], view["webhook_path"])
+
+
+# Every queued chat event with its outbox row and position, oldest first.
+OUTBOX_EVENTS = """
+SELECT o.seq, e.ord, e.event::jsonb AS event, e.source AS source_event_id, o.published_at
+FROM ingest_outbox AS o
+CROSS JOIN LATERAL ROWS FROM (json_array_elements(o.events), unnest(o.source_event_ids))
+     WITH ORDINALITY AS e(event, source, ord)
+ORDER BY o.seq, e.ord"""
+
+
+async def read_topic(settings: Settings, topic: str, idle_s: float = 3.0) -> list[Any]:
+    """Everything on a topic, read until idle (the embedded broker's end offsets are wrong)."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        last = time.monotonic()
+        while time.monotonic() - last < idle_s:
+            batch = await consumer.getmany(timeout_ms=200)
+            for part in batch.values():
+                records += part
+                last = time.monotonic()
+    finally:
+        await consumer.stop()
+    return records

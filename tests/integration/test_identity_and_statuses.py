@@ -28,7 +28,7 @@ from ingest.events import MessageEvent
 from ingest.transports.base import Channel, ParseContext, RawRequest
 from ingest.transports.sms import TwilioSmsAdapter
 from ingest.transports.whatsapp import WhatsAppAdapter
-from tests.integration.pipeline import Gateway, TenantChannel, new_channel
+from tests.integration.pipeline import OUTBOX_EVENTS, Gateway, TenantChannel, new_channel
 from tests.integration.signing import (
     APP_SECRET,
     AUTH_TOKEN,
@@ -431,8 +431,9 @@ async def test_duplicate_status_changes_nothing(
     assert (await post_whatsapp(gateway, whatsapp, read)).status_code == 200
     before = await settled(pool, whatsapp, 1)
     assert before["read_at"] == utc(T0 + 300)
-    updates = """SELECT count(*) FROM ingest_outbox WHERE event_type = 'message.updated'
-                 AND (payload->>'message_id')::int = $1"""
+    updates = f"""SELECT count(*) FROM ({OUTBOX_EVENTS}) AS q
+                  WHERE event->>'event_type' = 'message.updated'
+                    AND (event->>'message_id')::int = $1"""
     assert await pool.fetchval(updates, before["id"]) == 1
 
     assert (await post_whatsapp(gateway, whatsapp, read)).status_code == 200

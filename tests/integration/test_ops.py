@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from handlers.app import running_consumer
 from handlers.replay import Range, list_dead_letters, replay_dead_letters, replay_topic
@@ -26,10 +24,12 @@ from ingest.transports.base import Channel, ParseContext, RawRequest
 from ingest.transports.telegram import TelegramAdapter
 from sql.db import create_pool
 from tests.integration.pipeline import (
+    OUTBOX_EVENTS,
     TenantChannel,
     migrated_database,
     new_channel,
     pipeline_settings,
+    read_topic,
 )
 from tests.support import eventually
 
@@ -76,29 +76,6 @@ async def table_hashes(pool: asyncpg.Pool) -> dict[str, str]:
         )
         for table in CRM_TABLES
     }
-
-
-async def read_topic(settings: Settings, topic: str, idle_s: float = 3.0) -> list[Any]:
-    """Everything on a topic, read until idle (the embedded broker's end offsets are wrong)."""
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=None,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        last = time.monotonic()
-        while time.monotonic() - last < idle_s:
-            batch = await consumer.getmany(timeout_ms=200)
-            for part in batch.values():
-                records += part
-                last = time.monotonic()
-    finally:
-        await consumer.stop()
-    return records
 
 
 @pytest.fixture
@@ -211,13 +188,12 @@ async def test_chat_events_scenario_replay_and_dead_letters(
 
     # Replay of the whole history changes no row and queues no new chat event.
     before = await table_hashes(pool)
-    outbox_before = {r["event_id"] for r in await pool.fetch("SELECT event_id FROM ingest_outbox")}
+    outbox_before = await pool.fetch(OUTBOX_EVENTS)
     summary = await replay_topic(settings, topic, Range(from_offset=0), idle_timeout_s=2.0)
     assert summary.read == 8
     assert (summary.applied, summary.dead_lettered) == (0, 4)
     assert await table_hashes(pool) == before
-    outbox_after = {r["event_id"] for r in await pool.fetch("SELECT event_id FROM ingest_outbox")}
-    assert outbox_after == outbox_before
+    assert await pool.fetch(OUTBOX_EVENTS) == outbox_before
 
     # --reemit publishes the range's chat events again, with the same ids.
     await replay_topic(settings, topic, Range(from_offset=0), reemit=True, idle_timeout_s=2.0)

@@ -1,0 +1,80 @@
+"""Migrations that reshape tables keep the rows a running service already wrote."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import asyncpg
+import pytest
+
+import sql
+from sql.db import connect
+from tests.support import create_database
+
+pytestmark = pytest.mark.integration
+
+
+async def _migrate_until(conn: asyncpg.Connection, version: str) -> None:
+    """Apply and record the migrations before `version`, as an older release would have."""
+    await conn.execute(sql.QUERIES["create_migrations_table"])
+    for migration in sql.load_migrations():
+        if migration.version >= version:
+            return
+        await conn.execute(migration.sql)
+        await conn.execute(
+            sql.QUERIES["record_migration"], migration.version, migration.name, migration.checksum
+        )
+
+
+async def test_outbox_rows_per_event_become_rows_per_transaction(database_url: str) -> None:
+    conn = await connect(await create_database(database_url, "outbox_0008"))
+    try:
+        await _migrate_until(conn, "0008")
+        old = [
+            (uuid.uuid4(), "chat.created", {"event_id": "a", "chat_id": 1}, uuid.uuid4(), True),
+            (uuid.uuid4(), "message.created", {"event_id": "b", "chat_id": 1}, uuid.uuid4(), False),
+            (uuid.uuid4(), "message.created", {"event_id": "c", "chat_id": 2}, None, False),
+        ]
+        for event_id, event_type, payload, source, published in old:
+            await conn.execute(
+                """INSERT INTO ingest_outbox
+                       (event_id, event_type, kafka_key, payload, source_event_id, published_at)
+                   VALUES ($1, $2, 'k', $3, $4, CASE WHEN $5 THEN NOW() END)""",
+                event_id,
+                event_type,
+                payload,
+                source,
+                published,
+            )
+
+        assert await sql.migrate(conn) == ["0008"]
+
+        rows = await conn.fetch(
+            "SELECT seq, events::text AS events, source_event_ids, published_at"
+            " FROM ingest_outbox ORDER BY seq"
+        )
+        assert [json.loads(r["events"]) for r in rows] == [[p] for _, _, p, _, _ in old]
+        assert [r["source_event_ids"] for r in rows] == [[s] for _, _, _, s, _ in old]
+        assert [r["published_at"] is not None for r in rows] == [p for *_, p in old]
+        pending = await conn.fetch(sql.QUERIES["pending_chat_events"], 10)
+        assert [r["seq"] for r in pending] == [r["seq"] for r in rows[1:]]
+        # The sequence continues after the moved rows.
+        seq = await conn.fetchval(
+            "INSERT INTO ingest_outbox (events, source_event_ids) VALUES ('[]', '{}') RETURNING seq"
+        )
+        assert seq > rows[-1]["seq"]
+    finally:
+        await conn.close()
+
+
+async def test_outbox_refuses_anything_but_an_array_of_events(database_url: str) -> None:
+    conn = await connect(await create_database(database_url, "outbox_check"))
+    try:
+        await sql.migrate(conn)
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute(
+                "INSERT INTO ingest_outbox (events, source_event_ids) VALUES ('{}', '{}')"
+            )
+    finally:
+        await conn.close()
