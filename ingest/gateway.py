@@ -36,6 +36,7 @@ from ingest.errors import PublishUnavailable, WebhookRejected
 from ingest.logs import get_logger
 from ingest.metrics import metrics_response, observe_publish, observe_request
 from ingest.openapi import openapi_document
+from ingest.process import settle_heap
 from ingest.publisher import EventPublisher
 from ingest.transports import load_adapters
 from ingest.transports.base import (
@@ -125,6 +126,7 @@ def create_gateway(settings: Settings) -> Starlette:
             await publisher.start()
             if not await channels.ping():
                 log.warning("database not reachable at startup")
+            settle_heap()
             log.info("gateway started", transports=sorted(adapters))
             yield
         finally:
