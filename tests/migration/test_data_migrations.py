@@ -48,7 +48,7 @@ async def test_outbox_rows_per_event_become_rows_per_transaction(database_url: s
                 published,
             )
 
-        assert await sql.migrate(conn) == ["0008"]
+        assert (await sql.migrate(conn))[0] == "0008"
 
         rows = await conn.fetch(
             "SELECT seq, events::text AS events, source_event_ids, published_at"
