@@ -47,8 +47,19 @@ class RawHttp:
         lines += [f"{k}: {v}" for k, v in headers.items()]
         lines.append(f"content-length: {len(body)}")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        conn = self._idle.pop() if self._idle else await self._connect()
-        status = await conn.request(head, body)
+        reused = bool(self._idle)
+        conn = self._idle.pop() if reused else await self._connect()
+        try:
+            status = await conn.request(head, body)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            if not reused:
+                raise
+            # The server closed this keep-alive connection while it was idle (uvicorn does
+            # after 5 s, e.g. while the other server's round runs): retry on a fresh one.
+            self._all.remove(conn)
+            conn.writer.close()
+            conn = await self._connect()
+            status = await conn.request(head, body)
         self._idle.append(conn)
         return status
 

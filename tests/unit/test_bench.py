@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
 import json
 import math
@@ -12,6 +13,7 @@ import pytest
 
 from ingest.bench import add_arguments
 from ingest.bench.children import settings_env
+from ingest.bench.http_client import RawHttp
 from ingest.bench.measure import percentile
 from ingest.bench.report import format_table, summarize
 from ingest.bench.workload import (
@@ -250,3 +252,29 @@ def test_children_get_exactly_the_benchs_settings(monkeypatch: pytest.MonkeyPatc
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     assert load_settings() == settings
+
+
+async def test_raw_client_reconnects_when_the_server_closed_an_idle_connection() -> None:
+    served = 0
+
+    async def one_request_per_connection(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        nonlocal served
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(2)
+        served += 1
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()  # as an idle keep-alive timeout would
+
+    server = await asyncio.start_server(one_request_per_connection, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = RawHttp("127.0.0.1", port)
+    try:
+        statuses = [await client.post("/", b"{}", {}) for _ in range(3)]
+    finally:
+        await client.aclose()
+        server.close()
+    assert statuses == [200, 200, 200]
+    assert served == 3
