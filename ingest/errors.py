@@ -46,6 +46,10 @@ class PayloadTooLarge(WebhookRejected):
     status_code = 413
 
 
+class EventTooLarge(PayloadTooLarge):
+    """An event is over the broker's record size limit: retrying cannot help."""
+
+
 class PublishUnavailable(IngestError):
     """The broker did not acknowledge every event in time: answer 503 so the provider retries."""
 

@@ -119,6 +119,21 @@ InboundEvent = Annotated[MessageEvent | StatusEvent, Field(discriminator="event_
 inbound_event_adapter: TypeAdapter[MessageEvent | StatusEvent] = TypeAdapter(InboundEvent)
 
 
+# The longest message text an event carries. Kafka refuses records over 1 MB by default, and an
+# email's text part may be far longer (the gateway accepts 25 MB bodies): past this, the text
+# is cut and `message_meta.text_truncated` keeps the original length. 100,000 characters stay
+# under 1 MB even if every one needs a 6-byte JSON escape.
+MAX_TEXT_CHARS = 100_000
+
+
+def within_text_limit(event: MessageEvent) -> MessageEvent:
+    """The event as published: its text cut to MAX_TEXT_CHARS, and the cut recorded."""
+    if len(event.text) <= MAX_TEXT_CHARS:
+        return event
+    meta = {**event.message_meta, "text_truncated": {"original_chars": len(event.text)}}
+    return event.model_copy(update={"text": event.text[:MAX_TEXT_CHARS], "message_meta": meta})
+
+
 def encode_event(event: MessageEvent | StatusEvent) -> bytes:
     return event.model_dump_json().encode()
 

@@ -32,7 +32,8 @@ from structlog.contextvars import bound_contextvars
 
 from ingest.channels import ChannelDirectory
 from ingest.config import Settings, SettingsError, Transport
-from ingest.errors import PublishUnavailable, WebhookRejected
+from ingest.errors import EventTooLarge, PublishUnavailable, WebhookRejected
+from ingest.events import MessageEvent, within_text_limit
 from ingest.logs import get_logger
 from ingest.metrics import metrics_response, observe_publish, observe_request
 from ingest.openapi import openapi_document
@@ -239,8 +240,13 @@ class _Gateway:
 
         ctx = ParseContext(channel=channel, received_at=datetime.now(UTC), correlation_id=cid)
         result: WebhookResult = await _call_adapter(adapter.handle, raw, ctx)
+        events = [within_text_limit(e) if isinstance(e, MessageEvent) else e for e in result.events]
         try:
-            await self._publish(transport, result.events)
+            await self._publish(transport, events)
+        except EventTooLarge as exc:
+            # Permanent: a retry would be refused the same way.
+            log.warning("event refused by the broker", reason=exc.reason, events=len(events))
+            raise _Refused(exc.status_code, exc.reason) from exc
         except PublishUnavailable as exc:
             log.warning("publish failed", error=str(exc), events=len(result.events))
             raise self._unavailable() from exc

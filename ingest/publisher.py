@@ -3,7 +3,8 @@
 A webhook answers 200 only once the broker has acknowledged every event of the request
 (`acks="all"`), so `publish` waits for every delivery future, bounded by `publish_timeout_s`.
 Anything that keeps that from happening - broker down, timeout, producer not connected yet - is
-raised as `PublishUnavailable` (the gateway answers 503 and the provider retries). A retried
+raised as `PublishUnavailable` (the gateway answers 503 and the provider retries); an event over
+the broker's size limit, which no retry fixes, as `EventTooLarge` (413). A retried
 request may re-send events that were acknowledged the first time; their deterministic
 `event_id` lets the consumers drop the duplicates.
 
@@ -20,10 +21,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from ingest.config import Settings
-from ingest.errors import PublishUnavailable
+from ingest.errors import EventTooLarge, PublishUnavailable
 from ingest.events import encode_event, event_headers
 from ingest.logs import get_logger
 from ingest.transports.base import Event
@@ -159,6 +160,8 @@ class EventPublisher:
                 await asyncio.wait(futures)
                 for future in futures:
                     future.result()
+        except MessageSizeTooLargeError as exc:
+            raise EventTooLarge("event too large for the broker") from exc
         except TimeoutError as exc:
             raise PublishUnavailable(
                 f"broker did not acknowledge {len(events)} event(s) within {self._timeout}s"

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
+from ingest.events import MAX_TEXT_CHARS
 from tests.integration.pipeline import Gateway, TenantChannel, new_channel
 from tests.integration.signing import (
     AUTH_TOKEN,
@@ -392,3 +393,25 @@ async def test_mailgun_body_mime_is_parsed_as_the_raw_message(
     assert rows["messages"][0]["sent_at"] == datetime(2017, 10, 13, 1, 3, 30)
     assert rows["contacts"][0]["contact_value"] == "test@example.org"
     assert rows["clients"][0]["first_name"] == "A tester"
+
+
+async def test_email_longer_than_the_text_limit_is_stored_cut_and_marked(
+    gateway: Gateway, pool: asyncpg.Pool, email: TenantChannel
+) -> None:
+    # 2.2 MB of text: over Kafka's 1 MB record limit, well under the 25 MB body limit. It used
+    # to be answered 503 on every retry, so the provider gave up and the message was lost.
+    head, sep, _ = eml("plain").partition(b"\n\n")
+    sentence = b"Lorem ipsum dolor sit amet. "
+    raw = with_message_id(head + sep + sentence * 80_000, "long-1@example.net")
+    response = await post_email(gateway, email, raw)
+    assert (response.status_code, response.json()) == (200, {"ok": True})
+
+    rows = await wait_messages(pool, email, 1)
+    text = rows["messages"][0]["message"]
+    assert len(text) == MAX_TEXT_CHARS
+    assert sentence.decode() * 100 in text
+    stored = await pool.fetchval(
+        "SELECT meta FROM ingest_message_refs WHERE message_id = $1", rows["messages"][0]["id"]
+    )
+    original = len((sentence * 80_000).decode().strip())
+    assert stored["text_truncated"]["original_chars"] >= original

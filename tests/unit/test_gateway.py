@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from ingest.config import Settings, Transport
-from ingest.errors import PublishUnavailable, Unauthorized
+from ingest.errors import EventTooLarge, PublishUnavailable, Unauthorized
 from ingest.events import MessageEvent, Sender, conversation_key
 from ingest.gateway import create_app
 from ingest.transports.base import (
@@ -266,6 +266,15 @@ async def test_publish_failure_is_503_with_retry_after(env: Env, error: Exceptio
     assert response.status_code == 503
     assert response.headers["retry-after"] == "7"
     assert response.json() == {"error": "temporarily unavailable"}
+
+
+async def test_event_over_the_brokers_limit_is_413_without_retry_after(env: Env) -> None:
+    env.publisher.error = EventTooLarge("event too large for the broker")
+    async with env.client() as client:
+        response = await post(client)
+    assert response.status_code == 413
+    assert "retry-after" not in response.headers
+    assert response.json() == {"error": "event too large for the broker"}
 
 
 @pytest.mark.parametrize("error", [OSError("connection refused"), TimeoutError()])

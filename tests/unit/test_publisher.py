@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
+from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, MessageSizeTooLargeError
 
 from ingest.config import Settings
-from ingest.errors import PublishUnavailable
+from ingest.errors import EventTooLarge, PublishUnavailable
 from ingest.events import StatusEvent, decode_event
 from ingest.publisher import EventPublisher
 
@@ -154,3 +154,16 @@ async def test_configuration_errors_are_not_retried() -> None:
 
     with pytest.raises(RuntimeError, match="zstd"):
         await EventPublisher(SETTINGS, producer_factory=broken).start()
+
+
+async def test_an_event_over_the_brokers_size_limit_is_refused_for_good() -> None:
+    producer = FakeProducer()
+    publisher = await started(producer)
+    producer.outcome = MessageSizeTooLargeError()
+    with pytest.raises(EventTooLarge) as refused:
+        await publisher.publish([event(1)])
+    assert (refused.value.status_code, refused.value.reason) == (
+        413,
+        "event too large for the broker",
+    )
+    await publisher.stop()
