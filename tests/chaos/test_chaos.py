@@ -29,7 +29,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from ingest.config import Settings
 from ingest.embedded import EmbeddedKafka, EmbeddedPostgres, ResolvedServices, free_port
@@ -49,6 +49,7 @@ from tests.integration.pipeline import (
     migrated_database,
     new_channel,
     pipeline_settings,
+    read_topic,
 )
 from tests.support import eventually
 
@@ -427,24 +428,7 @@ def telegram_update(index: int) -> bytes:
 
 async def topic_texts(bootstrap: str, topic: str, idle_s: float = 3.0) -> list[str]:
     """The `text` of every event on a topic, read until idle."""
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    texts: list[str] = []
-    try:
-        last = time.monotonic()
-        while time.monotonic() - last < idle_s:
-            for part in (await consumer.getmany(timeout_ms=200)).values():
-                texts += [json.loads(r.value)["text"] for r in part]
-                last = time.monotonic()
-    finally:
-        await consumer.stop()
-    return texts
+    return [json.loads(r.value)["text"] for r in await read_topic(bootstrap, topic, idle_s)]
 
 
 @pytest.mark.timeout(300)

@@ -98,11 +98,11 @@ CROSS JOIN LATERAL ROWS FROM (json_array_elements(o.events), unnest(o.source_eve
 ORDER BY o.seq, e.ord"""
 
 
-async def read_topic(settings: Settings, topic: str, idle_s: float = 3.0) -> list[Any]:
+async def read_topic(bootstrap: str, topic: str, idle_s: float = 3.0) -> list[Any]:
     """Everything on a topic, read until idle (the embedded broker's end offsets are wrong)."""
     consumer = AIOKafkaConsumer(
         topic,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        bootstrap_servers=bootstrap,
         group_id=None,
         auto_offset_reset="earliest",
         enable_auto_commit=False,

@@ -166,7 +166,7 @@ async def test_chat_events_scenario_replay_and_dead_letters(
             f"channel {orphan.channel_id} unknown channel",
         ]
     )
-    dlq = await read_topic(settings, settings.dlq_topic)
+    dlq = await read_topic(settings.kafka_bootstrap_servers, settings.dlq_topic)
     assert len(dlq) == 4
     headers = dict((k, v.decode()) for k, v in dlq[0].headers)
     assert headers["source-topic"] == topic
@@ -174,7 +174,10 @@ async def test_chat_events_scenario_replay_and_dead_letters(
     assert "source-offset" in headers
 
     # Chat events: exactly the scenario's creations and updates, keyed by chat.
-    events = [json.loads(r.value) for r in await read_topic(settings, settings.chat_events_topic)]
+    events = [
+        json.loads(r.value)
+        for r in await read_topic(settings.kafka_bootstrap_servers, settings.chat_events_topic)
+    ]
     types = sorted(e["event_type"] for e in events)
     assert types == sorted(
         ["client.created", "chat.created", "message.created", "message.updated"] * 1
@@ -197,7 +200,10 @@ async def test_chat_events_scenario_replay_and_dead_letters(
 
     # --reemit publishes the range's chat events again, with the same ids.
     await replay_topic(settings, topic, Range(from_offset=0), reemit=True, idle_timeout_s=2.0)
-    again = [json.loads(r.value) for r in await read_topic(settings, settings.chat_events_topic)]
+    again = [
+        json.loads(r.value)
+        for r in await read_topic(settings.kafka_bootstrap_servers, settings.chat_events_topic)
+    ]
     assert len(again) > len(events)
     assert {e["event_id"] for e in again} == {e["event_id"] for e in events}
 

@@ -137,7 +137,11 @@ async def test_batched_publish_partitions_like_send_and_keeps_order(
     finally:
         await producer.stop()
 
-    records = [r for r in await read_topic(settings, topic, idle_s=1.0) if r.value != b"probe"]
+    records = [
+        r
+        for r in await read_topic(settings.kafka_bootstrap_servers, topic, idle_s=1.0)
+        if r.value != b"probe"
+    ]
     assert len(records) == len(messages)
     assert {r.key.decode(): r.partition for r in records} == sent
     assert len(set(sent.values())) == 4
