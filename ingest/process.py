@@ -1,5 +1,5 @@
 """Process plumbing shared by the long-running verbs: one uvicorn server whose signals the
-caller owns, SIGINT/SIGTERM turned into an event, and "run until stopped", and the garbage
+caller owns, SIGINT/SIGTERM turned into an event, "run until stopped", and the garbage
 collector's settings for a long-running worker."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from ingest.config import Settings
 # Measured with `crm-ingest bench` (consumer phase, 100k events): CPython's default gen-0
 # threshold of 700 made a batch of 500 events trigger dozens of collections, each walking the
 # young objects and, every tenth, older ones: 3.6k events/s; 5,000: 4.3k; 20,000: 5.2k;
-# 50,000: 4.6k (bigger young generations fall out of the CPU cache).
+# 50,000: 4.6k (one consumer process; single runs, so differences under ~10 % are noise).
 GC_GEN0_THRESHOLD = 20_000
 
 
