@@ -6,15 +6,9 @@ SELECT k.tenant_id, k.contact_type, k.contact_value,
        i.contact_id IS NOT NULL AS claimed
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[])
      AS k(tenant_id, contact_type, contact_value, phone, email)
--- LATERAL ... LIMIT 1 keeps each lookup an index probe: joined plainly, the planner hashed
--- the whole table for every batch, a cost that grows with the CRM.
-LEFT JOIN LATERAL (
-    SELECT i.client_id, i.contact_id
-    FROM ingest_identities AS i
-    WHERE i.tenant_id = k.tenant_id AND i.contact_type = k.contact_type
+LEFT JOIN ingest_identities AS i
+       ON i.tenant_id = k.tenant_id AND i.contact_type = k.contact_type
       AND i.contact_value = k.contact_value
-    LIMIT 1
-) AS i ON TRUE
 LEFT JOIN LATERAL (
     SELECT cc.client_id, cc.id AS contact_id
     FROM crm_client_contacts AS cc
@@ -76,13 +70,9 @@ SELECT * FROM unnest($1::int[], $2::int[], $3::text[], $4::text[]);
 
 -- find_chats --
 -- The one chat of each (tenant, client)
-SELECT k.tenant_id, k.client_id, c.id
+SELECT c.tenant_id, c.client_id, c.id
 FROM unnest($1::uuid[], $2::int[]) AS k(tenant_id, client_id)
-CROSS JOIN LATERAL (  -- an index probe per key, never a scan of every chat
-    SELECT c.id FROM crm_chats AS c
-    WHERE c.tenant_id = k.tenant_id AND c.client_id = k.client_id
-    LIMIT 1
-) AS c;
+JOIN crm_chats AS c ON c.tenant_id = k.tenant_id AND c.client_id = k.client_id;
 
 -- insert_chats --
 -- Create missing chats; a concurrent creator wins silently and is read back with find_chats
@@ -103,9 +93,7 @@ newer AS (
     -- both read the identity as it was before this statement.
     UPDATE ingest_identities AS i SET meta_version = k.version
     FROM k
-    -- `= ANY` lets the contact_id index find the rows instead of a scan of every identity.
-    WHERE i.contact_id = ANY($4::int[])
-      AND i.contact_id = k.contact_id AND i.tenant_id = k.tenant_id AND i.meta_version < k.version
+    WHERE i.contact_id = k.contact_id AND i.tenant_id = k.tenant_id AND i.meta_version < k.version
     RETURNING i.contact_id
 )
 INSERT INTO crm_chat_members AS m
@@ -154,8 +142,7 @@ RETURNING m.id, m.sent_at, m.read_at;
 -- Move each chat's last_message_at forward, never backwards
 UPDATE crm_chats AS c SET last_message_at = k.at
 FROM unnest($1::int[], $2::timestamp[]) AS k(id, at)
-WHERE c.id = ANY($1::int[])  -- primary-key probes instead of a scan of every chat
-  AND c.id = k.id AND (c.last_message_at IS NULL OR c.last_message_at < k.at);
+WHERE c.id = k.id AND (c.last_message_at IS NULL OR c.last_message_at < k.at);
 
 -- insert_attachments --
 -- Store attachment metadata as uploads linked to their messages; returns each row's upload id
