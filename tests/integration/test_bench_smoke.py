@@ -62,6 +62,8 @@ async def test_bench_runs_every_phase_and_reports_every_figure(
     assert consumer["events"] == 2000
     assert consumer["offsets_committed"] == 2000
     assert consumer["processes"] == len(consumer["batches_per_process"]) == 2
+    assert set(consumer["cpu_us_per_event"]) >= {"postgres", "broker", "children"}
+    assert consumer["cpu_us_per_event"]["children"] > 0
     assert consumer["rows"]["crm_chat_messages"] == 1900
     assert consumer["rows"]["crm_clients"] == workload["new_senders"]
     assert consumer["rows"]["crm_chat_message_attachments"] == workload["with_attachments"]
