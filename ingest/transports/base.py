@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from ingest.config import Transport
 from ingest.errors import BadPayload, ChannelConfigError, UnprocessablePayload
-from ingest.events import MessageEvent, StatusEvent
+from ingest.events import MessageEvent, StatusEvent, conversation_key, make_event_id
 
 Event = MessageEvent | StatusEvent
 
@@ -66,6 +66,22 @@ class ParseContext:
     channel: Channel
     received_at: datetime
     correlation_id: str | None = None
+
+    def envelope(
+        self, transport: Transport, identity: str, *provider_ids: object
+    ) -> dict[str, Any]:
+        """The fields every event of this request shares: a deterministic id over the channel,
+        the transport and the provider's own ids, and the conversation key of `identity`."""
+        channel = self.channel
+        return {
+            "event_id": make_event_id(channel.id, transport, *provider_ids),
+            "tenant_id": channel.tenant_id,
+            "channel_id": channel.id,
+            "transport": transport,
+            "conversation_key": conversation_key(channel.tenant_id, transport, identity),
+            "received_at": self.received_at,
+            "correlation_id": self.correlation_id,
+        }
 
 
 @dataclass(frozen=True, slots=True)

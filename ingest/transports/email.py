@@ -34,7 +34,7 @@ from urllib.parse import parse_qsl
 from pydantic import ValidationError
 
 from ingest.errors import BadPayload, ChannelConfigError, Unauthorized, UnprocessablePayload
-from ingest.events import Attachment, MessageEvent, Sender, conversation_key, make_event_id
+from ingest.events import Attachment, MessageEvent, Sender
 from ingest.identity import normalize_email
 from ingest.transports.base import (
     ParseContext,
@@ -399,7 +399,6 @@ def _event(mail: _Mail, ctx: ParseContext) -> MessageEvent:
         external_id = "sha256:" + hashlib.sha256(external_id.encode()).hexdigest()
     subject = " ".join((headers["Subject"] or "").split())
     text = mail.text.replace("\r\n", "\n").strip() or f"[email] {subject}".rstrip()
-    channel = ctx.channel
     attachments = [
         Attachment(
             kind="file",
@@ -433,13 +432,7 @@ def _event(mail: _Mail, ctx: ParseContext) -> MessageEvent:
         "references": message_meta["references"],
     }
     return MessageEvent(
-        event_id=make_event_id(channel.id, "email", external_id),
-        tenant_id=channel.tenant_id,
-        channel_id=channel.id,
-        transport="email",
-        conversation_key=conversation_key(channel.tenant_id, "email", address),
-        received_at=ctx.received_at,
-        correlation_id=ctx.correlation_id,
+        **ctx.envelope("email", address, external_id),
         event_type="message.received",
         external_message_id=external_id,
         version=int(sent.timestamp() * 1000) if sent else 0,

@@ -24,8 +24,6 @@ from ingest.events import (
     MessageStatus,
     Sender,
     StatusEvent,
-    conversation_key,
-    make_event_id,
 )
 from ingest.identity import normalize_phone
 from ingest.transports.base import ParseContext, RawRequest, WebhookResult, reject_unknown_keys
@@ -220,7 +218,6 @@ class TwilioSmsAdapter:
     def _message(
         self, fields: Mapping[str, str], request: RawRequest, ctx: ParseContext
     ) -> MessageEvent:
-        channel = ctx.channel
         sid = _required(fields, "MessageSid")
         raw_from = _required(fields, "From")
         identity, e164, whatsapp = _phone(raw_from, self.default_region)
@@ -257,13 +254,7 @@ class TwilioSmsAdapter:
             }
         )
         return MessageEvent(
-            event_id=make_event_id(channel.id, "sms", sid),
-            tenant_id=channel.tenant_id,
-            channel_id=channel.id,
-            transport="sms",
-            conversation_key=conversation_key(channel.tenant_id, "sms", identity),
-            received_at=ctx.received_at,
-            correlation_id=ctx.correlation_id,
+            **ctx.envelope("sms", identity, sid),
             event_type="message.received",
             external_message_id=sid,
             version=0,  # an SMS is never edited
@@ -278,7 +269,6 @@ class TwilioSmsAdapter:
     def _status(
         self, fields: Mapping[str, str], status: MessageStatus, ctx: ParseContext
     ) -> StatusEvent:
-        channel = ctx.channel
         sid = _required(fields, "MessageSid")
         # The customer of an outbound message is its `To`: the same identity as their inbound
         # `From`, so the receipt lands in the same conversation (partition) as the messages.
@@ -292,13 +282,7 @@ class TwilioSmsAdapter:
             }
         )
         return StatusEvent(
-            event_id=make_event_id(channel.id, "sms", sid, status),
-            tenant_id=channel.tenant_id,
-            channel_id=channel.id,
-            transport="sms",
-            conversation_key=conversation_key(channel.tenant_id, "sms", identity[:_NAME_MAX]),
-            received_at=ctx.received_at,
-            correlation_id=ctx.correlation_id,
+            **ctx.envelope("sms", identity[:_NAME_MAX], sid, status),
             event_type="message.status",
             external_message_id=sid,
             status=status,

@@ -18,8 +18,6 @@ from ingest.events import (
     Attachment,
     MessageEvent,
     Sender,
-    conversation_key,
-    make_event_id,
     utc_from_unix,
 )
 from ingest.transports.base import (
@@ -380,23 +378,15 @@ class TelegramAdapter:
 
     @staticmethod
     def _event(ctx: ParseContext, update_id: int, kind: str, msg: _Message) -> MessageEvent:
-        channel = ctx.channel
         errors: list[str] = []
         attachments, placeholder = _media(msg, errors)
         sender, member_meta = _sender(kind, msg)
         edit_date = msg.edit_date or None
-        # The edit date is part of the id: a redelivery repeats it, an edit does not.
-        event_id = make_event_id(
-            channel.id, "telegram", msg.chat.id, msg.message_id, edit_date or 0
-        )
         return MessageEvent(
-            event_id=event_id,
-            tenant_id=channel.tenant_id,
-            channel_id=channel.id,
-            transport="telegram",
-            conversation_key=conversation_key(channel.tenant_id, "telegram", sender.contact_value),
-            received_at=ctx.received_at,
-            correlation_id=ctx.correlation_id,
+            # The edit date is part of the id: a redelivery repeats it, an edit does not.
+            **ctx.envelope(
+                "telegram", sender.contact_value, msg.chat.id, msg.message_id, edit_date or 0
+            ),
             event_type=_KINDS[kind],
             external_message_id=f"{msg.chat.id}:{msg.message_id}",
             version=(edit_date or msg.date) * 1000,

@@ -35,8 +35,6 @@ from ingest.events import (
     MessageStatus,
     Sender,
     StatusEvent,
-    conversation_key,
-    make_event_id,
     utc_from_unix,
 )
 from ingest.identity import normalize_phone
@@ -349,20 +347,6 @@ def _status_meta(status: _Status) -> dict[str, Any]:
     return _some(meta)
 
 
-def _common(ctx: ParseContext, identity: str, *provider_ids: object) -> dict[str, Any]:
-    """The fields every event of this request shares."""
-    channel = ctx.channel
-    return {
-        "event_id": make_event_id(channel.id, "whatsapp", *provider_ids),
-        "tenant_id": channel.tenant_id,
-        "channel_id": channel.id,
-        "transport": "whatsapp",
-        "conversation_key": conversation_key(channel.tenant_id, "whatsapp", identity),
-        "received_at": ctx.received_at,
-        "correlation_id": ctx.correlation_id,
-    }
-
-
 class WhatsAppAdapter:
     transport: ClassVar[Literal["whatsapp"]] = "whatsapp"
 
@@ -454,7 +438,9 @@ class WhatsAppAdapter:
                 continue
             who = _phone(status.recipient_id) or status.recipient_id or status.recipient_user_id
             event = StatusEvent(
-                **_common(ctx, who or status.id, status.id, status.status, status.timestamp),
+                **ctx.envelope(
+                    "whatsapp", who or status.id, status.id, status.status, status.timestamp
+                ),
                 event_type="message.status",
                 external_message_id=status.id,
                 status=cast(MessageStatus, status.status),  # checked against _STATUSES
@@ -497,7 +483,7 @@ class WhatsAppAdapter:
         }
         version = msg.timestamp * 1000
         return MessageEvent(
-            **_common(ctx, sender.contact_value, msg.id, event_type, version),
+            **ctx.envelope("whatsapp", sender.contact_value, msg.id, event_type, version),
             event_type=event_type,
             external_message_id=original,
             version=version,
