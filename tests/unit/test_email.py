@@ -7,7 +7,6 @@ import hmac
 import json
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -24,12 +23,11 @@ from ingest.events import (
     make_event_id,
     utc_from_unix,
 )
-from ingest.transports.base import Channel, ParseContext, RawRequest, WebhookResult
+from ingest.transports.base import ParseContext, RawRequest, WebhookResult
 from ingest.transports.email import EmailAdapter, html_to_text
+from tests.unit.adapters import TENANT_ID, captured, channel, context
 
-PAYLOADS = Path(__file__).resolve().parents[1] / "payloads" / "email"
 CHANNEL_ID = uuid.UUID("7e8f9a0b-1c2d-4e3f-8a4b-5c6d7e8f9a0b")
-TENANT_ID = uuid.UUID("5a9e3c71-2b4d-4e6f-8a1b-3c5d7e9f0a2b")
 TOKEN = "bearer-token_0123456789"
 SIGNING_KEY = "key-3ax6xnjp29jd6fds4gc373sgvjxteol0"  # a made-up Mailgun HTTP webhook signing key
 RECEIVED_AT = datetime(2024, 5, 20, 12, 0, tzinfo=UTC)
@@ -41,21 +39,16 @@ adapter = EmailAdapter()
 
 
 def make_ctx(config: dict[str, Any] | None = None, now: datetime = RECEIVED_AT) -> ParseContext:
-    channel = Channel(
-        id=CHANNEL_ID,
-        tenant_id=TENANT_ID,
-        transport="email",
-        config={"token": TOKEN, "signing_key": SIGNING_KEY} if config is None else config,
-    )
-    return ParseContext(channel=channel, received_at=now, correlation_id="corr-1")
+    cfg = {"token": TOKEN, "signing_key": SIGNING_KEY} if config is None else config
+    return context(channel("email", CHANNEL_ID, cfg), received_at=now)
 
 
 def raw(name: str) -> bytes:
-    return (PAYLOADS / f"{name}.eml").read_bytes()
+    return captured("email", f"{name}.eml")
 
 
 def fields(name: str) -> dict[str, str]:
-    data: dict[str, str] = json.loads((PAYLOADS / f"{name}.json").read_text())
+    data: dict[str, str] = json.loads(captured("email", f"{name}.json"))
     return data
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -21,32 +19,24 @@ from ingest.events import (
     encode_event,
     make_event_id,
 )
-from ingest.transports.base import Channel, ParseContext, RawRequest, WebhookResult
+from ingest.transports.base import ParseContext, RawRequest, WebhookResult
 from ingest.transports.sms import TWIML_EMPTY, TwilioSmsAdapter, compute_signature
+from tests.unit.adapters import RECEIVED_AT, TENANT_ID, captured, channel, context
 
-PAYLOADS = Path(__file__).resolve().parents[1] / "payloads" / "sms"
 CHANNEL_ID = uuid.UUID("3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f")
-TENANT_ID = uuid.UUID("5a9e3c71-2b4d-4e6f-8a1b-3c5d7e9f0a2b")
 TOKEN = "0123456789abcdef0123456789abcdef"  # a test Auth Token (the captures' real one is unknown)
 URL = "https://crm.example.com/webhooks/sms/3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f"
-RECEIVED_AT = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 FORM = "application/x-www-form-urlencoded"
 
 adapter = TwilioSmsAdapter(default_region="US")
 
 
 def make_ctx(config: dict[str, Any] | None = None) -> ParseContext:
-    channel = Channel(
-        id=CHANNEL_ID,
-        tenant_id=TENANT_ID,
-        transport="sms",
-        config={"auth_token": TOKEN} if config is None else config,
-    )
-    return ParseContext(channel=channel, received_at=RECEIVED_AT, correlation_id="corr-1")
+    return context(channel("sms", CHANNEL_ID, {"auth_token": TOKEN} if config is None else config))
 
 
 def raw(name: str) -> bytes:
-    return (PAYLOADS / f"{name}.form").read_bytes()
+    return captured("sms", f"{name}.form")
 
 
 def sign(body: bytes, url: str = URL, token: str = TOKEN) -> str:

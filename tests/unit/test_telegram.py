@@ -6,7 +6,6 @@ import copy
 import json
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,28 +20,24 @@ from ingest.events import (
     encode_event,
     make_event_id,
 )
+from ingest.events import utc_from_unix as ts
 from ingest.transports.base import Channel, ParseContext, RawRequest, WebhookResult
 from ingest.transports.telegram import SECRET_HEADER, TelegramAdapter
+from tests.unit.adapters import PAYLOADS, RECEIVED_AT, TENANT_ID, captured, channel, context
 
-PAYLOADS = Path(__file__).resolve().parents[1] / "payloads" / "telegram"
 CHANNEL_ID = uuid.UUID("0b6f2d4e-8a1c-4c3e-9f7a-2d5e6f708192")
-TENANT_ID = uuid.UUID("5a9e3c71-2b4d-4e6f-8a1b-3c5d7e9f0a2b")
 SECRET = "s3cr3t-token"
-RECEIVED_AT = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 _MISSING = object()
 
 adapter = TelegramAdapter()
 
 
 def make_channel(config: dict[str, Any] | None = None) -> Channel:
-    cfg = {"secret_token": SECRET} if config is None else config
-    return Channel(id=CHANNEL_ID, tenant_id=TENANT_ID, transport="telegram", config=cfg)
+    return channel("telegram", CHANNEL_ID, {"secret_token": SECRET} if config is None else config)
 
 
 def make_ctx(channel: Channel | None = None, correlation_id: str | None = "corr-1") -> ParseContext:
-    return ParseContext(
-        channel=channel or make_channel(), received_at=RECEIVED_AT, correlation_id=correlation_id
-    )
+    return context(channel or make_channel(), correlation_id=correlation_id)
 
 
 def make_request(
@@ -65,7 +60,7 @@ def make_request(
 
 
 def raw(name: str) -> bytes:
-    return (PAYLOADS / f"{name}.json").read_bytes()
+    return captured("telegram", f"{name}.json")
 
 
 def payload(name: str) -> dict[str, Any]:
@@ -83,10 +78,6 @@ def one_event(body: bytes | str | dict[str, Any]) -> MessageEvent:
     event = result.events[0]
     assert isinstance(event, MessageEvent)
     return event
-
-
-def ts(seconds: int) -> datetime:
-    return datetime.fromtimestamp(seconds, tz=UTC)
 
 
 TEST_USER = Sender(
@@ -311,7 +302,7 @@ def test_contact() -> None:
     }
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in PAYLOADS.glob("*.json")))
+@pytest.mark.parametrize("name", sorted(p.stem for p in (PAYLOADS / "telegram").glob("*.json")))
 def test_every_payload_round_trips(name: str) -> None:
     result = handle(raw(name))
     for event in result.events:

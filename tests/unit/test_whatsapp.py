@@ -8,7 +8,6 @@ import hmac
 import json
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,16 +29,15 @@ from ingest.events import (
     encode_event,
     make_event_id,
 )
+from ingest.events import utc_from_unix as ts
 from ingest.transports.base import Channel, ParseContext, RawRequest, WebhookResult
 from ingest.transports.whatsapp import MAX_UPDATES, SIGNATURE_HEADER, WhatsAppAdapter
+from tests.unit.adapters import PAYLOADS, RECEIVED_AT, TENANT_ID, captured, channel, context
 
-PAYLOADS = Path(__file__).resolve().parents[1] / "payloads" / "whatsapp"
 CHANNEL_ID = uuid.UUID("0b6f2d4e-8a1c-4c3e-9f7a-2d5e6f708192")
-TENANT_ID = uuid.UUID("5a9e3c71-2b4d-4e6f-8a1b-3c5d7e9f0a2b")
 APP_SECRET = "0123456789abcdef0123456789abcdef"
 VERIFY_TOKEN = "verify-me"
 PHONE_NUMBER_ID = "106540352242922"
-RECEIVED_AT = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 _SIGN = object()  # sign the body with APP_SECRET
 _MISSING = object()
 
@@ -48,13 +46,11 @@ adapter = WhatsAppAdapter()
 
 def make_channel(config: dict[str, Any] | None = None) -> Channel:
     cfg = {"verify_token": VERIFY_TOKEN, "app_secret": APP_SECRET} if config is None else config
-    return Channel(id=CHANNEL_ID, tenant_id=TENANT_ID, transport="whatsapp", config=cfg)
+    return channel("whatsapp", CHANNEL_ID, cfg)
 
 
 def make_ctx(channel: Channel | None = None, correlation_id: str | None = "corr-1") -> ParseContext:
-    return ParseContext(
-        channel=channel or make_channel(), received_at=RECEIVED_AT, correlation_id=correlation_id
-    )
+    return context(channel or make_channel(), correlation_id=correlation_id)
 
 
 def sign(body: bytes, secret: str = APP_SECRET) -> str:
@@ -86,7 +82,7 @@ def make_request(
 
 
 def raw(name: str) -> bytes:
-    return (PAYLOADS / f"{name}.json").read_bytes()
+    return captured("whatsapp", f"{name}.json")
 
 
 def payload(name: str) -> dict[str, Any]:
@@ -124,10 +120,6 @@ def one_status(body: bytes | str | dict[str, Any]) -> StatusEvent:
     assert isinstance(event, StatusEvent)
     assert decode_event(encode_event(event)) == event
     return event
-
-
-def ts(seconds: int) -> datetime:
-    return datetime.fromtimestamp(seconds, tz=UTC)
 
 
 def value_of(doc: dict[str, Any]) -> dict[str, Any]:
@@ -1032,7 +1024,7 @@ def test_context_is_copied_into_the_events() -> None:
         assert event.received_at == RECEIVED_AT
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in PAYLOADS.glob("*.json")))
+@pytest.mark.parametrize("name", sorted(p.stem for p in (PAYLOADS / "whatsapp").glob("*.json")))
 def test_every_payload_round_trips(name: str) -> None:
     result = handle(raw(name))
     assert result.events
