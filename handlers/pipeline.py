@@ -7,19 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import DefaultPartitioner
 
 from handlers.chat_events import OutboxRelay, Publish
 from handlers.dead_letters import DeadLetterSink, PublishDeadLetter
 from handlers.ingestor import Backoff, Ingestor
 from ingest.config import Settings
+from ingest.partitioning import CachedKeyPartitioner, partition_for
 
 
 @dataclass(slots=True)
@@ -51,12 +50,6 @@ def build_pipeline(
 OUTBOUND_BATCH_BYTES = 256 * 1024
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _partition_of(key: bytes, count: int) -> int:
-    every = list(range(count))
-    return int(DefaultPartitioner()(key, every, every))
-
-
 async def publish_batched(
     producer: AIOKafkaProducer,
     topic: str,
@@ -66,12 +59,12 @@ async def publish_batched(
     """Send messages as record batches built per partition and wait for every acknowledgement.
     Partitions are chosen like `send()` does (murmur2 of the key over all partitions, as in the
     Java client), and a partition's messages keep their order."""
-    count = len(await producer.partitions_for(topic))
+    partitions = sorted(await producer.partitions_for(topic))
     open_batches: dict[int, Any] = {}
     acks = []
     for key, value, headers in messages:
         key_bytes = key.encode()
-        partition = _partition_of(key_bytes, count)
+        partition = partition_for(key_bytes, partitions)
         batch = open_batches.get(partition)
         if batch is None:
             batch = open_batches[partition] = producer.create_batch()
@@ -99,6 +92,7 @@ async def producer_publishers(
         enable_idempotence=settings.producer_idempotence,
         linger_ms=settings.producer_linger_ms,
         max_batch_size=OUTBOUND_BATCH_BYTES,
+        partitioner=CachedKeyPartitioner(),
     )
     await producer.start()
 

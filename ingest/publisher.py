@@ -27,6 +27,7 @@ from ingest.config import Settings
 from ingest.errors import EventTooLarge, PublishUnavailable
 from ingest.events import encode_event, event_headers
 from ingest.logs import get_logger
+from ingest.partitioning import CachedKeyPartitioner
 from ingest.transports.base import Event
 
 log = get_logger(__name__)
@@ -72,6 +73,7 @@ class EventPublisher:
             compression_type=None if s.producer_compression == "none" else s.producer_compression,
             # Also the accumulator's batch expiry: a batch never outlives a publish by much.
             request_timeout_ms=max(1000, int(s.publish_timeout_s * 1000)),
+            partitioner=CachedKeyPartitioner(),
         )
 
     @property
