@@ -39,6 +39,13 @@ PHASES = (
     "gateway_telegram",
     "latency",
 )
+# Process kinds of `cpu_share`, as the budget line names them.
+CPU_KINDS = {
+    "children": "consumers",
+    "postgres": "PostgreSQL",
+    "broker": "broker",
+    "bench": "bench",
+}
 PACKAGES = ("faststream", "aiokafka", "asyncpg", "pydantic", "starlette", "uvicorn", "httpx")
 
 
@@ -80,6 +87,22 @@ def summarize(phases: dict[str, dict[str, Any] | None]) -> tuple[dict[str, Any],
     return ratios, targets
 
 
+def cpu_budget(phases: dict[str, Any], cores: int) -> dict[str, Any] | None:
+    """Phase d's CPU per event, all processes together, against what the cores allow at the
+    consumer target: the bound no tuning moves. Services the bench did not start (a
+    DATABASE_URL or KAFKA_BOOTSTRAP_SERVERS of your own) are not seen and count as 0."""
+    consumer = phases.get("consumer") or {}
+    used = consumer.get("cpu_us_per_event")
+    if not used:
+        return None
+    return {
+        "us_per_event": {kind: used.get(kind, 0.0) for kind in CPU_KINDS},
+        "total_us_per_event": round(sum(used.get(kind, 0.0) for kind in CPU_KINDS), 1),
+        "allowed_us_per_event": round(cores * 1e6 / TARGETS["consumer_events_per_s"][1], 1),
+        "cores": cores,
+    }
+
+
 def _mark(target: dict[str, Any]) -> str:
     met = target["met"]
     return f"{target['target']}  {'–' if met is None else '✓' if met else '✗'}"
@@ -111,6 +134,16 @@ def format_table(report: dict[str, Any]) -> str:
                 f"{phase['label']:<38} {phase['events']:>9,} {phase['seconds']:>8.2f}"
                 f" {phase['events_per_s']:>10,.0f}  {notes.get(key, '')}".rstrip()
             )
+    budget = report.get("cpu_budget")
+    if budget:
+        spent = " + ".join(
+            f"{name} {budget['us_per_event'][kind]:.0f}" for kind, name in CPU_KINDS.items()
+        )
+        lines.append(
+            f"d  CPU per event: {spent} = {budget['total_us_per_event']:.0f} µs;"
+            f" {budget['cores']} cores at {TARGETS['consumer_events_per_s'][1]:,.0f} ev/s allow"
+            f" {budget['allowed_us_per_event']:.0f} µs"
+        )
     for label, key, target in (
         ("e  d / b  (vs DB ceiling)", "d_over_b", "d_over_b"),
         ("e  d / c  (vs per-event baseline)", "d_over_c", "d_over_c"),
@@ -214,6 +247,7 @@ def build_report(
         },
         "phases": phases,
         "ratios": ratios,
+        "cpu_budget": cpu_budget(phases, machine["cores"] or 1),
         "targets": targets,
         "targets_met": all(t["met"] for t in targets.values() if t["met"] is not None),
         "total_s": round(total_s, 1),

@@ -15,7 +15,7 @@ from ingest.bench import add_arguments
 from ingest.bench.children import settings_env
 from ingest.bench.http_client import RawHttp
 from ingest.bench.measure import percentile
-from ingest.bench.report import format_table, summarize
+from ingest.bench.report import cpu_budget, format_table, summarize
 from ingest.bench.workload import (
     ATTACHMENT_SHARE,
     DUPLICATE_SHARE,
@@ -278,3 +278,27 @@ async def test_raw_client_reconnects_when_the_server_closed_an_idle_connection()
         server.close()
     assert statuses == [200, 200, 200]
     assert served == 3
+
+
+def test_cpu_budget_holds_phase_d_cpu_against_what_the_cores_allow() -> None:
+    phases = _phases(consumer=12_000)
+    phases["consumer"]["cpu_us_per_event"] = {
+        "bench": 0.4,
+        "postgres": 67.4,
+        "broker": 8.0,
+        "children": 74.6,
+    }
+    budget = cpu_budget(phases, cores=2)
+    assert budget == {
+        "us_per_event": {"children": 74.6, "postgres": 67.4, "broker": 8.0, "bench": 0.4},
+        "total_us_per_event": 150.4,
+        "allowed_us_per_event": 80.0,
+        "cores": 2,
+    }
+    table = format_table(_report(phases) | {"cpu_budget": budget})
+    line = next(line for line in table.splitlines() if "CPU per event" in line)
+    assert line == (
+        "d  CPU per event: consumers 75 + PostgreSQL 67 + broker 8 + bench 0 = 150 µs;"
+        " 2 cores at 25,000 ev/s allow 80 µs"
+    )
+    assert cpu_budget(_phases(consumer=12_000), cores=2) is None  # no CPU figures, no line
