@@ -1,5 +1,6 @@
-"""PostgreSQL side of the bench: the COPY ceiling (phase b), the per-event baseline (phase c)
-and the service's consumer end to end (phase d), each checking its rows afterwards."""
+"""PostgreSQL side of the bench: the COPY ceiling (phase b), the per-event baseline (phase c),
+the service's consumer end to end (phase d) and its write path without Kafka (phase s), each
+checking its rows afterwards."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from typing import Any
 
 import asyncpg
 
+from handlers.ingestor import Backoff, Ingestor, Record
 from handlers.pg import naive_utc, pg_text
+from handlers.replay import StoredRecord
 from handlers.store import upload_row
 from ingest.bench.children import Child, children, settings_env
 from ingest.bench.kafka_phases import wait_committed
@@ -30,7 +33,8 @@ from ingest.bench.services import count_rows, seed_channels, table_exists
 from ingest.bench.workload import Workload
 from ingest.config import Settings
 from ingest.events import MessageEvent, decode_event
-from sql.db import connect
+from ingest.process import settle_heap
+from sql.db import connect, create_pool
 
 SCRATCH = "bench_scratch"
 
@@ -310,3 +314,53 @@ async def consumer_e2e(
         extra["outbox_chat_events"] = int(outbox["events"])
         extra["outbox_rows_pending_at_end"] = int(outbox["pending"])
     return PhaseResult("d  consumer end to end", len(workload.deliveries), seconds, extra)
+
+
+# --- s. the consumer's write path alone ----------------------------------------------------
+
+
+async def _no_dead_letters(record: Record, exc: BaseException) -> None:
+    raise BenchError(f"sql path: record at offset {record.offset} dead-lettered: {exc!r}")
+
+
+async def sql_path(url: str, workload: Workload, batch_records: int) -> PhaseResult:
+    """Every delivery, in batches of the consumer's size, through the consumer's `Ingestor`
+    (decode, validation, the batch SQL, the outbox) on one connection in this process: no
+    Kafka, no relay, no second process. What PostgreSQL spends per event here is the floor
+    for phase d, whatever happens around the database."""
+    expected = workload.expected()
+    records = [
+        StoredRecord("bench", 0, offset, d.key, d.value, d.headers)
+        for offset, d in enumerate(workload.deliveries)
+    ]
+    pool = await create_pool(url, min_size=1, max_size=1)
+    try:
+        ingestor = Ingestor(pool, _no_dead_letters, Backoff())
+        settle_heap()  # as the consumer does; this process holds the whole workload
+        before = cpu_snapshot()
+        started = time.perf_counter()
+        for start in range(0, len(records), batch_records):
+            await ingestor.handle(records[start : start + batch_records])
+        seconds = time.perf_counter() - started
+        after = cpu_snapshot()
+        async with pool.acquire() as conn:
+            rows = await verify_rows(conn, workload, expected, "sql path")
+    finally:
+        await pool.close()
+    shares = cpu_share(before, after, seconds)
+    return PhaseResult(
+        "s  consumer SQL path (no Kafka)",
+        len(records),
+        seconds,
+        {
+            "connections": 1,
+            "batch_records": batch_records,
+            "cpu_share": shares,
+            # "bench" is the consumer's Python here: decode, validation, batch bookkeeping.
+            "cpu_us_per_event": {
+                kind: round(share * seconds / len(records) * 1e6, 1)
+                for kind, share in shares.items()
+            },
+            "rows": rows,
+        },
+    )

@@ -34,6 +34,7 @@ PHASES = (
     "kafka_ceiling",
     "db_ceiling",
     "baseline",
+    "sql_path",
     "consumer",
     "gateway_bare",
     "gateway_telegram",
@@ -116,6 +117,11 @@ def format_table(report: dict[str, Any]) -> str:
     if phases.get("db_ceiling"):
         notes["db_ceiling"] = f"{phases['db_ceiling']['rows_per_s']:,.0f} rows/s"
     notes["consumer"] = _mark(targets["consumer_events_per_s"])
+    if phases.get("sql_path") and phases["sql_path"].get("cpu_us_per_event"):
+        spent = phases["sql_path"]["cpu_us_per_event"]
+        pg = spent.get("postgres") or 0.0  # 0: a server the bench did not start, not seen
+        shown = f"PostgreSQL {pg:.0f}" if pg else "PostgreSQL not seen"
+        notes["sql_path"] = f"{shown} · Python {spent.get('bench', 0.0):.0f} µs CPU per event"
     if phases.get("gateway_telegram") and ratios["gateway_over_bare"] is not None:
         gw = ratios["gateway_over_bare"]
         notes["gateway_telegram"] = f"ii/i {gw:.2f}  {_mark(targets['gateway_over_bare'])}"

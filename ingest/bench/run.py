@@ -41,7 +41,8 @@ async def run_bench(settings: Settings, args: argparse.Namespace) -> dict[str, A
             consumer_group=f"crm-ingest-bench-{tag}",
         )
         server = services.database_url
-        names = {phase: f"bench_{tag}_{phase}" for phase in ("copy", "baseline", "consumer")}
+        phases = ("copy", "baseline", "sql", "consumer")
+        names = {phase: f"bench_{tag}_{phase}" for phase in phases}
         made: list[str] = []
         try:
             urls = {}
@@ -57,6 +58,9 @@ async def run_bench(settings: Settings, args: argparse.Namespace) -> dict[str, A
             )
             sample = max(1, round(len(workload.deliveries) * args.baseline_sample))
             results["baseline"] = await db_phases.baseline(urls["baseline"], workload, sample)
+            results["sql_path"] = await db_phases.sql_path(
+                urls["sql"], workload, run.batch_max_records
+            )
             consumer = run.model_copy(update={"database_url": urls["consumer"]})
             results["consumer"] = await db_phases.consumer_e2e(
                 consumer, workload, results["load"].extra["partitions"], args.consumer_processes

@@ -68,6 +68,16 @@ async def test_bench_runs_every_phase_and_reports_every_figure(
     assert consumer["rows"]["crm_clients"] == workload["new_senders"]
     assert consumer["rows"]["crm_chat_message_attachments"] == workload["with_attachments"]
     assert printed["phases"]["db_ceiling"]["tables"]["crm_chat_messages"] == 1900
+    sql_path = printed["phases"]["sql_path"]
+    assert sql_path["events"] == 2000
+    assert sql_path["rows"]["crm_chat_messages"] == 1900
+    assert sql_path["cpu_us_per_event"]["bench"] > 0  # the Ingestor runs in the bench process
+    assert set(printed["cpu_budget"]) == {
+        "us_per_event",
+        "total_us_per_event",
+        "allowed_us_per_event",
+        "cores",
+    }
     assert printed["phases"]["baseline"]["events"] == 200
     latency = printed["phases"]["latency"]
     assert latency["p50_ms"] <= latency["p95_ms"] <= latency["p99_ms"] <= latency["max_ms"]

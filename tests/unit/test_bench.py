@@ -302,3 +302,19 @@ def test_cpu_budget_holds_phase_d_cpu_against_what_the_cores_allow() -> None:
         " 2 cores at 25,000 ev/s allow 80 µs"
     )
     assert cpu_budget(_phases(consumer=12_000), cores=2) is None  # no CPU figures, no line
+
+
+def test_sql_path_line_shows_database_and_python_cpu_per_event() -> None:
+    phases = _phases(consumer=12_000)
+    phases["sql_path"] = {
+        "label": "s  consumer SQL path (no Kafka)",
+        "events": 1000,
+        "seconds": 0.125,
+        "events_per_s": 8000.0,
+        "cpu_us_per_event": {"bench": 61.2, "postgres": 58.7, "broker": 0.0, "children": 0.0},
+    }
+    line = next(x for x in format_table(_report(phases)).splitlines() if x.startswith("s  "))
+    assert line.endswith("8,000  PostgreSQL 59 · Python 61 µs CPU per event")
+    phases["sql_path"]["cpu_us_per_event"]["postgres"] = 0.0  # DATABASE_URL: not our process
+    line = next(x for x in format_table(_report(phases)).splitlines() if x.startswith("s  "))
+    assert "PostgreSQL not seen · Python 61 µs CPU per event" in line
