@@ -1,4 +1,7 @@
-"""EmailAdapter: raw RFC 5322 with a bearer token, and Mailgun Routes posts (signed or bearer)."""
+"""EmailAdapter: raw RFC 5322 with a bearer token, and Mailgun Routes posts (signed or bearer).
+
+channel_config is in test_channel_config.py.
+"""
 
 from __future__ import annotations
 
@@ -12,20 +15,18 @@ from urllib.parse import urlencode
 
 import pytest
 
-from ingest.errors import BadPayload, ChannelConfigError, Unauthorized, UnprocessablePayload
+from ingest.errors import BadPayload, Unauthorized, UnprocessablePayload
 from ingest.events import (
     Attachment,
     MessageEvent,
     Sender,
-    conversation_key,
-    decode_event,
     encode_event,
     make_event_id,
     utc_from_unix,
 )
 from ingest.transports.base import ParseContext, RawRequest, WebhookResult
 from ingest.transports.email import EmailAdapter, html_to_text
-from tests.unit.adapters import TENANT_ID, captured, channel, context
+from tests.unit.adapters import captured, channel, context, envelope, only_event, post
 
 CHANNEL_ID = uuid.UUID("7e8f9a0b-1c2d-4e3f-8a4b-5c6d7e8f9a0b")
 TOKEN = "bearer-token_0123456789"
@@ -57,12 +58,8 @@ def request(
     content_type: str | None = "message/rfc822",
     authorization: str | None = f"Bearer {TOKEN}",
 ) -> RawRequest:
-    headers = {}
-    if content_type is not None:
-        headers["content-type"] = content_type
-    if authorization is not None:
-        headers["authorization"] = authorization
-    return RawRequest(method="POST", url="https://x/webhooks/email/c", headers=headers, body=body)
+    headers = {"content-type": content_type, "authorization": authorization}
+    return post("https://x/webhooks/email/c", body, headers)
 
 
 def handle(body: bytes, *, ctx: ParseContext | None = None, **kwargs: Any) -> WebhookResult:
@@ -70,12 +67,7 @@ def handle(body: bytes, *, ctx: ParseContext | None = None, **kwargs: Any) -> We
 
 
 def one(body: bytes, *, ctx: ParseContext | None = None, **kwargs: Any) -> MessageEvent:
-    result = handle(body, ctx=ctx, **kwargs)
-    assert result.ignored is None
-    [event] = result.events
-    assert isinstance(event, MessageEvent)
-    assert decode_event(encode_event(event)) == event
-    return event
+    return only_event(handle(body, ctx=ctx, **kwargs), MessageEvent)
 
 
 def mailgun_sign(data: dict[str, str], key: str = SIGNING_KEY) -> dict[str, str]:
@@ -104,9 +96,42 @@ def multipart(
     return out, f"multipart/form-data; boundary={boundary}"
 
 
-def mailgun(data: dict[str, str], now: datetime = MAILGUN_NOW, **kwargs: Any) -> MessageEvent:
-    body = urlencode(mailgun_sign(data)).encode()
-    return one(body, ctx=make_ctx(now=now), content_type=URLENCODED, authorization=None, **kwargs)
+def urlencoded(data: dict[str, str]) -> bytes:
+    return urlencode(data).encode()
+
+
+def mailgun_post(
+    body: bytes,
+    content_type: str = URLENCODED,
+    *,
+    ctx: ParseContext | None = None,
+    authorization: str | None = None,
+) -> WebhookResult:
+    """A Mailgun Routes post received just after the fixtures' timestamp, with no bearer token
+    unless one is given."""
+    ctx = ctx or make_ctx(now=MAILGUN_NOW)
+    return handle(body, ctx=ctx, content_type=content_type, authorization=authorization)
+
+
+def mailgun(data: dict[str, str], now: datetime = MAILGUN_NOW) -> MessageEvent:
+    """The event of `data` posted as Mailgun signs it, received at `now`."""
+    result = mailgun_post(urlencoded(mailgun_sign(data)), ctx=make_ctx(now=now))
+    return only_event(result, MessageEvent)
+
+
+def attachment(
+    mid: str, index: int, mime_type: str, size: int, name: str, **meta: str
+) -> Attachment:
+    """An email attachment: described by its place in the message, its bytes not kept."""
+    ref = f"email:{mid}#{index}"
+    return Attachment(
+        kind="file",
+        provider_ref=ref,
+        mime_type=mime_type,
+        size_bytes=size,
+        filename=name,
+        meta=meta,
+    )
 
 
 # --- raw RFC 5322 -------------------------------------------------------------------------------
@@ -116,13 +141,7 @@ def test_plain_message() -> None:
     event = one(raw("plain"))
     mid = "20240514072107.4F2A1C0012@mx.example.net"
     assert event == MessageEvent(
-        event_id=make_event_id(CHANNEL_ID, "email", mid),
-        tenant_id=TENANT_ID,
-        channel_id=CHANNEL_ID,
-        transport="email",
-        conversation_key=conversation_key(TENANT_ID, "email", "maria.k@example.net"),
-        received_at=RECEIVED_AT,
-        correlation_id="corr-1",
+        **envelope("email", CHANNEL_ID, "maria.k@example.net", mid, received_at=RECEIVED_AT),
         event_type="message.received",
         external_message_id=mid,
         version=int(datetime(2024, 5, 14, 7, 21, 7, tzinfo=UTC).timestamp() * 1000),
@@ -188,23 +207,10 @@ def test_attachments_are_described_not_kept() -> None:
     event = one(raw("attachment"))
     assert event.text == "See the receipt attached."
     mid = "attach-42@mail.example.org"
+    inline = {"content_id": "<img1@mail.example.org>", "disposition": "inline"}
     assert event.attachments == [
-        Attachment(
-            kind="file",
-            provider_ref=f"email:{mid}#0",
-            mime_type="application/pdf",
-            size_bytes=54,
-            filename="receipt.pdf",
-            meta={"disposition": "attachment"},
-        ),
-        Attachment(
-            kind="file",
-            provider_ref=f"email:{mid}#1",
-            mime_type="image/png",
-            size_bytes=8,
-            filename="föto.png",
-            meta={"content_id": "<img1@mail.example.org>", "disposition": "inline"},
-        ),
+        attachment(mid, 0, "application/pdf", 54, "receipt.pdf", disposition="attachment"),
+        attachment(mid, 1, "image/png", 8, "föto.png", **inline),
     ]
     assert b"JVBERi0" not in encode_event(event)  # the bytes are not in the event
 
@@ -336,26 +342,12 @@ def test_mailgun_multipart_with_attachments() -> None:
         ("attachment-1", "test.txt", "text/plain", b"test attachment"),
         ("attachment-2", "image.png", "image/png", b"\x89PNG\r\n\x1a\n\x00\xff"),
     ]
-    body, content_type = multipart(data, files)
-    ctx = make_ctx(now=MAILGUN_NOW)
-    event = one(body, ctx=ctx, content_type=content_type, authorization=None)
+    event = only_event(mailgun_post(*multipart(data, files)), MessageEvent)
     mid = "CAEPk3R+4Zr@mail.example.org"
     assert event.text == "Test body plain"
     assert event.attachments == [
-        Attachment(
-            kind="file",
-            provider_ref=f"email:{mid}#0",
-            mime_type="text/plain",
-            size_bytes=15,
-            filename="test.txt",
-        ),
-        Attachment(
-            kind="file",
-            provider_ref=f"email:{mid}#1",
-            mime_type="image/png",
-            size_bytes=10,
-            filename="image.png",
-        ),
+        attachment(mid, 0, "text/plain", 15, "test.txt"),
+        attachment(mid, 1, "image/png", 10, "image.png"),
     ]
     assert event.event_id == mailgun(fields("mailgun_basics")).event_id
 
@@ -368,9 +360,7 @@ def test_mailgun_body_mime_is_the_raw_message() -> None:
     assert event.text == direct.text == "It's a body…"
     assert event.message_meta["format"] == "mailgun"
     assert event.message_meta["recipient"] == "test@inbound.example.com"
-    body, content_type = multipart(mailgun_sign(data))
-    ctx = make_ctx(now=MAILGUN_NOW)
-    via_multipart = one(body, ctx=ctx, content_type=content_type, authorization=None)
+    via_multipart = only_event(mailgun_post(*multipart(mailgun_sign(data))), MessageEvent)
     assert via_multipart.event_id == direct.event_id
 
 
@@ -403,40 +393,34 @@ def test_mailgun_timestamp_at_the_edge_is_accepted() -> None:
     ],
 )
 def test_mailgun_bad_signature_is_unauthorized(change: dict[str, str], reason: str) -> None:
-    body = urlencode(mailgun_sign(fields("mailgun_basics")) | change).encode()
     with pytest.raises(Unauthorized, match=reason):
-        handle(body, ctx=make_ctx(now=MAILGUN_NOW), content_type=URLENCODED, authorization=None)
+        mailgun_post(urlencoded(mailgun_sign(fields("mailgun_basics")) | change))
 
 
 def test_mailgun_signed_with_another_key_is_unauthorized() -> None:
-    body = urlencode(mailgun_sign(fields("mailgun_basics"), key="other")).encode()
     with pytest.raises(Unauthorized):
-        handle(body, ctx=make_ctx(now=MAILGUN_NOW), content_type=URLENCODED, authorization=None)
+        mailgun_post(urlencoded(mailgun_sign(fields("mailgun_basics"), key="other")))
 
 
 def test_mailgun_non_numeric_timestamp_is_unauthorized() -> None:
     data = mailgun_sign(fields("mailgun_basics") | {"timestamp": "soon"})
-    body = urlencode(data).encode()
     with pytest.raises(Unauthorized, match="invalid Mailgun timestamp"):
-        handle(body, ctx=make_ctx(now=MAILGUN_NOW), content_type=URLENCODED, authorization=None)
+        mailgun_post(urlencoded(data))
 
 
 def test_mailgun_form_without_signing_key_needs_the_bearer() -> None:
-    body = urlencode(mailgun_sign(fields("mailgun_basics"))).encode()
-    ctx = make_ctx({"token": TOKEN}, now=MAILGUN_NOW)
+    body = urlencoded(mailgun_sign(fields("mailgun_basics")))
     with pytest.raises(Unauthorized, match="missing bearer token"):
-        handle(body, ctx=ctx, content_type=URLENCODED, authorization=None)
+        mailgun_post(body, ctx=make_ctx({"token": TOKEN}, now=MAILGUN_NOW))
     # With the bearer the Mailgun signature is not needed (nor checked: a relay may re-post).
-    unsigned = urlencode(fields("mailgun_basics")).encode()
+    unsigned = urlencoded(fields("mailgun_basics"))
     assert one(unsigned, ctx=make_ctx({"token": TOKEN}), content_type=URLENCODED).text
 
 
 def test_a_wrong_bearer_is_not_rescued_by_a_mailgun_signature() -> None:
-    body = urlencode(mailgun_sign(fields("mailgun_basics"))).encode()
+    body = urlencoded(mailgun_sign(fields("mailgun_basics")))
     with pytest.raises(Unauthorized, match="invalid bearer token"):
-        handle(
-            body, ctx=make_ctx(now=MAILGUN_NOW), content_type=URLENCODED, authorization="Bearer x"
-        )
+        mailgun_post(body, authorization="Bearer x")
 
 
 @pytest.mark.parametrize(
@@ -459,38 +443,3 @@ def test_mailgun_html_only_and_odd_message_headers() -> None:
     assert event.text == "Test body html"
     assert event.external_message_id.startswith("sha256:")
     assert event.sent_at == MAILGUN_NOW
-
-
-# --- channel_config -----------------------------------------------------------------------------
-
-
-def test_channel_config_generates_a_token() -> None:
-    first, second = adapter.channel_config({}), adapter.channel_config({})
-    assert set(first) == {"token"}
-    assert first["token"] != second["token"]
-    assert adapter.channel_config(first) == first
-
-
-def test_channel_config_keeps_given_values() -> None:
-    given = {"token": TOKEN, "signing_key": SIGNING_KEY}
-    assert adapter.channel_config(given) == given
-    assert adapter.channel_config({"signing_key": SIGNING_KEY})["signing_key"] == SIGNING_KEY
-
-
-@pytest.mark.parametrize(
-    ("given", "match"),
-    [
-        ({"token": ""}, "token"),
-        ({"token": "has space"}, "token"),
-        ({"signing_key": ""}, "signing_key"),
-        ({"signing_key": " key"}, "signing_key"),
-        ({"provider": "mailgun"}, "unknown config key for email: provider"),
-    ],
-)
-def test_channel_config_rejects(given: dict[str, str], match: str) -> None:
-    with pytest.raises(ChannelConfigError, match=match):
-        adapter.channel_config(given)
-
-
-def test_transport_name() -> None:
-    assert EmailAdapter.transport == "email"
