@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,19 +23,16 @@ from ingest.config import Settings
 from ingest.embedded import EmbeddedPostgres, ResolvedServices, free_port
 from sql.db import connect
 from tests.chaos.test_chaos import (
-    Service,
     chaos_pipeline,
-    cli_env,
     figures,
     publish,
-    spawn,
     stored_count,
     telegram_update,
     topic_texts,
-    wait_exit,
     wait_for_rows,
 )
-from tests.support import eventually
+from tests.integration.signing import telegram_headers
+from tests.support import Processes, Service, cli_env, eventually
 
 pytestmark = pytest.mark.acceptance
 
@@ -45,36 +41,40 @@ EXIT_MARGIN_S = 5.0  # closing the pool and the process itself, on a slow machin
 
 
 @pytest.fixture
-def processes() -> Iterator[list[Service]]:
-    """Every process a test starts; whatever still runs at the end is killed (by pid)."""
-    started: list[Service] = []
-    yield started
-    for service in started:
-        if service.proc.poll() is None:
-            service.proc.kill()
-            service.proc.wait(10)
+def processes() -> Iterator[Processes]:
+    with Processes() as started:
+        yield started
 
 
 # --- gateway ------------------------------------------------------------------------------------
 
 
+@dataclass
+class GatewayProcess:
+    """A ready `crm-ingest gateway` on its own pipeline, with one Telegram channel."""
+
+    service: Service
+    port: int
+    settings: Settings
+    headers: dict[str, str]  # the channel's valid request headers
+    path: str  # the channel's webhook path
+
+    def slow_request(self, body: bytes) -> SlowRequest:
+        return SlowRequest(self.port, self.path, self.headers, body)
+
+
 async def start_gateway(
-    services: ResolvedServices, processes: list[Service], tmp_path: Path, **env: str
-) -> tuple[Service, int, Settings, dict[str, str], str]:
+    services: ResolvedServices, processes: Processes, tmp_path: Path, shutdown_timeout_s: float
+) -> GatewayProcess:
     settings, channel = await chaos_pipeline(services, services.database_url, partitions=2)
     port = free_port()
-    log = tmp_path / "gateway.log"
-    gateway = Service(spawn(cli_env(settings, **env), log, "gateway", "--port", str(port)), log)
-    processes.append(gateway)
+    env = cli_env(settings, CRM_INGEST_SHUTDOWN_TIMEOUT_S=str(shutdown_timeout_s))
+    gateway = processes.start(env, tmp_path / "gateway.log", "gateway", "--port", str(port))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not await http_ok(port, "/readyz"):
         assert gateway.proc.poll() is None, gateway.tail()
         await asyncio.sleep(0.2)
-    headers = {
-        "content-type": "application/json",
-        "x-telegram-bot-api-secret-token": channel.config["secret_token"],
-    }
-    return gateway, port, settings, headers, channel.path
+    return GatewayProcess(gateway, port, settings, telegram_headers(channel), channel.path)
 
 
 async def http_ok(port: int, path: str) -> bool:
@@ -127,28 +127,24 @@ IN_FLIGHT = 5
 
 
 async def test_gateway_sigterm_finishes_in_flight_requests_refuses_new_ones_exits_0(
-    services: ResolvedServices, processes: list[Service], tmp_path: Path
+    services: ResolvedServices, processes: Processes, tmp_path: Path
 ) -> None:
-    gateway, port, settings, headers, path = await start_gateway(
-        services, processes, tmp_path, CRM_INGEST_SHUTDOWN_TIMEOUT_S=str(SHUTDOWN_TIMEOUT_S)
-    )
-    requests = [
-        SlowRequest(port, path, headers, telegram_update(i)) for i in range(1, IN_FLIGHT + 1)
-    ]
+    gateway = await start_gateway(services, processes, tmp_path, SHUTDOWN_TIMEOUT_S)
+    requests = [gateway.slow_request(telegram_update(i)) for i in range(1, IN_FLIGHT + 1)]
     for request in requests:
         await request.begin()
     await asyncio.sleep(0.5)  # the gateway has every request's headers: they are in flight
 
-    signalled = time.monotonic()
-    gateway.proc.send_signal(signal.SIGTERM)
-    await eventually(lambda: refused(port), bool, within=5, interval=0.05)
+    signalled = gateway.service.sigterm()
+    await eventually(lambda: refused(gateway.port), bool, within=5, interval=0.05)
     refused_after = time.monotonic() - signalled
-    new_connection_refused = await refused(port)
-    still_running = gateway.proc.poll() is None
+    new_connection_refused = await refused(gateway.port)
+    still_running = gateway.service.proc.poll() is None
 
     statuses = [await request.finish() for request in requests]
-    exit_code = await wait_exit(gateway.proc, SHUTDOWN_TIMEOUT_S + EXIT_MARGIN_S)
+    exit_code = await gateway.service.wait_exit(SHUTDOWN_TIMEOUT_S + EXIT_MARGIN_S)
     exited_after = time.monotonic() - signalled
+    settings = gateway.settings
     on_topic = await topic_texts(
         settings.kafka_bootstrap_servers, settings.inbound_topic("telegram")
     )
@@ -160,33 +156,30 @@ async def test_gateway_sigterm_finishes_in_flight_requests_refuses_new_ones_exit
     assert new_connection_refused, "a new connection was accepted after SIGTERM"
     assert still_running, "the gateway did not wait for its requests in flight"
     assert statuses == [200] * IN_FLIGHT
-    assert exit_code == 0, gateway.tail()
+    assert exit_code == 0, gateway.service.tail()
     assert sorted(on_topic) == sorted(f"broker chaos #{i}" for i in range(1, IN_FLIGHT + 1))
-    assert '"gateway stopped"' in gateway.tail(10**6)
+    assert '"gateway stopped"' in gateway.service.tail(10**6)
 
 
 STALLED_TIMEOUT_S = 2
 
 
 async def test_gateway_sigterm_cuts_a_stalled_request_after_the_shutdown_timeout(
-    services: ResolvedServices, processes: list[Service], tmp_path: Path
+    services: ResolvedServices, processes: Processes, tmp_path: Path
 ) -> None:
-    gateway, port, _, headers, path = await start_gateway(
-        services, processes, tmp_path, CRM_INGEST_SHUTDOWN_TIMEOUT_S=str(STALLED_TIMEOUT_S)
-    )
-    stalled = SlowRequest(port, path, headers, telegram_update(1))
+    gateway = await start_gateway(services, processes, tmp_path, STALLED_TIMEOUT_S)
+    stalled = gateway.slow_request(telegram_update(1))
     await stalled.begin()  # and never sends the rest
     await asyncio.sleep(0.5)
-    signalled = time.monotonic()
-    gateway.proc.send_signal(signal.SIGTERM)
-    exit_code = await wait_exit(gateway.proc, STALLED_TIMEOUT_S + EXIT_MARGIN_S + 10)
+    signalled = gateway.service.sigterm()
+    exit_code = await gateway.service.wait_exit(STALLED_TIMEOUT_S + EXIT_MARGIN_S + 10)
     exited_after = time.monotonic() - signalled
     stalled.writer.close()
     print(
         f"\n[shutdown gateway stalled] timeout_s={STALLED_TIMEOUT_S} "
         f"exited_after_s={exited_after:.2f} exit_code={exit_code}"
     )
-    assert exit_code == 0, gateway.tail()
+    assert exit_code == 0, gateway.service.tail()
     assert STALLED_TIMEOUT_S - 0.5 <= exited_after <= STALLED_TIMEOUT_S + EXIT_MARGIN_S
 
 
@@ -231,7 +224,7 @@ class Run:
 
 
 async def test_consumer_sigterm_mid_load_exits_0_and_the_next_consumer_finishes_the_rest(
-    services: ResolvedServices, processes: list[Service], tmp_path: Path
+    services: ResolvedServices, processes: Processes, tmp_path: Path
 ) -> None:
     settings, channel = await chaos_pipeline(services, services.database_url, partitions=4)
     await publish(settings, channel, range(EVENTS), SENDERS)
@@ -241,9 +234,7 @@ async def test_consumer_sigterm_mid_load_exits_0_and_the_next_consumer_finishes_
     try:
         # Three consumers in turn: the first two get SIGTERM mid-load, the third finishes.
         for number in (1, 2, 3):
-            log = tmp_path / f"consume-{number}.log"
-            consumer = Service(spawn(env, log, "consume"), log)
-            processes.append(consumer)
+            consumer = processes.start(env, tmp_path / f"consume-{number}.log", "consume")
             spawned = time.monotonic()
             floor = await stored_count(conn)
             first = await wait_for_rows(conn, floor + 1, within=120, alive=consumer.proc)
@@ -254,9 +245,8 @@ async def test_consumer_sigterm_mid_load_exits_0_and_the_next_consumer_finishes_
                 await asyncio.sleep(1.0)
             else:
                 await wait_for_rows(conn, floor + STEP, within=120, alive=consumer.proc)
-            signalled = time.monotonic()
-            consumer.proc.send_signal(signal.SIGTERM)
-            run.exit_code = await wait_exit(consumer.proc, SHUTDOWN_TIMEOUT_S + EXIT_MARGIN_S)
+            signalled = consumer.sigterm()
+            run.exit_code = await consumer.wait_exit(SHUTDOWN_TIMEOUT_S + EXIT_MARGIN_S)
             run.exit_s = round(time.monotonic() - signalled, 2)
             run.rows_at_exit = await stored_count(conn)
             run.members_after = len(await group_members(settings))
@@ -283,9 +273,7 @@ async def test_consumer_sigterm_mid_load_exits_0_and_the_next_consumer_finishes_
     assert runs[2].first_row_s < REJOIN_WITHIN_S
     # What a stopped consumer had stored, it had committed: nothing was processed twice.
     assert sum(run.redelivered for run in runs) == 0
-    assert result.lost == 0
-    assert result.duplicated == 0
-    assert result.stored == EVENTS
+    result.assert_exact()
 
 
 STUCK_TIMEOUT_S = 3.0
@@ -293,7 +281,7 @@ STUCK_EVENTS = 5_000
 
 
 async def test_consumer_sigterm_with_its_batch_stuck_abandons_it_after_the_timeout(
-    services: ResolvedServices, processes: list[Service], tmp_path: Path
+    services: ResolvedServices, processes: Processes, tmp_path: Path
 ) -> None:
     """PostgreSQL is down, so the batch in hand retries forever: SIGTERM gives it the shutdown
     timeout, then abandons it uncommitted and exits 0; the next consumer stores it."""
@@ -301,9 +289,7 @@ async def test_consumer_sigterm_with_its_batch_stuck_abandons_it_after_the_timeo
         settings, channel = await chaos_pipeline(services, pg.url, partitions=2)
         await publish(settings, channel, range(STUCK_EVENTS), SENDERS)
         env = cli_env(settings, CRM_INGEST_SHUTDOWN_TIMEOUT_S=str(STUCK_TIMEOUT_S))
-        log = tmp_path / "consume-1.log"
-        consumer = Service(spawn(env, log, "consume"), log)
-        processes.append(consumer)
+        consumer = processes.start(env, tmp_path / "consume-1.log", "consume")
         conn = await connect(settings.database_url)
         try:
             assert await wait_for_rows(conn, 1, within=60, alive=consumer.proc) >= 1
@@ -315,25 +301,21 @@ async def test_consumer_sigterm_with_its_batch_stuck_abandons_it_after_the_timeo
             bool,
             within=30,
         )
-        signalled = time.monotonic()
-        consumer.proc.send_signal(signal.SIGTERM)
-        exit_code = await wait_exit(consumer.proc, STUCK_TIMEOUT_S + EXIT_MARGIN_S + 10)
+        signalled = consumer.sigterm()
+        exit_code = await consumer.wait_exit(STUCK_TIMEOUT_S + EXIT_MARGIN_S + 10)
         exit_s = time.monotonic() - signalled
         pg.start()
 
         conn = await connect(settings.database_url)
         try:
             rows_at_exit = await stored_count(conn)
-            log = tmp_path / "consume-2.log"
-            successor = Service(spawn(env, log, "consume"), log)
-            processes.append(successor)
+            successor = processes.start(env, tmp_path / "consume-2.log", "consume")
             await wait_for_rows(conn, STUCK_EVENTS, within=120, alive=successor.proc)
             await asyncio.sleep(1.0)
             result = await figures(conn, channel, STUCK_EVENTS)
         finally:
             await conn.close()
-        successor.proc.send_signal(signal.SIGTERM)
-        successor_exit = await wait_exit(successor.proc, STUCK_TIMEOUT_S + EXIT_MARGIN_S)
+        successor_exit = await successor.stop(STUCK_TIMEOUT_S + EXIT_MARGIN_S)
     result.report(
         "shutdown consumer, batch stuck",
         timeout_s=STUCK_TIMEOUT_S,
@@ -345,7 +327,5 @@ async def test_consumer_sigterm_with_its_batch_stuck_abandons_it_after_the_timeo
     assert retrying, "the batch never got stuck"
     assert exit_code == 0, consumer.tail()
     assert STUCK_TIMEOUT_S - 0.5 <= exit_s <= STUCK_TIMEOUT_S + EXIT_MARGIN_S
-    assert result.lost == 0
-    assert result.duplicated == 0
-    assert result.stored == STUCK_EVENTS
+    result.assert_exact()
     assert successor_exit == 0, successor.tail()

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -37,8 +35,6 @@ from ingest.events import (
     MessageEvent,
     Sender,
     conversation_key,
-    encode_event,
-    event_headers,
     make_event_id,
     utc_from_unix,
 )
@@ -46,18 +42,17 @@ from ingest.topics import ensure_topics
 from sql.db import connect, create_pool
 from tests.integration.pipeline import (
     TenantChannel,
-    migrated_database,
+    event_record,
+    isolated_pipeline,
     new_channel,
-    pipeline_settings,
     read_topic,
 )
-from tests.support import eventually
+from tests.integration.signing import telegram_headers
+from tests.support import Processes, cli_env, eventually
 
 pytestmark = pytest.mark.chaos
 
 SEED = 20_250_606
-_SCRIPT = Path(sys.executable).parent / "crm-ingest"
-CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "ingest.cli"]
 BASE_USER_ID = 8_000_000_000
 BASE_DATE = 1_750_000_000
 UPDATE = (
@@ -65,61 +60,10 @@ UPDATE = (
 ).read_bytes()
 
 
-# --- processes ------------------------------------------------------------------------------
-
-
-@dataclass
-class Service:
-    """A `crm-ingest` subprocess whose output goes to a log file (a pipe could fill up)."""
-
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def tail(self, chars: int = 4000) -> str:
-        return self.log.read_text(errors="replace")[-chars:]
-
-
 @pytest.fixture
-def processes() -> Iterator[list[Service]]:
-    """Every process a test starts; whatever still runs at the end is killed (by pid)."""
-    started: list[Service] = []
-    yield started
-    for service in started:
-        if service.proc.poll() is None:
-            service.proc.kill()
-            service.proc.wait(10)
-
-
-def spawn(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [*CLI, *args], env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
-        )
-
-
-def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment of a `crm-ingest` process for one isolated pipeline."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("CRM_INGEST_")}
-    return {
-        **base,
-        "DATABASE_URL": settings.database_url,
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-        "CRM_INGEST_TOPIC_PREFIX": settings.topic_prefix,
-        "CRM_INGEST_CONSUMER_GROUP": settings.consumer_group,
-        "CRM_INGEST_PARTITIONS": str(settings.partitions),
-        "CRM_INGEST_PRODUCER_IDEMPOTENCE": str(settings.producer_idempotence).lower(),
-        "CRM_INGEST_METRICS_PORT": "0",
-        "CRM_INGEST_LOG_FORMAT": "json",
-        **extra,
-    }
-
-
-async def wait_exit(proc: subprocess.Popen[bytes], within: float) -> int | None:
-    """The exit code, or None if the process still runs after `within` seconds."""
-    try:
-        return await asyncio.to_thread(proc.wait, within)
-    except subprocess.TimeoutExpired:
-        return None
+def processes() -> Iterator[Processes]:
+    with Processes() as started:
+        yield started
 
 
 # --- load -----------------------------------------------------------------------------------
@@ -173,14 +117,7 @@ async def publish(
         futures = []
         for index in indexes:
             event = message_event(channel, index, senders)
-            futures.append(
-                await producer.send(
-                    topic,
-                    encode_event(event),
-                    key=event.conversation_key.encode(),
-                    headers=event_headers(event),
-                )
-            )
+            futures.append(await producer.send(topic, **event_record(event)))
         await producer.flush()
         await asyncio.gather(*futures)
     finally:
@@ -195,6 +132,10 @@ class Figures:
     lost: int
     duplicated: int
     unexpected: int
+
+    def assert_exact(self) -> None:
+        """Every event sent is stored once, and nothing else is."""
+        assert (self.lost, self.duplicated, self.unexpected, self.stored) == (0, 0, 0, self.sent)
 
     def report(self, name: str, **extra: object) -> None:
         fields = {
@@ -260,10 +201,8 @@ async def chaos_pipeline(
     services: ResolvedServices, server_url: str, **overrides: Any
 ) -> tuple[Settings, TenantChannel]:
     """A fresh migrated database on `server_url`, private topics, one Telegram channel."""
-    url = await migrated_database(server_url, "chaos")
-    settings = pipeline_settings(services, url, **overrides)
-    await ensure_topics(settings)
-    pool = await create_pool(url, max_size=1)
+    settings = await isolated_pipeline(services, "chaos", server_url, **overrides)
+    pool = await create_pool(settings.database_url, max_size=1)
     try:
         channel = await new_channel(pool, "telegram")
     finally:
@@ -280,7 +219,7 @@ KILLS = 5
 
 @pytest.mark.timeout(600)
 async def test_consumer_killed_five_times_loses_and_duplicates_nothing(
-    services: ResolvedServices, processes: list[Service], tmp_path: Path
+    services: ResolvedServices, processes: Processes, tmp_path: Path
 ) -> None:
     settings, channel = await chaos_pipeline(services, services.database_url, partitions=4)
     publish_s = await publish(settings, channel, range(KILL_EVENTS), KILL_SENDERS)
@@ -291,13 +230,7 @@ async def test_consumer_killed_five_times_loses_and_duplicates_nothing(
     started = time.monotonic()
     kills: list[dict[str, Any]] = []
     try:
-
-        def start() -> Service:
-            service = Service(spawn(env, log, "consume"), log)
-            processes.append(service)
-            return service
-
-        consumer = start()
+        consumer = processes.start(env, log, "consume")
         # Random moments while the consumer is doing work: a random share of the load must be
         # stored (and at least one batch since the last restart), then a random delay more.
         shares = sorted(rng.uniform(0.05, 0.85) for _ in range(KILLS))
@@ -309,16 +242,15 @@ async def test_consumer_killed_five_times_loses_and_duplicates_nothing(
             assert reached >= target, f"no progress after restart: {reached}/{target}"
             await asyncio.sleep(rng.uniform(0.0, 0.5))
             consumer.proc.send_signal(signal.SIGKILL)
-            assert await wait_exit(consumer.proc, 10) == -signal.SIGKILL
+            assert await consumer.wait_exit(10) == -signal.SIGKILL
             kills.append({"at_s": round(time.monotonic() - started, 1), "rows": target})
-            consumer = start()
+            consumer = processes.start(env, log, "consume")
 
         await wait_for_rows(conn, KILL_EVENTS, within=180, alive=consumer.proc)
         assert consumer.proc.poll() is None, consumer.tail()
         await asyncio.sleep(2.0)  # anything redelivered after the last row would show up now
         result = await figures(conn, channel, KILL_EVENTS)
-        consumer.proc.send_signal(signal.SIGTERM)
-        exit_code = await wait_exit(consumer.proc, 30)
+        exit_code = await consumer.stop(30)
     finally:
         await conn.close()
     elapsed = time.monotonic() - started
@@ -331,10 +263,7 @@ async def test_consumer_killed_five_times_loses_and_duplicates_nothing(
         consume_s=round(elapsed, 1),
     )
     assert len(kills) == KILLS
-    assert result.lost == 0
-    assert result.duplicated == 0
-    assert result.unexpected == 0
-    assert result.stored == KILL_EVENTS
+    result.assert_exact()
     assert exit_code == 0, consumer.tail()
 
 
@@ -348,15 +277,13 @@ PG_SENDERS = 2_000
 
 @pytest.mark.timeout(300)
 async def test_postgres_down_for_10s_consumer_recovers_by_itself(
-    services: ResolvedServices, processes: list[Service], tmp_path: Path
+    services: ResolvedServices, processes: Processes, tmp_path: Path
 ) -> None:
     total = PG_EVENTS_BEFORE + PG_EVENTS_DURING
     with EmbeddedPostgres(fast=True) as pg:
         settings, channel = await chaos_pipeline(services, pg.url, partitions=4)
         await publish(settings, channel, range(PG_EVENTS_BEFORE), PG_SENDERS)
-        log = tmp_path / "consume.log"
-        consumer = Service(spawn(cli_env(settings), log, "consume"), log)
-        processes.append(consumer)
+        consumer = processes.start(cli_env(settings), tmp_path / "consume.log", "consume")
         started = time.monotonic()
 
         conn = await connect(settings.database_url)
@@ -388,8 +315,7 @@ async def test_postgres_down_for_10s_consumer_recovers_by_itself(
         finally:
             await conn.close()
         assert consumer.proc.poll() is None, consumer.tail()  # the same process throughout
-        consumer.proc.send_signal(signal.SIGTERM)
-        exit_code = await wait_exit(consumer.proc, 60)
+        exit_code = await consumer.stop(60)
     retries = sum(
         '"database unavailable, retrying"' in line for line in consumer.tail(10**8).splitlines()
     )
@@ -404,10 +330,7 @@ async def test_postgres_down_for_10s_consumer_recovers_by_itself(
     )
     assert outage >= OUTAGE_S
     assert retries > 0, "the consumer never noticed the outage"
-    assert result.lost == 0
-    assert result.duplicated == 0
-    assert result.unexpected == 0
-    assert result.stored == total
+    result.assert_exact()
     assert exit_code == 0, consumer.tail()
 
 
@@ -433,34 +356,22 @@ async def topic_texts(bootstrap: str, topic: str, idle_s: float = 3.0) -> list[s
 
 @pytest.mark.timeout(300)
 async def test_broker_unreachable_gateway_answers_503_then_recovers_without_restart(
-    services: ResolvedServices, processes: list[Service], tmp_path: Path
+    services: ResolvedServices, processes: Processes, tmp_path: Path
 ) -> None:
     broker = EmbeddedKafka()
     broker.start()
     try:
-        url = await migrated_database(services.database_url, "chaosgw")
-        settings = pipeline_settings(
+        settings, channel = await chaos_pipeline(
             services,
-            url,
+            services.database_url,
             KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap_servers,
             producer_idempotence=broker.supports_idempotence,
         )
-        await ensure_topics(settings)
-        pool = await create_pool(url, max_size=1)
-        try:
-            channel = await new_channel(pool, "telegram")
-        finally:
-            await pool.close()
         port = free_port()
-        log = tmp_path / "gateway.log"
         # The publish timeout bounds the 503; the default (5 s) lands a hair over 5 s.
         env = cli_env(settings, CRM_INGEST_PUBLISH_TIMEOUT_S=str(PUBLISH_TIMEOUT_S))
-        gateway = Service(spawn(env, log, "gateway", "--port", str(port)), log)
-        processes.append(gateway)
-        headers = {
-            "content-type": "application/json",
-            "x-telegram-bot-api-secret-token": channel.config["secret_token"],
-        }
+        gateway = processes.start(env, tmp_path / "gateway.log", "gateway", "--port", str(port))
+        headers = telegram_headers(channel)
         statuses: list[tuple[str, int, float]] = []  # phase, status, seconds
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
 
@@ -500,8 +411,7 @@ async def test_broker_unreachable_gateway_answers_503_then_recovers_without_rest
             recovered_s = time.monotonic() - back_started
             assert await eventually(ready, lambda s: s == 200, within=30) == 200
         on_topic = await topic_texts(broker.bootstrap_servers, settings.inbound_topic("telegram"))
-        gateway.proc.send_signal(signal.SIGTERM)
-        exit_code = await wait_exit(gateway.proc, 60)
+        exit_code = await gateway.stop(60)
     finally:
         broker.close()
 

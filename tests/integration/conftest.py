@@ -4,6 +4,7 @@ and the gateway app wired to the real publisher and channel directory."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import httpx
@@ -11,30 +12,18 @@ import pytest
 
 from handlers.app import running_consumer
 from ingest.channels import ChannelDirectory
-from ingest.config import Settings
+from ingest.config import Settings, Transport
 from ingest.embedded import ResolvedServices
 from ingest.gateway import create_app
-from ingest.topics import ensure_topics
 from ingest.transports import load_adapters
 from sql.db import create_pool
-
-# Re-exported for modules that still import them from here; one definition, in pipeline.py.
-from tests.integration.pipeline import (
-    Gateway,
-    RecordingPublisher,
-    TenantChannel,
-    migrated_database,
-    new_channel,
-    pipeline_settings,
-)
+from tests.integration.pipeline import Gateway, RecordingPublisher, TenantChannel, isolated_pipeline
+from tests.integration.signing import signed_channel
 
 
 @pytest.fixture(scope="session")
 async def settings(services: ResolvedServices) -> Settings:
-    url = await migrated_database(services.database_url, "pipeline")
-    result = pipeline_settings(services, url)
-    await ensure_topics(result)
-    return result
+    return await isolated_pipeline(services, "pipeline")
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +51,18 @@ async def gateway(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[Gatew
     await publisher.stop()
 
 
-@pytest.fixture
-async def telegram(pool: asyncpg.Pool) -> TenantChannel:
-    return await new_channel(pool, "telegram")
+def signed_channel_fixture(transport: Transport) -> Any:
+    """A fixture named after `transport`: a new tenant with one channel of it, accepting the
+    signatures of tests/integration/signing.py."""
+
+    @pytest.fixture(name=transport)
+    async def channel(pool: asyncpg.Pool) -> TenantChannel:
+        return await signed_channel(pool, transport)
+
+    return channel
+
+
+telegram = signed_channel_fixture("telegram")
+whatsapp = signed_channel_fixture("whatsapp")
+sms = signed_channel_fixture("sms")
+email = signed_channel_fixture("email")

@@ -17,8 +17,9 @@ import sql
 from ingest.admin import insert_channel
 from ingest.config import Settings, load_settings
 from ingest.embedded import ResolvedServices
-from ingest.events import MessageEvent, StatusEvent
+from ingest.events import MessageEvent, StatusEvent, encode_event, event_headers
 from ingest.publisher import EventPublisher
+from ingest.topics import ensure_topics
 from sql.db import connect
 from tests.support import create_database
 
@@ -51,6 +52,17 @@ async def migrated_database(server_url: str, prefix: str) -> str:
     finally:
         await conn.close()
     return url
+
+
+async def isolated_pipeline(
+    services: ResolvedServices, prefix: str, server_url: str | None = None, **overrides: Any
+) -> Settings:
+    """The settings of a new pipeline: a fresh migrated database `prefix_...` (on `server_url`,
+    by default the session's server), its own consumer group and topics, created."""
+    url = await migrated_database(server_url or services.database_url, prefix)
+    settings = pipeline_settings(services, url, **overrides)
+    await ensure_topics(settings)
+    return settings
 
 
 class RecordingPublisher(EventPublisher):
@@ -119,3 +131,13 @@ async def read_topic(bootstrap: str, topic: str, idle_s: float = 3.0) -> list[An
     finally:
         await consumer.stop()
     return records
+
+
+def event_record(event: MessageEvent | StatusEvent) -> dict[str, Any]:
+    """An inbound event as the publisher writes it: a producer's `send` arguments after the topic
+    (keyed by conversation, so a conversation's events share a partition)."""
+    return {
+        "value": encode_event(event),
+        "key": event.conversation_key.encode(),
+        "headers": event_headers(event),
+    }

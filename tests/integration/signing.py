@@ -1,5 +1,4 @@
-"""Signed requests for every transport, posted through the gateway, and the per-tenant rows the
-pipeline tests assert on.
+"""Signed requests for every transport, posted through the gateway or handed to the adapters.
 
 Each provider's own scheme is reproduced here independently of the adapters (except Twilio's,
 whose `compute_signature` is checked against Twilio's published test vector in the unit tests):
@@ -7,17 +6,20 @@ whose `compute_signature` is checked against Twilio's published test vector in t
 - Twilio: `X-Twilio-Signature` over the URL the gateway sees (the test client's base URL is
   `https://gateway.test`) or the channel's `public_url`;
 - email: `Authorization: Bearer <token>`, or Mailgun's hex HMAC-SHA256(signing_key,
-  timestamp + token) with a current timestamp.
+  timestamp + token) with a current timestamp;
+- Telegram: `X-Telegram-Bot-Api-Secret-Token: <the channel's secret_token>`.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import hmac
 import json
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -25,9 +27,11 @@ from urllib.parse import parse_qsl, urlencode
 import asyncpg
 import httpx
 
+from ingest.config import Transport
+from ingest.transports import TransportAdapter, load_adapters
+from ingest.transports.base import Channel, Event, ParseContext, RawRequest
 from ingest.transports.sms import compute_signature
-from tests.integration.pipeline import Gateway, TenantChannel
-from tests.support import eventually
+from tests.integration.pipeline import Gateway, TenantChannel, new_channel
 
 PAYLOADS = Path(__file__).parent.parent / "payloads"
 BASE_URL = "https://gateway.test"
@@ -35,6 +39,19 @@ APP_SECRET = "it-app-secret-0123456789abcdef"
 AUTH_TOKEN = "it-twilio-auth-token-0123456789ab"
 SIGNING_KEY = "it-mailgun-signing-key-0123456789"
 FORM = "application/x-www-form-urlencoded"
+TELEGRAM_SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+# The configuration each transport's channel needs to check the signatures made here.
+CREDENTIALS: dict[Transport, dict[str, str]] = {
+    "telegram": {},  # the channel's secret_token is generated
+    "whatsapp": {"app_secret": APP_SECRET},
+    "sms": {"auth_token": AUTH_TOKEN},
+    "email": {"signing_key": SIGNING_KEY},
+}
+
+
+async def signed_channel(pool: asyncpg.Pool, transport: Transport, **config: str) -> TenantChannel:
+    """A new tenant's channel that accepts this module's signatures (plus any other `config`)."""
+    return await new_channel(pool, transport, **CREDENTIALS[transport], **config)
 
 
 def _client(gateway: Gateway | httpx.AsyncClient) -> httpx.AsyncClient:
@@ -64,6 +81,47 @@ def wa_body(body: bytes | dict[str, Any]) -> bytes:
     return json.dumps(body).encode() if isinstance(body, dict) else body
 
 
+def wa_headers(body: bytes) -> dict[str, str]:
+    return {"content-type": "application/json", "X-Hub-Signature-256": wa_signature(body)}
+
+
+# The sender of the pywa-based fixtures (wa_id 972987654321).
+PYWA_SENDER = "972987654321"
+
+
+def wa_element(
+    kind: str,
+    content: dict[str, Any],
+    *,
+    wamid: str,
+    timestamp: int,
+    sender: str = PYWA_SENDER,
+    sender_field: str = "from",
+) -> dict[str, Any]:
+    """One message element: its `kind` object is `content`; `sender_field` may be the newer
+    `from_user_id`."""
+    return {
+        sender_field: sender,
+        "id": wamid,
+        "timestamp": str(timestamp),
+        "type": kind,
+        kind: content,
+    }
+
+
+def wa_text(
+    text: str, *, wamid: str, timestamp: int, sender: str = PYWA_SENDER, sender_field: str = "from"
+) -> dict[str, Any]:
+    return wa_element(
+        "text",
+        {"body": text},
+        wamid=wamid,
+        timestamp=timestamp,
+        sender=sender,
+        sender_field=sender_field,
+    )
+
+
 def wa_message(message: dict[str, Any], *, contact: dict[str, Any] | None = None) -> dict[str, Any]:
     """One message element in the envelope (and with the contact) of the pywa-based fixtures."""
     envelope = wa_payload("image_url.json")
@@ -89,7 +147,7 @@ async def post_whatsapp(
     headers: dict[str, str] | None = None,
 ) -> httpx.Response:
     data = wa_body(body)
-    sent = {"content-type": "application/json", "X-Hub-Signature-256": wa_signature(data)}
+    sent = wa_headers(data)
     if signature is not None:
         sent["X-Hub-Signature-256"] = signature
     sent.update(headers or {})
@@ -113,6 +171,12 @@ def twilio_signature(
     return compute_signature(AUTH_TOKEN, url or BASE_URL + channel.path, params)
 
 
+def sms_headers(
+    channel: TenantChannel, params: list[tuple[str, str]], url: str | None = None
+) -> dict[str, str]:
+    return {"content-type": FORM, "X-Twilio-Signature": twilio_signature(channel, params, url)}
+
+
 async def post_sms(
     gateway: Gateway | httpx.AsyncClient,
     channel: TenantChannel,
@@ -122,10 +186,9 @@ async def post_sms(
     signed_url: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> httpx.Response:
-    sent = {
-        "content-type": FORM,
-        "X-Twilio-Signature": signature or twilio_signature(channel, params, signed_url),
-    }
+    sent = sms_headers(channel, params, signed_url)
+    if signature:
+        sent["X-Twilio-Signature"] = signature
     sent.update(headers or {})
     return await _client(gateway).post(
         channel.path, content=urlencode(params).encode(), headers=sent
@@ -156,6 +219,15 @@ def mailgun_signed(
     return signed
 
 
+def email_headers(
+    channel: TenantChannel, *, token: str | None = None, content_type: str = "message/rfc822"
+) -> dict[str, str]:
+    return {
+        "content-type": content_type,
+        "authorization": f"Bearer {token if token is not None else channel.config['token']}",
+    }
+
+
 async def post_email(
     gateway: Gateway | httpx.AsyncClient,
     channel: TenantChannel,
@@ -165,120 +237,72 @@ async def post_email(
     content_type: str = "message/rfc822",
     headers: dict[str, str] | None = None,
 ) -> httpx.Response:
-    sent = {
-        "content-type": content_type,
-        "authorization": f"Bearer {token if token is not None else channel.config['token']}",
-    }
+    sent = email_headers(channel, token=token, content_type=content_type)
     sent.update(headers or {})
     return await _client(gateway).post(channel.path, content=raw, headers=sent)
 
 
 async def post_mailgun(
-    gateway: Gateway | httpx.AsyncClient, channel: TenantChannel, fields: dict[str, str]
+    gateway: Gateway | httpx.AsyncClient,
+    channel: TenantChannel,
+    fields: dict[str, str],
+    *,
+    sign: bool = True,
 ) -> httpx.Response:
+    """A Mailgun form post, signed now with SIGNING_KEY unless `sign` is False (the fields are
+    signed otherwise, or deliberately not)."""
+    sent = mailgun_signed(fields) if sign else fields
     return await _client(gateway).post(
-        channel.path, content=urlencode(fields).encode(), headers={"content-type": FORM}
+        channel.path, content=urlencode(sent).encode(), headers={"content-type": FORM}
     )
 
 
-# --- rows -------------------------------------------------------------------------------------
+# --- Telegram ---------------------------------------------------------------------------------
 
 
-async def tenant_rows(pool: asyncpg.Pool, tenant_id: uuid.UUID) -> dict[str, list[asyncpg.Record]]:
-    """Every row the pipeline writes for one tenant, in a stable order, read from one snapshot
-    (separate READ COMMITTED reads could see a message committed after its empty client list)."""
-    async with (
-        pool.acquire() as conn,
-        conn.transaction(isolation="repeatable_read", readonly=True),
-    ):
-        return {
-            "clients": await conn.fetch(
-                "SELECT * FROM crm_clients WHERE tenant_id = $1 ORDER BY id", tenant_id
-            ),
-            "contacts": await conn.fetch(
-                """SELECT cc.* FROM crm_client_contacts cc JOIN crm_clients c ON c.id = cc.client_id
-                   WHERE c.tenant_id = $1 ORDER BY cc.id""",
-                tenant_id,
-            ),
-            "chats": await conn.fetch(
-                "SELECT * FROM crm_chats WHERE tenant_id = $1 ORDER BY id", tenant_id
-            ),
-            "members": await conn.fetch(
-                "SELECT * FROM crm_chat_members WHERE tenant_id = $1 ORDER BY created_at, id",
-                tenant_id,
-            ),
-            "messages": await conn.fetch(
-                """SELECT m.* FROM crm_chat_messages m JOIN crm_chats c ON c.id = m.chat_id
-                   WHERE c.tenant_id = $1 ORDER BY m.sent_at, m.id""",
-                tenant_id,
-            ),
-            "attachments": await conn.fetch(
-                """SELECT a.message_id, a.upload_id, u.tenant_id, u.hash, u.path, u.name, u.size,
-                          u.mimetype
-                   FROM crm_chat_message_attachments a
-                   JOIN core_uploads u ON u.id = a.upload_id
-                   JOIN crm_chat_messages m ON m.id = a.message_id
-                   JOIN crm_chats c ON c.id = m.chat_id WHERE c.tenant_id = $1
-                   ORDER BY a.id""",
-                tenant_id,
-            ),
-        }
+def tg_payload(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((PAYLOADS / "telegram" / name).read_text(encoding="utf-8"))
+    return data
 
 
-async def tenant_counts(pool: asyncpg.Pool, tenant: TenantChannel) -> dict[str, int]:
-    """Row counts of every crm_* table, core_uploads and the ingest bookkeeping, for one tenant
-    (crm_client_contacts and crm_chat_message_attachments have no tenant column: joined)."""
-    row = await pool.fetchrow(
-        """SELECT
-             (SELECT count(*) FROM crm_clients WHERE tenant_id = $1) AS crm_clients,
-             (SELECT count(*) FROM crm_client_contacts cc JOIN crm_clients c ON c.id = cc.client_id
-               WHERE c.tenant_id = $1) AS crm_client_contacts,
-             (SELECT count(*) FROM crm_chats WHERE tenant_id = $1) AS crm_chats,
-             (SELECT count(*) FROM crm_chat_members WHERE tenant_id = $1) AS crm_chat_members,
-             (SELECT count(*) FROM crm_chat_messages m JOIN crm_chats c ON c.id = m.chat_id
-               WHERE c.tenant_id = $1) AS crm_chat_messages,
-             (SELECT count(*) FROM crm_chat_message_attachments a
-               JOIN crm_chat_messages m ON m.id = a.message_id
-               JOIN crm_chats c ON c.id = m.chat_id WHERE c.tenant_id = $1)
-               AS crm_chat_message_attachments,
-             (SELECT count(*) FROM crm_message_templates WHERE tenant_id = $1)
-               AS crm_message_templates,
-             (SELECT count(*) FROM core_uploads WHERE tenant_id = $1) AS core_uploads,
-             (SELECT count(*) FROM ingest_message_refs WHERE channel_id = $2)
-               AS ingest_message_refs,
-             (SELECT count(*) FROM ingest_message_statuses WHERE channel_id = $2)
-               AS ingest_message_statuses""",
-        tenant.tenant_id,
-        tenant.channel_id,
-    )
-    return dict(row)
+def telegram_headers(channel: TenantChannel, secret: str | None = None) -> dict[str, str]:
+    return {
+        "content-type": "application/json",
+        TELEGRAM_SECRET_HEADER: secret or channel.config["secret_token"],
+    }
 
 
-async def message_state(pool: asyncpg.Pool, channel: TenantChannel, external_id: str) -> Any:
-    """The stored message of a provider id with its settled status (None when not stored)."""
-    return await pool.fetchrow(
-        """SELECT m.id, m.message, m.sent_at, m.read_at, r.status_rank, r.status_at
-           FROM ingest_message_refs r JOIN crm_chat_messages m ON m.id = r.message_id
-           WHERE r.channel_id = $1 AND r.external_id = $2""",
-        channel.channel_id,
-        external_id,
+async def post_telegram(
+    gateway: Gateway | httpx.AsyncClient,
+    channel: TenantChannel,
+    update: bytes | dict[str, Any],
+    *,
+    secret: str | None = None,
+) -> httpx.Response:
+    data = json.dumps(update).encode() if isinstance(update, dict) else update
+    return await _client(gateway).post(
+        channel.path, content=data, headers=telegram_headers(channel, secret)
     )
 
 
-async def logged_statuses(pool: asyncpg.Pool, channel: TenantChannel) -> list[tuple[str, str]]:
-    rows = await pool.fetch(
-        """SELECT external_id, status FROM ingest_message_statuses WHERE channel_id = $1
-           ORDER BY external_id, rank""",
-        channel.channel_id,
-    )
-    return [(r["external_id"], r["status"]) for r in rows]
+# --- without the gateway ----------------------------------------------------------------------
 
 
-async def wait_messages(
-    pool: asyncpg.Pool, owner: TenantChannel | uuid.UUID, count: int
-) -> dict[str, list[asyncpg.Record]]:
-    """A tenant's rows once it has at least `count` messages (or as they are at the timeout)."""
-    tenant_id = owner.tenant_id if isinstance(owner, TenantChannel) else owner
-    return await eventually(
-        lambda: tenant_rows(pool, tenant_id), lambda rows: len(rows["messages"]) >= count
+@functools.cache
+def _adapters() -> dict[Transport, TransportAdapter]:
+    return load_adapters()
+
+
+def adapter_events(
+    channel: TenantChannel, transport: Transport, headers: dict[str, str], body: bytes
+) -> list[Event]:
+    """The events the transport's adapter makes of one POST to the channel, as the gateway
+    would call it: for tests that publish or write events themselves."""
+    request = RawRequest(
+        "POST", BASE_URL + channel.path, {k.lower(): v for k, v in headers.items()}, body
     )
+    context = ParseContext(
+        Channel(channel.channel_id, channel.tenant_id, transport, channel.config),
+        datetime.now(UTC),
+    )
+    return list(_adapters()[transport].handle(request, context).events)

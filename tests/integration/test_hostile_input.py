@@ -25,32 +25,32 @@ from ingest.config import Settings
 from ingest.gateway import create_app
 from ingest.transports import load_adapters
 from ingest.transports.sms import compute_signature
-from tests.integration.pipeline import Gateway, TenantChannel, new_channel
+from tests.integration.pipeline import Gateway, TenantChannel
+from tests.integration.rows import wait_messages
 from tests.integration.signing import (
-    APP_SECRET,
-    AUTH_TOKEN,
     BASE_URL,
     FORM,
-    SIGNING_KEY,
+    TELEGRAM_SECRET_HEADER,
+    email_headers,
     eml,
     mailgun_fields,
     mailgun_signed,
     post_email,
     post_mailgun,
     post_sms,
+    post_telegram,
     post_whatsapp,
     sms_fields,
-    tenant_rows,
-    twilio_signature,
+    sms_headers,
+    telegram_headers,
+    wa_headers,
     wa_payload,
     wa_raw,
     wa_signature,
 )
-from tests.support import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("consumer")]
 
-TELEGRAM_SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 SMALL_LIMIT = 2048
 
 
@@ -67,13 +67,10 @@ class Channels:
 
 
 @pytest.fixture
-async def channels(pool: asyncpg.Pool) -> Channels:
-    return Channels(
-        telegram=await new_channel(pool, "telegram"),
-        whatsapp=await new_channel(pool, "whatsapp", app_secret=APP_SECRET),
-        sms=await new_channel(pool, "sms", auth_token=AUTH_TOKEN),
-        email=await new_channel(pool, "email", signing_key=SIGNING_KEY),
-    )
+def channels(
+    telegram: TenantChannel, whatsapp: TenantChannel, sms: TenantChannel, email: TenantChannel
+) -> Channels:
+    return Channels(telegram, whatsapp, sms, email)
 
 
 def assert_refused(response: httpx.Response, status: int) -> None:
@@ -120,12 +117,11 @@ def sms_send(
 ) -> Send:
     async def send(client: httpx.AsyncClient, c: Channels) -> httpx.Response:
         if body is not None:
-            sig = signature or twilio_signature(c.sms, params)
-            return await client.post(
-                c.sms.path,
-                content=body,
-                headers={"content-type": content_type, "X-Twilio-Signature": sig},
-            )
+            headers = sms_headers(c.sms, params)
+            headers["content-type"] = content_type
+            if signature:
+                headers["X-Twilio-Signature"] = signature
+            return await client.post(c.sms.path, content=body, headers=headers)
         return await post_sms(
             client,
             c.sms,
@@ -147,9 +143,9 @@ def email_send(
     return send
 
 
-def mailgun_send(fields: dict[str, str]) -> Send:
+def mailgun_send(fields: dict[str, str], *, sign: bool = True) -> Send:
     async def send(client: httpx.AsyncClient, c: Channels) -> httpx.Response:
-        return await post_mailgun(client, c.email, fields)
+        return await post_mailgun(client, c.email, fields, sign=sign)
 
     return send
 
@@ -163,10 +159,7 @@ def raw_post(transport: str, body: bytes, headers: dict[str, str]) -> Send:
 
 def telegram_send(body: bytes, content_type: str = "application/json") -> Send:
     async def send(client: httpx.AsyncClient, c: Channels) -> httpx.Response:
-        headers = {
-            "content-type": content_type,
-            TELEGRAM_SECRET_HEADER: c.telegram.config["secret_token"],
-        }
+        headers = telegram_headers(c.telegram) | {"content-type": content_type}
         return await client.post(c.telegram.path, content=body, headers=headers)
 
     return send
@@ -245,7 +238,7 @@ REFUSALS: dict[str, tuple[Send, int, str]] = {
         lambda cl, c: cl.post(
             c.sms.path,
             content=urlencode([(k, "forged" if k == "Body" else v) for k, v in SMS_TEXT]).encode(),
-            headers={"content-type": FORM, "X-Twilio-Signature": twilio_signature(c.sms, SMS_TEXT)},
+            headers=sms_headers(c.sms, SMS_TEXT),
         ),
         401,
         "invalid signature",
@@ -270,22 +263,22 @@ REFUSALS: dict[str, tuple[Send, int, str]] = {
         "missing bearer token",
     ),
     "mailgun signed with another key": (
-        mailgun_send(mailgun_signed(MAILGUN, key="another-signing-key")),
+        mailgun_send(mailgun_signed(MAILGUN, key="another-signing-key"), sign=False),
         401,
         "invalid Mailgun signature",
     ),
     "mailgun stale timestamp": (
-        mailgun_send(mailgun_signed(MAILGUN, timestamp=int(time.time()) - 3600)),
+        mailgun_send(mailgun_signed(MAILGUN, timestamp=int(time.time()) - 3600), sign=False),
         401,
         "stale Mailgun timestamp",
     ),
-    "mailgun form without signature": (mailgun_send(MAILGUN), 401, "missing Mailgun signature"),
+    "mailgun form without signature": (
+        mailgun_send(MAILGUN, sign=False),
+        401,
+        "missing Mailgun signature",
+    ),
     "telegram wrong secret": (
-        raw_post(
-            "telegram",
-            TELEGRAM_TEXT,
-            {"content-type": "application/json", TELEGRAM_SECRET_HEADER: "wrong"},
-        ),
+        lambda cl, c: post_telegram(cl, c.telegram, TELEGRAM_TEXT, secret="wrong"),
         401,
         "invalid secret token",
     ),
@@ -426,7 +419,7 @@ REFUSALS: dict[str, tuple[Send, int, str]] = {
         "form body is not valid UTF-8",
     ),
     "mailgun form without From": (
-        mailgun_send(mailgun_signed({"body-plain": "who sent this", "message-headers": "[]"})),
+        mailgun_send({"body-plain": "who sent this", "message-headers": "[]"}),
         422,
         "email has no From address",
     ),
@@ -567,34 +560,22 @@ def oversized(transport: str) -> Callable[[httpx.AsyncClient, Channels, bool], A
         channel = c.of(transport)
         if transport == "whatsapp":
             body = padded_wa()
-            headers = {
-                "content-type": "application/json",
-                "X-Hub-Signature-256": wa_signature(body),
-            }
+            headers = wa_headers(body)
         elif transport == "sms":
             base = urlencode(SMS_TEXT)
             params = [*SMS_TEXT, ("Pad", "x" * (SMALL_LIMIT + 1 - len(base) - len("&Pad=")))]
             body = urlencode(params).encode()
-            headers = {
-                "content-type": FORM,
-                "X-Twilio-Signature": twilio_signature(channel, params),
-            }
+            headers = sms_headers(channel, params)
         elif transport == "email":
             raw = eml("plain")
             body = raw + b"x" * (SMALL_LIMIT + 1 - len(raw))
-            headers = {
-                "content-type": "message/rfc822",
-                "authorization": f"Bearer {channel.config['token']}",
-            }
+            headers = email_headers(channel)
         else:
             update = {"update_id": 1, "message": {"message_id": 1, "text": ""}}
             base_len = len(json.dumps(update).encode())
             update["message"]["text"] = "x" * (SMALL_LIMIT + 1 - base_len)  # type: ignore[index]
             body = json.dumps(update).encode()
-            headers = {
-                "content-type": "application/json",
-                TELEGRAM_SECRET_HEADER: channel.config["secret_token"],
-            }
+            headers = telegram_headers(channel)
         assert len(body) == SMALL_LIMIT + 1
         if not stream:
             return await client.post(channel.path, content=body, headers=headers)
@@ -627,7 +608,5 @@ async def test_small_gateway_still_takes_bodies_within_its_limit(
     assert len(WA_TEXT) < SMALL_LIMIT
     response = await post_whatsapp(small, channels.whatsapp, WA_TEXT)
     assert response.status_code == 200, response.text
-    rows = await eventually(
-        lambda: tenant_rows(pool, channels.whatsapp.tenant_id), lambda r: len(r["messages"]) == 1
-    )
+    rows = await wait_messages(pool, channels.whatsapp, 1)
     assert [m["message"] for m in rows["messages"]] == ["Does it come in another color?"]

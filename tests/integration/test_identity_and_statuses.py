@@ -25,28 +25,30 @@ from handlers.store import write_messages
 from ingest.admin import insert_channel
 from ingest.config import Transport
 from ingest.events import MessageEvent
-from ingest.transports.base import Channel, ParseContext, RawRequest
-from ingest.transports.sms import TwilioSmsAdapter
-from ingest.transports.whatsapp import WhatsAppAdapter
 from tests.integration.pipeline import OUTBOX_EVENTS, Gateway, TenantChannel, new_channel
-from tests.integration.signing import (
-    APP_SECRET,
-    AUTH_TOKEN,
-    BASE_URL,
-    eml,
+from tests.integration.rows import (
+    first_conversation,
     logged_statuses,
     message_state,
+    settled_rows,
+    tenant_rows,
+    wait_messages,
+)
+from tests.integration.signing import (
+    CREDENTIALS,
+    adapter_events,
+    eml,
     post_email,
     post_sms,
     post_whatsapp,
+    signed_channel,
     sms_fields,
-    tenant_rows,
-    twilio_signature,
+    sms_headers,
+    wa_headers,
     wa_message,
     wa_raw,
-    wa_signature,
     wa_statuses,
-    wait_messages,
+    wa_text,
 )
 from tests.support import eventually
 
@@ -65,11 +67,11 @@ def naive_now() -> datetime:
 
 
 async def add_channel(
-    pool: asyncpg.Pool, tenant: TenantChannel, transport: Transport, **config: str
+    pool: asyncpg.Pool, tenant: TenantChannel, transport: Transport
 ) -> TenantChannel:
-    """Another channel of the same tenant (new_channel always makes a new tenant)."""
+    """Another signed channel of the same tenant (signed_channel always makes a new tenant)."""
     async with pool.acquire() as conn:
-        view = await insert_channel(conn, tenant.tenant_id, transport, config)
+        view = await insert_channel(conn, tenant.tenant_id, transport, CREDENTIALS[transport])
     return TenantChannel(
         tenant.tenant_id, uuid.UUID(view["id"]), view["config"], view["webhook_path"]
     )
@@ -103,8 +105,8 @@ def sms_from(phone: str, sid: str = "SM00000000000000000000000000000001") -> lis
 async def test_whatsapp_then_sms_from_a_host_clients_phone_land_in_that_clients_chat(
     gateway: Gateway, pool: asyncpg.Pool, known_by: str
 ) -> None:
-    whatsapp = await new_channel(pool, "whatsapp", app_secret=APP_SECRET)
-    sms = await add_channel(pool, whatsapp, "sms", auth_token=AUTH_TOKEN)
+    whatsapp = await signed_channel(pool, "whatsapp")
+    sms = await add_channel(pool, whatsapp, "sms")
     tenant = whatsapp.tenant_id
     if known_by == "phone_number":
         client_id = await host_client(pool, tenant, first_name="Sheena", phone_number=PHONE)
@@ -163,13 +165,7 @@ async def test_email_from_a_host_clients_address_lands_in_that_clients_chat(
     )
     assert (await post_email(gateway, email, eml("plain"))).status_code == 200
 
-    rows = await wait_messages(pool, email.tenant_id, 1)
-    [client], [contact], [chat], [member] = (
-        rows["clients"],
-        rows["contacts"],
-        rows["chats"],
-        rows["members"],
-    )
+    client, contact, chat, member, _, _ = await first_conversation(pool, email.tenant_id)
     assert (client["id"], client["first_name"], client["email"]) == (
         client_id,
         "Maria",
@@ -180,19 +176,14 @@ async def test_email_from_a_host_clients_address_lands_in_that_clients_chat(
         "email",
         "maria.k@example.net",
     )
-    assert (chat["client_id"], member["client_id"], member["transport"]) == (
-        client_id,
-        client_id,
-        "email",
-    )
-    assert rows["messages"][0]["chat_id"] == chat["id"]
+    assert (chat["client_id"], member["transport"]) == (client_id, "email")
 
 
 async def test_same_phone_in_two_tenants_is_two_clients(
     gateway: Gateway, pool: asyncpg.Pool
 ) -> None:
-    first = await new_channel(pool, "whatsapp", app_secret=APP_SECRET)
-    second = await new_channel(pool, "whatsapp", app_secret=APP_SECRET)
+    first = await signed_channel(pool, "whatsapp")
+    second = await signed_channel(pool, "whatsapp")
     host = await host_client(pool, first.tenant_id, first_name="Sheena", phone_number=PHONE)
     for channel in (first, second):
         assert (
@@ -218,44 +209,18 @@ async def test_same_phone_in_two_tenants_is_two_clients(
     assert total == 2
 
 
-def events_of(
-    adapter: Any, channel: TenantChannel, transport: Transport, request: RawRequest
-) -> list[MessageEvent]:
-    ctx = ParseContext(
-        Channel(channel.channel_id, channel.tenant_id, transport, channel.config),
-        datetime.now(UTC),
-    )
-    events = adapter.handle(request, ctx).events
-    assert all(isinstance(e, MessageEvent) for e in events)
-    return events
-
-
 async def test_whatsapp_and_sms_from_one_new_number_in_one_batch_are_one_client(
     pool: asyncpg.Pool,
 ) -> None:
     """The batch writer itself (deterministic: both events in one write), on real PostgreSQL."""
-    whatsapp = await new_channel(pool, "whatsapp", app_secret=APP_SECRET)
-    sms = await add_channel(pool, whatsapp, "sms", auth_token=AUTH_TOKEN)
+    whatsapp = await signed_channel(pool, "whatsapp")
+    sms = await add_channel(pool, whatsapp, "sms")
     body = wa_raw("text_official.json")
-    wa_request = RawRequest(
-        "POST",
-        BASE_URL + whatsapp.path,
-        {"content-type": "application/json", "x-hub-signature-256": wa_signature(body)},
-        body,
-    )
     params = sms_from(PHONE)
-    sms_request = RawRequest(
-        "POST",
-        BASE_URL + sms.path,
-        {
-            "content-type": "application/x-www-form-urlencoded",
-            "x-twilio-signature": twilio_signature(sms, params),
-        },
-        urlencode(params).encode(),
-    )
-    events = events_of(WhatsAppAdapter(), whatsapp, "whatsapp", wa_request)
-    events += events_of(TwilioSmsAdapter(), sms, "sms", sms_request)
+    events = adapter_events(whatsapp, "whatsapp", wa_headers(body), body)
+    events += adapter_events(sms, "sms", sms_headers(sms, params), urlencode(params).encode())
     assert len(events) == 2
+    assert all(isinstance(e, MessageEvent) for e in events)
 
     async with pool.acquire() as conn, conn.transaction():
         outcome = await write_messages(conn, events)
@@ -277,8 +242,8 @@ async def test_whatsapp_and_sms_from_one_new_number_at_once_are_one_client(
 ) -> None:
     """The same through the gateway and the consumer, both requests in flight together: one
     batch or two, racing or not, the unique (tenant, phone) index must not fail a message."""
-    whatsapp = await new_channel(pool, "whatsapp", app_secret=APP_SECRET)
-    sms = await add_channel(pool, whatsapp, "sms", auth_token=AUTH_TOKEN)
+    whatsapp = await signed_channel(pool, "whatsapp")
+    sms = await add_channel(pool, whatsapp, "sms")
     responses = await asyncio.gather(
         post_whatsapp(gateway, whatsapp, wa_raw("text_official.json")),
         post_sms(gateway, sms, sms_from(PHONE)),
@@ -304,25 +269,12 @@ SENDER = "972987654321"
 
 
 def target_message(wamid: str = TARGET, timestamp: int = T0, text: str = "hello") -> dict[str, Any]:
-    return wa_message(
-        {
-            "from": SENDER,
-            "id": wamid,
-            "timestamp": str(timestamp),
-            "type": "text",
-            "text": {"body": text},
-        }
-    )
+    return wa_message(wa_text(text, wamid=wamid, timestamp=timestamp, sender=SENDER))
 
 
 def status(kind: str, at: int, wamid: str = TARGET) -> dict[str, Any]:
     # recipient_id = the customer: the status shares the conversation's partition.
     return {"id": wamid, "status": kind, "timestamp": str(at), "recipient_id": SENDER}
-
-
-@pytest.fixture
-async def whatsapp(pool: asyncpg.Pool) -> TenantChannel:
-    return await new_channel(pool, "whatsapp", app_secret=APP_SECRET)
 
 
 async def settled(pool: asyncpg.Pool, channel: TenantChannel, count: int) -> Any:
@@ -440,8 +392,7 @@ async def test_duplicate_status_changes_nothing(
     # A later message of the same sender: stored only after the duplicate was consumed.
     later = target_message("wamid.later", T0 + 400, "later")
     assert (await post_whatsapp(gateway, whatsapp, later)).status_code == 200
-    await wait_messages(pool, whatsapp.tenant_id, 2)
-    await asyncio.sleep(0.3)
+    await settled_rows(pool, whatsapp, 2)
 
     assert await message_state(pool, whatsapp, TARGET) == before
     assert await logged_statuses(pool, whatsapp) == [(TARGET, "read")]
@@ -460,7 +411,7 @@ def callback(kind: str) -> list[tuple[str, str]]:
 async def test_twilio_status_callbacks_settle_forward_only(
     gateway: Gateway, pool: asyncpg.Pool
 ) -> None:
-    sms = await new_channel(pool, "sms", auth_token=AUTH_TOKEN)
+    sms = await signed_channel(pool, "sms")
     assert (await post_sms(gateway, sms, sms_fields("basic_text"))).status_code == 200
     await wait_messages(pool, sms.tenant_id, 1)
 
@@ -505,8 +456,7 @@ async def test_twilio_status_callbacks_settle_forward_only(
     # is stored only after it was consumed.
     assert (await post_sms(gateway, sms, sms_fields("status_delivered"))).status_code == 200
     assert (await post_sms(gateway, sms, sms_from("+18017916516"))).status_code == 200
-    await wait_messages(pool, sms.tenant_id, 2)
-    await asyncio.sleep(0.3)
+    await settled_rows(pool, sms, 2)
     assert await message_state(pool, sms, SMS_SID) == failed
     assert len(await logged_statuses(pool, sms)) == 4
 
@@ -514,7 +464,7 @@ async def test_twilio_status_callbacks_settle_forward_only(
 async def test_twilio_intermediate_status_is_acknowledged_and_not_published(
     gateway: Gateway, pool: asyncpg.Pool
 ) -> None:
-    sms = await new_channel(pool, "sms", auth_token=AUTH_TOKEN)
+    sms = await signed_channel(pool, "sms")
     before = len(gateway.publisher.published)
     response = await post_sms(gateway, sms, callback("queued"))
     assert response.status_code == 200

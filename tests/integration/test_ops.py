@@ -6,8 +6,6 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -17,25 +15,22 @@ from handlers.app import running_consumer
 from handlers.replay import Range, list_dead_letters, replay_dead_letters, replay_topic
 from ingest.config import Settings
 from ingest.embedded import ResolvedServices
-from ingest.events import MessageEvent, encode_event, event_headers
 from ingest.publisher import EventPublisher
-from ingest.topics import ensure_topics
-from ingest.transports.base import Channel, ParseContext, RawRequest
-from ingest.transports.telegram import TelegramAdapter
+from ingest.transports.base import Event
 from sql.db import create_pool
 from tests.integration.pipeline import (
     OUTBOX_EVENTS,
     TenantChannel,
-    migrated_database,
+    event_record,
+    isolated_pipeline,
     new_channel,
-    pipeline_settings,
     read_topic,
 )
+from tests.integration.signing import PAYLOADS, adapter_events, telegram_headers
 from tests.support import eventually
 
 pytestmark = pytest.mark.integration
 
-PAYLOADS = Path(__file__).parent.parent / "payloads" / "telegram"
 CRM_TABLES = (
     "crm_clients",
     "crm_client_contacts",
@@ -48,25 +43,15 @@ CRM_TABLES = (
 )
 
 
-def telegram_events(channel: TenantChannel, *names: str) -> list[MessageEvent]:
-    adapter = TelegramAdapter()
-    ctx = ParseContext(
-        Channel(channel.channel_id, channel.tenant_id, "telegram", channel.config),
-        datetime.now(UTC),
-    )
-    events = []
-    for name in names:
-        request = RawRequest(
-            "POST",
-            "https://gateway.test" + channel.path,
-            {
-                "content-type": "application/json",
-                "x-telegram-bot-api-secret-token": channel.config["secret_token"],
-            },
-            (PAYLOADS / name).read_bytes(),
+def telegram_events(channel: TenantChannel, *names: str) -> list[Event]:
+    headers = telegram_headers(channel)
+    return [
+        event
+        for name in names
+        for event in adapter_events(
+            channel, "telegram", headers, (PAYLOADS / "telegram" / name).read_bytes()
         )
-        events += adapter.handle(request, ctx).events
-    return events
+    ]
 
 
 async def table_hashes(pool: asyncpg.Pool) -> dict[str, str]:
@@ -80,10 +65,8 @@ async def table_hashes(pool: asyncpg.Pool) -> dict[str, str]:
 
 @pytest.fixture
 async def ops(services: ResolvedServices) -> AsyncIterator[tuple[Settings, asyncpg.Pool]]:
-    url = await migrated_database(services.database_url, "ops")
-    settings = pipeline_settings(services, url, outbox_interval_s=0.2)
-    await ensure_topics(settings)
-    pool = await create_pool(url)
+    settings = await isolated_pipeline(services, "ops", outbox_interval_s=0.2)
+    pool = await create_pool(settings.database_url)
     yield settings, pool
     await pool.close()
 
@@ -129,13 +112,8 @@ async def test_chat_events_scenario_replay_and_dead_letters(
     topic = settings.inbound_topic("telegram")
     # Poison in the middle of a batch of healthy events, all on one partition (same key).
     await producer.send_and_wait(topic, b"{not json", key=first.conversation_key.encode())
-    for bad in (orphan, forged, poison):
-        await producer.send_and_wait(
-            topic,
-            encode_event(bad),
-            key=first.conversation_key.encode(),
-            headers=event_headers(bad),
-        )
+    for bad in (orphan, forged, poison):  # copies of `first`: its conversation key too
+        await producer.send_and_wait(topic, **event_record(bad))
     await producer.stop()
     await publisher.publish([edit])
     await publisher.stop()

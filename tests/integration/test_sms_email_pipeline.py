@@ -8,26 +8,28 @@ channel's signing key. Payloads: tests/payloads/{sms,email} (see their SOURCES.m
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 
 import asyncpg
 import pytest
 
 from ingest.events import MAX_TEXT_CHARS
-from tests.integration.pipeline import Gateway, TenantChannel, new_channel
+from tests.integration.pipeline import Gateway, TenantChannel
+from tests.integration.rows import (
+    external_ids,
+    first_conversation,
+    message_meta,
+    settled_rows,
+    wait_messages,
+)
 from tests.integration.signing import (
-    AUTH_TOKEN,
-    SIGNING_KEY,
     eml,
     mailgun_fields,
-    mailgun_signed,
     post_email,
     post_mailgun,
     post_sms,
+    signed_channel,
     sms_fields,
-    tenant_rows,
-    wait_messages,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("consumer")]
@@ -51,16 +53,6 @@ def naive_now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-@pytest.fixture
-async def sms(pool: asyncpg.Pool) -> TenantChannel:
-    return await new_channel(pool, "sms", auth_token=AUTH_TOKEN)
-
-
-@pytest.fixture
-async def email(pool: asyncpg.Pool) -> TenantChannel:
-    return await new_channel(pool, "email", signing_key=SIGNING_KEY)
-
-
 # --- SMS --------------------------------------------------------------------------------------
 
 
@@ -74,39 +66,19 @@ async def test_sms_text_creates_client_chat_member_and_message(
     assert response.content == TWIML_EMPTY
     assert response.headers["content-type"].startswith("application/xml")
 
-    rows = await wait_messages(pool, sms, 1)
-    [client], [contact], [chat], [member], [message] = (
-        rows["clients"],
-        rows["contacts"],
-        rows["chats"],
-        rows["members"],
-        rows["messages"],
-    )
+    client, contact, _, member, message, attachments = await first_conversation(pool, sms)
     # Twilio sends no name: the number names the client.
     assert (client["first_name"], client["phone_number"], client["email"]) == (
         SMS_FROM,
         SMS_FROM,
         None,
     )
-    assert (contact["client_id"], contact["contact_type"], contact["contact_value"]) == (
-        client["id"],
-        "phone",
-        SMS_FROM,
-    )
-    assert (chat["client_id"], member["chat_id"], member["client_contact_id"]) == (
-        client["id"],
-        chat["id"],
-        contact["id"],
-    )
+    assert (contact["contact_type"], contact["contact_value"]) == ("phone", SMS_FROM)
     assert (member["transport"], member["transport_meta"]) == ("sms", SMS_MEMBER)
-    assert (message["sender_id"], message["message"], message["read_at"]) == (
-        member["id"],
-        "Text 12 12:20pm",
-        None,
-    )
+    assert (message["message"], message["read_at"]) == ("Text 12 12:20pm", None)
     # Twilio sends no timestamp with an inbound message: the time the gateway received it.
     assert started <= message["sent_at"] <= finished
-    assert rows["attachments"] == []
+    assert attachments == []
 
 
 async def test_mms_media_become_attachments(
@@ -153,7 +125,7 @@ async def test_sms_signed_over_the_public_url_behind_a_proxy(
     gateway: Gateway, pool: asyncpg.Pool
 ) -> None:
     public = "https://crm.example.com/hooks/twilio-sms"
-    channel = await new_channel(pool, "sms", auth_token=AUTH_TOKEN, public_url=public)
+    channel = await signed_channel(pool, "sms", public_url=public)
     params = sms_fields("basic_text")
     # Signed over the URL the gateway sees: not what Twilio signs when public_url is set.
     assert (await post_sms(gateway, channel, params)).status_code == 401
@@ -177,9 +149,7 @@ async def test_sms_delivered_twice_is_stored_once(
     for body in (params, params, marker):  # the marker follows on the sender's partition
         assert (await post_sms(gateway, sms, body)).status_code == 200
 
-    await wait_messages(pool, sms, 2)
-    await asyncio.sleep(0.3)
-    rows = await tenant_rows(pool, sms.tenant_id)
+    rows = await settled_rows(pool, sms, 2)
     assert [m["message"] for m in rows["messages"]] == ["Text 12 12:20pm", "marker"]
     assert [len(rows[k]) for k in ("clients", "contacts", "chats", "members")] == [1, 1, 1, 1]
 
@@ -199,30 +169,14 @@ async def test_raw_email_creates_client_chat_member_and_message(
     response = await post_email(gateway, email, eml("plain"))
     assert (response.status_code, response.json()) == (200, {"ok": True})
 
-    rows = await wait_messages(pool, email, 1)
-    [client], [contact], [chat], [member], [message] = (
-        rows["clients"],
-        rows["contacts"],
-        rows["chats"],
-        rows["members"],
-        rows["messages"],
-    )
+    client, contact, _, member, message, _ = await first_conversation(pool, email)
     assert (client["first_name"], client["last_name"], client["email"], client["phone_number"]) == (
         "María Kovács",
         None,
         "maria.k@example.net",
         None,
     )
-    assert (contact["client_id"], contact["contact_type"], contact["contact_value"]) == (
-        client["id"],
-        "email",
-        "maria.k@example.net",
-    )
-    assert (chat["client_id"], member["chat_id"], member["client_contact_id"]) == (
-        client["id"],
-        chat["id"],
-        contact["id"],
-    )
+    assert (contact["contact_type"], contact["contact_value"]) == ("email", "maria.k@example.net")
     assert (member["transport"], member["transport_meta"]) == (
         "email",
         {
@@ -304,9 +258,7 @@ async def test_email_threading_meta_is_kept(
         ["ticket-88-0@shop.example.com", "ticket-88-1@shop.example.com"],
     )
     # Per message too, beside the message's provider id.
-    stored = await pool.fetchval(
-        "SELECT meta FROM ingest_message_refs WHERE message_id = $1", rows["messages"][0]["id"]
-    )
+    stored = await message_meta(pool, rows["messages"][0]["id"])
     assert (stored["subject"], stored["in_reply_to"], stored["format"]) == (
         "Re: Your ticket #88",
         "ticket-88-1@shop.example.com",
@@ -323,9 +275,7 @@ async def test_email_delivered_twice_is_stored_once(
     for raw in (bounce, bounce, eml("plain"), eml("plain"), marker):
         assert (await post_email(gateway, email, raw)).status_code == 200
 
-    await wait_messages(pool, email, 3)
-    await asyncio.sleep(0.3)
-    rows = await tenant_rows(pool, email.tenant_id)
+    rows = await settled_rows(pool, email, 3)
     assert sorted(m["message"] for m in rows["messages"]) == sorted(
         [
             "This is the mail system at host mx.example.net.",
@@ -333,11 +283,7 @@ async def test_email_delivered_twice_is_stored_once(
             "Hello,\n\nthe shoes I got are size 42, I ordered 41. Can I swap them?\n\nMaría",
         ]
     )
-    refs = await pool.fetch(
-        "SELECT external_id FROM ingest_message_refs WHERE channel_id = $1 ORDER BY external_id",
-        email.channel_id,
-    )
-    assert [r["external_id"] for r in refs] == [
+    assert await external_ids(pool, email) == [
         "20240514072107.4F2A1C0012@mx.example.net",
         "marker@mx.example.net",
         "sha256:792ad7c1184ae2049c129cb6d87b7908dd8863474ebdc001ecaa375ab2576ac2",
@@ -348,10 +294,10 @@ async def test_mailgun_form_signed_with_the_signing_key(
     gateway: Gateway, pool: asyncpg.Pool, email: TenantChannel
 ) -> None:
     fields = mailgun_fields("mailgun_basics")
-    response = await post_mailgun(gateway, email, mailgun_signed(fields))
+    response = await post_mailgun(gateway, email, fields)
     assert response.status_code == 200, response.text
     # Mailgun retries with a new token, timestamp and signature: still one message.
-    assert (await post_mailgun(gateway, email, mailgun_signed(fields))).status_code == 200
+    assert (await post_mailgun(gateway, email, fields)).status_code == 200
     later = dict(fields, **{"body-plain": "marker"})
     # A later email (later Date): its thread is the newest, so the member keeps it.
     later["message-headers"] = (
@@ -359,11 +305,9 @@ async def test_mailgun_form_signed_with_the_signing_key(
         .replace("CAEPk3R+4Zr", "marker-1")
         .replace('"Wed, 11 Oct 2017 18:31:04 -0700"', '"Wed, 11 Oct 2017 18:45:00 -0700"')
     )
-    assert (await post_mailgun(gateway, email, mailgun_signed(later))).status_code == 200
+    assert (await post_mailgun(gateway, email, later)).status_code == 200
 
-    await wait_messages(pool, email, 2)
-    await asyncio.sleep(0.3)
-    rows = await tenant_rows(pool, email.tenant_id)
+    rows = await settled_rows(pool, email, 2)
     assert sorted(m["message"] for m in rows["messages"]) == ["Test body plain", "marker"]
     [client], [contact], [member] = rows["clients"], rows["contacts"], rows["members"]
     assert (client["first_name"], client["email"]) == ("Displayed From", "from+test@example.org")
@@ -385,7 +329,7 @@ async def test_mailgun_form_signed_with_the_signing_key(
 async def test_mailgun_body_mime_is_parsed_as_the_raw_message(
     gateway: Gateway, pool: asyncpg.Pool, email: TenantChannel
 ) -> None:
-    response = await post_mailgun(gateway, email, mailgun_signed(mailgun_fields("mailgun_mime")))
+    response = await post_mailgun(gateway, email, mailgun_fields("mailgun_mime"))
     assert response.status_code == 200, response.text
 
     rows = await wait_messages(pool, email, 1)
@@ -410,8 +354,6 @@ async def test_email_longer_than_the_text_limit_is_stored_cut_and_marked(
     text = rows["messages"][0]["message"]
     assert len(text) == MAX_TEXT_CHARS
     assert sentence.decode() * 100 in text
-    stored = await pool.fetchval(
-        "SELECT meta FROM ingest_message_refs WHERE message_id = $1", rows["messages"][0]["id"]
-    )
+    stored = await message_meta(pool, rows["messages"][0]["id"])
     original = len((sentence * 80_000).decode().strip())
     assert stored["text_truncated"]["original_chars"] >= original

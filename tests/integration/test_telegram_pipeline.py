@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
+from datetime import datetime
 
 import asyncpg
 import pytest
@@ -16,75 +14,42 @@ from handlers.app import running_consumer
 from ingest.config import Settings
 from ingest.embedded import ResolvedServices
 from ingest.publisher import EventPublisher
-from ingest.topics import ensure_topics
-from ingest.transports.base import Channel, ParseContext, RawRequest
-from ingest.transports.telegram import TelegramAdapter
 from sql.db import create_pool
-from tests.integration.pipeline import (
-    Gateway,
-    TenantChannel,
-    migrated_database,
-    new_channel,
-    pipeline_settings,
+from tests.integration.pipeline import Gateway, TenantChannel, isolated_pipeline
+from tests.integration.rows import (
+    first_conversation,
+    settled_rows,
+    tenant_rows,
+    wait_first_text_change,
+    wait_messages,
 )
-from tests.integration.signing import tenant_rows, wait_messages
+from tests.integration.signing import (
+    adapter_events,
+    post_telegram,
+    signed_channel,
+    telegram_headers,
+    tg_payload,
+)
 from tests.support import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("consumer")]
-
-PAYLOADS = Path(__file__).parent.parent / "payloads" / "telegram"
-SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
-
-
-def payload(name: str) -> dict[str, Any]:
-    return json.loads((PAYLOADS / name).read_text(encoding="utf-8"))
-
-
-async def post(
-    gateway: Gateway, channel: TenantChannel, update: dict[str, Any], secret: str | None = None
-):
-    return await gateway.client.post(
-        channel.path,
-        content=json.dumps(update).encode(),
-        headers={
-            "content-type": "application/json",
-            SECRET_HEADER: secret or channel.config["secret_token"],
-        },
-    )
 
 
 async def test_new_sender_creates_client_contact_chat_member_and_message(
     gateway: Gateway, pool: asyncpg.Pool, telegram: TenantChannel
 ) -> None:
-    response = await post(gateway, telegram, payload("text_real_cyrillic.json"))
+    response = await post_telegram(gateway, telegram, tg_payload("text_real_cyrillic.json"))
     assert response.status_code == 200, response.text
 
-    rows = await wait_messages(pool, telegram.tenant_id, 1)
-    [client], [contact], [chat], [member], [message] = (
-        rows["clients"],
-        rows["contacts"],
-        rows["chats"],
-        rows["members"],
-        rows["messages"],
-    )
+    client, contact, chat, member, message, _ = await first_conversation(pool, telegram)
     assert (client["first_name"], client["last_name"], client["phone_number"]) == (
         "Ирина",
         "Киселёва",
         None,
     )
-    assert (contact["client_id"], contact["contact_type"], contact["contact_value"]) == (
-        client["id"],
-        "telegram",
-        "86815320",
-    )
-    assert (chat["client_id"], chat["tenant_id"]) == (client["id"], telegram.tenant_id)
-    assert member["chat_id"] == chat["id"]
-    assert (member["client_id"], member["client_contact_id"], member["user_id"]) == (
-        client["id"],
-        contact["id"],
-        None,
-    )
-    assert member["transport"] == "telegram"
+    assert (contact["contact_type"], contact["contact_value"]) == ("telegram", "86815320")
+    assert chat["tenant_id"] == telegram.tenant_id
+    assert (member["user_id"], member["transport"]) == (None, "telegram")
     assert member["transport_meta"] == {
         "chat_id": 86815320,
         "user_id": 86815320,
@@ -92,11 +57,7 @@ async def test_new_sender_creates_client_contact_chat_member_and_message(
         "chat_type": "private",
         "language_code": "en",
     }
-    assert (message["chat_id"], message["sender_id"], message["message"]) == (
-        chat["id"],
-        member["id"],
-        "just text",
-    )
+    assert message["message"] == "just text"
     assert message["sent_at"] == datetime(2023, 4, 1, 19, 42, 27)  # date 1680378147, UTC
     assert message["read_at"] is None
     assert chat["last_message_at"] == message["sent_at"]
@@ -105,14 +66,14 @@ async def test_new_sender_creates_client_contact_chat_member_and_message(
 async def test_second_message_reuses_client_chat_and_member(
     gateway: Gateway, pool: asyncpg.Pool, telegram: TenantChannel
 ) -> None:
-    first = payload("text_real_cyrillic.json")
+    first = tg_payload("text_real_cyrillic.json")
     second = copy.deepcopy(first)
     second["update_id"] += 1
     second["message"]["message_id"] += 1
     second["message"]["date"] += 60
     second["message"]["text"] = "second"
     for update in (first, second):
-        assert (await post(gateway, telegram, update)).status_code == 200
+        assert (await post_telegram(gateway, telegram, update)).status_code == 200
 
     rows = await wait_messages(pool, telegram.tenant_id, 2)
     assert [len(rows[k]) for k in ("clients", "contacts", "chats", "members")] == [1, 1, 1, 1]
@@ -124,14 +85,12 @@ async def test_second_message_reuses_client_chat_and_member(
 async def test_same_update_delivered_twice_is_stored_once(
     gateway: Gateway, pool: asyncpg.Pool, telegram: TenantChannel
 ) -> None:
-    update = payload("photo.json")
-    marker = payload("text_official.json")  # a later message of another sender, same tenant
+    update = tg_payload("photo.json")
+    marker = tg_payload("text_official.json")  # a later message of another sender, same tenant
     for body in (update, update, marker):
-        assert (await post(gateway, telegram, body)).status_code == 200
+        assert (await post_telegram(gateway, telegram, body)).status_code == 200
 
-    rows = await wait_messages(pool, telegram.tenant_id, 2)
-    await asyncio.sleep(0.5)  # give a wrongly stored duplicate the chance to show up
-    rows = await tenant_rows(pool, telegram.tenant_id)
+    rows = await settled_rows(pool, telegram, 2, settle_s=0.5)
     photo_messages = [m for m in rows["messages"] if m["message"] == "[photo]"]
     assert len(photo_messages) == 1
     [attachment] = rows["attachments"]  # the largest size only, once
@@ -145,22 +104,20 @@ async def test_same_update_delivered_twice_is_stored_once(
 async def test_older_edit_never_overwrites_a_newer_one(
     gateway: Gateway, pool: asyncpg.Pool, telegram: TenantChannel
 ) -> None:
-    newer = payload("edited_message.json")
+    newer = tg_payload("edited_message.json")
     newer["edited_message"]["text"] = "newest text"
     older = copy.deepcopy(newer)
     older["update_id"] -= 1
     older["edited_message"]["edit_date"] -= 100
     older["edited_message"]["text"] = "older text"
-    original = payload("text_official.json")  # same chat and message_id, no edit
+    original = tg_payload("text_official.json")  # same chat and message_id, no edit
     # Deliberately out of order: newest edit, then the older edit, then the original.
     for update in (newer, older, original):
-        assert (await post(gateway, telegram, update)).status_code == 200
+        assert (await post_telegram(gateway, telegram, update)).status_code == 200
 
-    marker = payload("text_real_cyrillic.json")
-    assert (await post(gateway, telegram, marker)).status_code == 200
-    rows = await wait_messages(pool, telegram.tenant_id, 2)
-    await asyncio.sleep(0.5)
-    rows = await tenant_rows(pool, telegram.tenant_id)
+    marker = tg_payload("text_real_cyrillic.json")
+    assert (await post_telegram(gateway, telegram, marker)).status_code == 200
+    rows = await settled_rows(pool, telegram, 2, settle_s=0.5)
     edited = [m for m in rows["messages"] if m["message"] != "just text"]
     assert [m["message"] for m in edited] == ["newest text"]
     assert edited[0]["sent_at"] == datetime(2015, 9, 7, 17, 5, 32)  # the original send time
@@ -169,13 +126,12 @@ async def test_older_edit_never_overwrites_a_newer_one(
 async def test_edit_after_original_updates_text(
     gateway: Gateway, pool: asyncpg.Pool, telegram: TenantChannel
 ) -> None:
-    assert (await post(gateway, telegram, payload("text_official.json"))).status_code == 200
+    original = tg_payload("text_official.json")
+    assert (await post_telegram(gateway, telegram, original)).status_code == 200
     await wait_messages(pool, telegram.tenant_id, 1)
-    assert (await post(gateway, telegram, payload("edited_message.json"))).status_code == 200
-    rows = await eventually(
-        lambda: tenant_rows(pool, telegram.tenant_id),
-        lambda r: r["messages"] and r["messages"][0]["message"] == "Edited text",
-    )
+    edit = tg_payload("edited_message.json")
+    assert (await post_telegram(gateway, telegram, edit)).status_code == 200
+    rows = await wait_first_text_change(pool, telegram, "/start")
     assert [m["message"] for m in rows["messages"]] == ["Edited text"]
 
 
@@ -183,7 +139,9 @@ async def test_wrong_secret_is_401_and_publishes_nothing(
     gateway: Gateway, pool: asyncpg.Pool, telegram: TenantChannel
 ) -> None:
     before = len(gateway.publisher.published)
-    response = await post(gateway, telegram, payload("text_official.json"), secret="not-the-secret")
+    response = await post_telegram(
+        gateway, telegram, tg_payload("text_official.json"), secret="not-the-secret"
+    )
     missing = await gateway.client.post(
         telegram.path, content=b"{}", headers={"content-type": "application/json"}
     )
@@ -198,11 +156,8 @@ async def test_unknown_channel_is_404(gateway: Gateway, telegram: TenantChannel)
     for path in (unknown, wrong_transport, "/webhooks/telegram/not-a-uuid"):
         response = await gateway.client.post(
             path,
-            content=json.dumps(payload("text_official.json")).encode(),
-            headers={
-                "content-type": "application/json",
-                SECRET_HEADER: telegram.config["secret_token"],
-            },
+            content=json.dumps(tg_payload("text_official.json")).encode(),
+            headers=telegram_headers(telegram),
         )
         assert response.status_code == 404, path
 
@@ -210,7 +165,8 @@ async def test_unknown_channel_is_404(gateway: Gateway, telegram: TenantChannel)
 async def test_channel_post_and_negative_64_bit_ids(
     gateway: Gateway, pool: asyncpg.Pool, telegram: TenantChannel
 ) -> None:
-    assert (await post(gateway, telegram, payload("channel_post.json"))).status_code == 200
+    response = await post_telegram(gateway, telegram, tg_payload("channel_post.json"))
+    assert response.status_code == 200
     rows = await wait_messages(pool, telegram.tenant_id, 1)
     assert rows["clients"][0]["first_name"] == "testChannel"
     assert rows["contacts"][0]["contact_value"] == "-1001961815317"
@@ -222,38 +178,22 @@ async def test_concurrent_consumers_on_a_burst_from_one_new_sender(
 ) -> None:
     """Two consumer groups (a live consumer and a replay, say) race over the same burst of first
     messages from one new sender: exactly one client, contact, chat and member, no duplicate."""
-    url = await migrated_database(services.database_url, "race")
-    shared = {"topic_prefix": settings.topic_prefix + "race."}
-    first = pipeline_settings(services, url, **shared)
+    first = await isolated_pipeline(services, "race", topic_prefix=settings.topic_prefix + "race.")
     second = first.model_copy(update={"consumer_group": first.consumer_group + "-b"})
-    await ensure_topics(first)
 
-    db = await create_pool(url)
+    db = await create_pool(first.database_url)
     try:
-        channel = await new_channel(db, "telegram")
+        channel = await signed_channel(db, "telegram")
         publisher = EventPublisher(first)
         await publisher.start()
-        adapter = TelegramAdapter()
-        ctx = ParseContext(
-            Channel(channel.channel_id, channel.tenant_id, "telegram", channel.config),
-            datetime.now(UTC),
-        )
         events = []
         for i in range(200):
-            update = payload("text_official.json")
+            update = tg_payload("text_official.json")
             update["update_id"] += i
             update["message"]["message_id"] += i
             update["message"]["text"] = f"burst {i}"
-            request = RawRequest(
-                "POST",
-                "https://x" + channel.path,
-                {
-                    "content-type": "application/json",
-                    SECRET_HEADER.lower(): channel.config["secret_token"],
-                },
-                json.dumps(update).encode(),
-            )
-            events += adapter.handle(request, ctx).events
+            body = json.dumps(update).encode()
+            events += adapter_events(channel, "telegram", telegram_headers(channel), body)
         await publisher.publish(events)
         await publisher.stop()
 

@@ -18,16 +18,23 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.integration.pipeline import Gateway, TenantChannel, new_channel
-from tests.integration.signing import (
-    APP_SECRET,
-    post_whatsapp,
+from tests.integration.pipeline import Gateway, TenantChannel
+from tests.integration.rows import (
+    first_conversation,
+    logged_statuses,
     tenant_counts,
     tenant_rows,
+    wait_first_text_change,
+    wait_messages,
+)
+from tests.integration.signing import (
+    post_whatsapp,
+    signed_channel,
+    wa_element,
     wa_message,
     wa_payload,
     wa_raw,
-    wait_messages,
+    wa_text,
 )
 from tests.support import eventually
 
@@ -54,21 +61,8 @@ def utc(seconds: int) -> datetime:
     return datetime.fromtimestamp(seconds, UTC).replace(tzinfo=None)
 
 
-@pytest.fixture
-async def whatsapp(pool: asyncpg.Pool) -> TenantChannel:
-    return await new_channel(pool, "whatsapp", app_secret=APP_SECRET)
-
-
 def media_message(kind: str, media: dict[str, Any], timestamp: int = 1697043500) -> dict[str, Any]:
-    return wa_message(
-        {
-            "from": "972987654321",
-            "id": f"wamid.{kind}1",
-            "timestamp": str(timestamp),
-            "type": kind,
-            kind: media,
-        }
-    )
+    return wa_message(wa_element(kind, media, wamid=f"wamid.{kind}1", timestamp=timestamp))
 
 
 @dataclass
@@ -185,40 +179,20 @@ async def test_message_type_lands_in_the_senders_chat(
     response = await post_whatsapp(gateway, whatsapp, case.body())
     assert response.status_code == 200, response.text
 
-    rows = await wait_messages(pool, whatsapp, 1)
-    [client], [contact], [chat], [member], [message] = (
-        rows["clients"],
-        rows["contacts"],
-        rows["chats"],
-        rows["members"],
-        rows["messages"],
-    )
+    client, contact, _, member, message, attachments = await first_conversation(pool, whatsapp)
     assert (client["first_name"], client["last_name"], client["phone_number"]) == (
         "Test Name",
         None,
         "+972987654321",
     )
-    assert (contact["client_id"], contact["contact_type"], contact["contact_value"]) == (
-        client["id"],
-        "whatsapp",
-        "+972987654321",
-    )
-    assert (chat["client_id"], member["chat_id"], member["client_contact_id"]) == (
-        client["id"],
-        chat["id"],
-        contact["id"],
-    )
+    assert (contact["contact_type"], contact["contact_value"]) == ("whatsapp", "+972987654321")
     assert (member["transport"], member["transport_meta"]) == ("whatsapp", PYWA_MEMBER)
-    assert (message["chat_id"], message["sender_id"], message["message"]) == (
-        chat["id"],
-        member["id"],
-        case.text,
-    )
+    assert message["message"] == case.text
     assert (message["sent_at"], message["read_at"]) == (utc(case.sent_at), None)
-    assert [
-        (a["path"], a["mimetype"], a["name"], a["hash"], a["size"]) for a in rows["attachments"]
-    ] == [(*a, 0) for a in case.attachments]
-    owners = [(a["message_id"], a["tenant_id"]) for a in rows["attachments"]]
+    assert [(a["path"], a["mimetype"], a["name"], a["hash"], a["size"]) for a in attachments] == [
+        (*a, 0) for a in case.attachments
+    ]
+    owners = [(a["message_id"], a["tenant_id"]) for a in attachments]
     assert owners == [(message["id"], whatsapp.tenant_id)] * len(case.attachments)
 
 
@@ -229,13 +203,7 @@ async def test_official_text_sample(
     response = await post_whatsapp(gateway, whatsapp, wa_raw("text_official.json"))
     assert (response.status_code, response.json()) == (200, {"ok": True})
 
-    rows = await wait_messages(pool, whatsapp, 1)
-    [client], [contact], [member], [message] = (
-        rows["clients"],
-        rows["contacts"],
-        rows["members"],
-        rows["messages"],
-    )
+    client, contact, chat, member, message, _ = await first_conversation(pool, whatsapp)
     assert (client["first_name"], client["phone_number"], client["email"]) == (
         "Sheena Nelson",
         "+16505551234",
@@ -247,7 +215,7 @@ async def test_official_text_sample(
         "Does it come in another color?",
         utc(1749416383),
     )
-    assert rows["chats"][0]["last_message_at"] == utc(1749416383)
+    assert chat["last_message_at"] == utc(1749416383)
 
 
 async def test_sender_known_only_by_user_id(
@@ -255,13 +223,13 @@ async def test_sender_known_only_by_user_id(
 ) -> None:
     """The newer business-scoped user id without a phone: the identity is the user id."""
     body = wa_message(
-        {
-            "from_user_id": "US.777",
-            "id": "wamid.userid1",
-            "timestamp": "1760000000",
-            "type": "text",
-            "text": {"body": "no phone here"},
-        },
+        wa_text(
+            "no phone here",
+            wamid="wamid.userid1",
+            timestamp=1760000000,
+            sender="US.777",
+            sender_field="from_user_id",
+        ),
         contact={"profile": {"name": "Anon", "username": "anon_u"}, "user_id": "US.777"},
     )
     assert (await post_whatsapp(gateway, whatsapp, body)).status_code == 200
@@ -276,38 +244,31 @@ async def test_sender_known_only_by_user_id(
 
 ORIGINAL_OF_EDIT = "wamid.HBgLMTQxMjU1NTA4MjkVAgASGBQzQUNCNjk5RDUwNUZGMUZEM0VBRAA="
 EDIT_TS = 1749854575
+EDIT_SENDER = "16505551234"
 
 
 EDITED_IMAGE = {"mime_type": "image/jpeg", "sha256": "a1b2c3d4e5f6...", "id": "1234567890"}
 
 
-def from_edit_sender(message: dict[str, Any]) -> dict[str, Any]:
-    """A message of the sender of edit.json, in its envelope."""
+def in_edit_envelope(message: dict[str, Any]) -> dict[str, Any]:
+    """A message (of the sender of edit.json) in edit.json's envelope."""
     body = wa_payload("edit.json")
-    body["entry"][0]["changes"][0]["value"]["messages"] = [{"from": "16505551234", **message}]
+    body["entry"][0]["changes"][0]["value"]["messages"] = [message]
     return body
 
 
 def original_of_edit(caption: str = "original caption") -> dict[str, Any]:
     """The image edit.json edits (same media, another caption), sent a minute before."""
-    return from_edit_sender(
-        {
-            "id": ORIGINAL_OF_EDIT,
-            "timestamp": str(EDIT_TS - 60),
-            "type": "image",
-            "image": {**EDITED_IMAGE, "caption": caption},
-        }
+    image = {**EDITED_IMAGE, "caption": caption}
+    original = wa_element(
+        "image", image, wamid=ORIGINAL_OF_EDIT, timestamp=EDIT_TS - 60, sender=EDIT_SENDER
     )
+    return in_edit_envelope(original)
 
 
 def later_text(text: str = "marker") -> dict[str, Any]:
-    return from_edit_sender(
-        {
-            "id": "wamid.later",
-            "timestamp": str(EDIT_TS + 60),
-            "type": "text",
-            "text": {"body": text},
-        }
+    return in_edit_envelope(
+        wa_text(text, wamid="wamid.later", timestamp=EDIT_TS + 60, sender=EDIT_SENDER)
     )
 
 
@@ -318,10 +279,7 @@ async def test_edit_after_original_updates_the_text(
     await wait_messages(pool, whatsapp, 1)
     assert (await post_whatsapp(gateway, whatsapp, wa_raw("edit.json"))).status_code == 200
 
-    rows = await eventually(
-        lambda: tenant_rows(pool, whatsapp.tenant_id),
-        lambda r: r["messages"][0]["message"] != "original caption",
-    )
+    rows = await wait_first_text_change(pool, whatsapp, "original caption")
     [message] = rows["messages"]
     assert (message["message"], message["sent_at"]) == ("Updated image caption", utc(EDIT_TS - 60))
     assert len(rows["clients"]) == len(rows["members"]) == 1
@@ -353,23 +311,12 @@ async def test_revoke_after_original_replaces_the_text(
     gateway: Gateway, pool: asyncpg.Pool, whatsapp: TenantChannel
 ) -> None:
     # revoke.json revokes wamid.xyzxyz at 1697043223; the original is sent a minute earlier.
-    original = wa_message(
-        {
-            "from": "972987654321",
-            "id": "wamid.xyzxyz",
-            "timestamp": "1697043163",
-            "type": "text",
-            "text": {"body": "oops, wrong chat"},
-        }
-    )
+    original = wa_message(wa_text("oops, wrong chat", wamid="wamid.xyzxyz", timestamp=1697043163))
     assert (await post_whatsapp(gateway, whatsapp, original)).status_code == 200
     await wait_messages(pool, whatsapp, 1)
     assert (await post_whatsapp(gateway, whatsapp, wa_raw("revoke.json"))).status_code == 200
 
-    rows = await eventually(
-        lambda: tenant_rows(pool, whatsapp.tenant_id),
-        lambda r: r["messages"][0]["message"] != "oops, wrong chat",
-    )
+    rows = await wait_first_text_change(pool, whatsapp, "oops, wrong chat")
     [message] = rows["messages"]
     assert (message["message"], message["sent_at"]) == ("[message deleted]", utc(1697043163))
 
@@ -420,23 +367,15 @@ async def test_batch_envelope_stores_every_message_and_status(
     assert [(a["message_id"], a["path"]) for a in rows["attachments"]] == [
         (image["id"], "whatsapp:65463453")
     ]
-    statuses = await pool.fetch(
-        "SELECT external_id, status FROM ingest_message_statuses WHERE channel_id = $1"
-        " ORDER BY rank",
-        whatsapp.channel_id,
-    )
-    assert [tuple(s) for s in statuses] == [(BATCH_IMAGE, "delivered"), (BATCH_IMAGE, "read")]
+    assert await logged_statuses(pool, whatsapp) == [
+        (BATCH_IMAGE, "delivered"),
+        (BATCH_IMAGE, "read"),
+    ]
 
 
 def marker(sender: str, n: int) -> dict[str, Any]:
     return wa_message(
-        {
-            "from": sender,
-            "id": f"wamid.marker{n}",
-            "timestamp": "1760000000",
-            "type": "text",
-            "text": {"body": f"marker {n}"},
-        },
+        wa_text(f"marker {n}", wamid=f"wamid.marker{n}", timestamp=1760000000, sender=sender),
         contact={"profile": {"name": "Marker"}, "wa_id": sender},
     )
 
@@ -484,9 +423,7 @@ async def test_batch_delivered_twice_adds_no_rows(
 async def test_phone_number_id_mismatch_is_403_and_publishes_nothing(
     gateway: Gateway, pool: asyncpg.Pool
 ) -> None:
-    channel = await new_channel(
-        pool, "whatsapp", app_secret=APP_SECRET, phone_number_id="999000111"
-    )
+    channel = await signed_channel(pool, "whatsapp", phone_number_id="999000111")
     before = len(gateway.publisher.published)
     response = await post_whatsapp(gateway, channel, wa_raw("text_official.json"))
     assert response.status_code == 403
@@ -509,7 +446,7 @@ async def test_phone_number_id_mismatch_is_403_and_publishes_nothing(
 
 
 async def test_get_handshake_echoes_the_challenge(gateway: Gateway, pool: asyncpg.Pool) -> None:
-    channel = await new_channel(pool, "whatsapp", app_secret=APP_SECRET, verify_token="vt-42")
+    channel = await signed_channel(pool, "whatsapp", verify_token="vt-42")
     response = await gateway.client.get(
         channel.path,
         params={
