@@ -26,9 +26,10 @@ import structlog
 from pydantic import ValidationError
 
 from handlers.chat_events import enqueue
+from handlers.identities import LostRace
 from handlers.pg import without_nul
 from handlers.statuses import log_statuses, settle_statuses
-from handlers.store import BatchOutcome, LostRace, write_messages
+from handlers.store import BatchOutcome, write_messages
 from ingest.events import MessageEvent, StatusEvent, decode_event
 from sql import QUERIES
 

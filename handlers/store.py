@@ -4,8 +4,8 @@ A constant number of round trips per batch, whatever its size: keys are deduplic
 in Python, then each step is one `unnest(...)` statement (plus a read-back only when a
 concurrent writer won a race). Business outcomes are decided by database constraints:
 
-1. identities: `ingest_identities` (tenant, contact type, value) is claimed with
-   INSERT ... ON CONFLICT DO NOTHING; the winner creates the client and contact.
+1. identities (`handlers.identities`): `ingest_identities` (tenant, contact type, value) is
+   claimed with INSERT ... ON CONFLICT DO NOTHING; the winner creates the client and contact.
 2. chats: the unique (tenant_id, client_id) index keeps one chat per client.
 3. members: the unique (chat, contact, transport) index; transport_meta merges only from a
    newer event than the last merged one.
@@ -29,17 +29,13 @@ import asyncpg
 
 from handlers import chat_events
 from handlers.chat_events import Queued
+from handlers.identities import IdentityKey, LostRace, identity_key, resolve_identities
 from handlers.pg import naive_utc, pg_text
-from ingest.events import Attachment, MessageEvent, Sender
+from ingest.events import Attachment, MessageEvent
 from sql import QUERIES
 
-IdentityKey = tuple[UUID, str, str]  # tenant_id, contact_type, contact_value
 MemberKey = tuple[int, int, str]  # chat_id, contact_id, transport
 INT32_MAX = 2**31 - 1
-
-
-class LostRace(RuntimeError):
-    """A row a concurrent writer claimed vanished (its transaction rolled back): retry the batch."""
 
 
 @dataclass(slots=True)
@@ -57,10 +53,6 @@ class BatchOutcome:
     new_chats: set[int] = field(default_factory=set)
 
 
-def _identity(sender: Sender, tenant_id: UUID) -> IdentityKey:
-    return (tenant_id, sender.contact_type, sender.contact_value)
-
-
 def collapse(events: Iterable[MessageEvent]) -> list[MessageEvent]:
     """One event per provider message: the highest version (first seen on ties), sorted."""
     newest: dict[tuple[UUID, str], MessageEvent] = {}
@@ -70,142 +62,6 @@ def collapse(events: Iterable[MessageEvent]) -> list[MessageEvent]:
         if kept is None or event.version > kept.version:
             newest[key] = event
     return [newest[k] for k in sorted(newest, key=lambda k: (str(k[0]), k[1]))]
-
-
-async def _resolve_identities(
-    conn: asyncpg.Connection, senders: dict[IdentityKey, Sender], outcome: BatchOutcome
-) -> dict[IdentityKey, tuple[int, int]]:
-    keys = sorted(senders, key=lambda k: (str(k[0]), k[1], k[2]))
-    found: dict[IdentityKey, tuple[int, int]] = {}
-    unclaimed: dict[IdentityKey, tuple[int | None, int | None]] = {k: (None, None) for k in keys}
-    for row in await _find_identities(conn, keys, senders):
-        key = (row["tenant_id"], row["contact_type"], row["contact_value"])
-        if row["claimed"]:
-            found[key] = (row["client_id"], row["contact_id"])
-            unclaimed.pop(key)
-        else:  # the host's contact, or a client known by phone/email on another channel
-            unclaimed[key] = (row["client_id"], row["contact_id"])
-    if not unclaimed:
-        return found
-
-    claim = sorted(unclaimed, key=lambda k: (str(k[0]), k[1], k[2]))
-    proposed = await _allocate_clients([k for k in claim if unclaimed[k][0] is None], senders, conn)
-    claimed = await conn.fetch(
-        QUERIES["claim_identities"],
-        [k[0] for k in claim],
-        [k[1] for k in claim],
-        [k[2] for k in claim],
-        [unclaimed[k][0] or proposed.get(k) for k in claim],
-        [unclaimed[k][1] for k in claim],
-    )
-    new_clients: list[tuple[int, IdentityKey]] = []
-    new_contacts: list[tuple[int, int, IdentityKey]] = []
-    for row in claimed:
-        key = (row["tenant_id"], row["contact_type"], row["contact_value"])
-        found[key] = (row["client_id"], row["contact_id"])
-        given_client, given_contact = unclaimed.pop(key)
-        if given_client is None:
-            named_by = next(
-                (i for i, (c, _) in enumerate(new_clients) if c == row["client_id"]), None
-            )
-            if named_by is None:
-                new_clients.append((row["client_id"], key))
-            elif _fallback_name(senders[new_clients[named_by][1]]):
-                new_clients[named_by] = (row["client_id"], key)  # a real name beats a number
-        if given_contact is None:
-            new_contacts.append((row["contact_id"], row["client_id"], key))
-    outcome.new_clients.update(cid for cid, _ in new_clients)
-    if new_clients:
-        await conn.execute(
-            QUERIES["insert_clients"],
-            [cid for cid, _ in new_clients],
-            [key[0] for _, key in new_clients],
-            [pg_text(senders[key].first_name) for _, key in new_clients],
-            [
-                pg_text(senders[key].last_name) if senders[key].last_name else None
-                for _, key in new_clients
-            ],
-            [senders[key].phone_e164 for _, key in new_clients],
-            [senders[key].email for _, key in new_clients],
-        )
-        outcome.clients_created += len(new_clients)
-    if new_contacts:
-        await conn.execute(
-            QUERIES["insert_contacts"],
-            [c[0] for c in new_contacts],
-            [c[1] for c in new_contacts],
-            [c[2][1] for c in new_contacts],
-            [pg_text(c[2][2]) for c in new_contacts],
-        )
-    if unclaimed:  # a concurrent consumer claimed these first; read its committed rows
-        lost = sorted(unclaimed, key=lambda k: (str(k[0]), k[1], k[2]))
-        for row in await _find_identities(conn, lost, senders):
-            if row["claimed"]:
-                key = (row["tenant_id"], row["contact_type"], row["contact_value"])
-                found[key] = (row["client_id"], row["contact_id"])
-                unclaimed.pop(key, None)
-        if unclaimed:
-            raise LostRace(f"{len(unclaimed)} identities claimed concurrently and not committed")
-    return found
-
-
-def _fallback_name(sender: Sender) -> bool:
-    """Adapters name a sender by number or address when the provider gives no name (SMS)."""
-    return sender.first_name in (sender.contact_value, sender.phone_e164, sender.email)
-
-
-def same_person(
-    keys: Sequence[IdentityKey], senders: dict[IdentityKey, Sender]
-) -> list[list[IdentityKey]]:
-    """Group new identities of one tenant that share a phone or an email: one person, who
-    reached us on several transports in the same batch, gets one client."""
-    parent = {k: k for k in keys}
-
-    def root(key: IdentityKey) -> IdentityKey:
-        while parent[key] != key:
-            parent[key] = parent[parent[key]]
-            key = parent[key]
-        return key
-
-    first_seen: dict[tuple[UUID, str, str], IdentityKey] = {}
-    for key in keys:
-        sender = senders[key]
-        marks = [("phone", sender.phone_e164), ("email", (sender.email or "").lower() or None)]
-        for kind, value in marks:
-            if value is None:
-                continue
-            mark = (key[0], kind, value)
-            if mark in first_seen:
-                parent[root(key)] = root(first_seen[mark])
-            else:
-                first_seen[mark] = key
-    groups: dict[IdentityKey, list[IdentityKey]] = {}
-    for key in keys:
-        groups.setdefault(root(key), []).append(key)
-    return list(groups.values())
-
-
-async def _allocate_clients(
-    keys: Sequence[IdentityKey], senders: dict[IdentityKey, Sender], conn: asyncpg.Connection
-) -> dict[IdentityKey, int]:
-    if not keys:
-        return {}
-    groups = same_person(keys, senders)
-    ids = [r["id"] for r in await conn.fetch(QUERIES["allocate_client_ids"], len(groups))]
-    return {key: client_id for group, client_id in zip(groups, ids, strict=True) for key in group}
-
-
-async def _find_identities(
-    conn: asyncpg.Connection, keys: Sequence[IdentityKey], senders: dict[IdentityKey, Sender]
-) -> list[asyncpg.Record]:
-    return await conn.fetch(
-        QUERIES["find_identities"],
-        [k[0] for k in keys],
-        [k[1] for k in keys],
-        [k[2] for k in keys],
-        [senders[k].phone_e164 for k in keys],
-        [senders[k].email.lower() if senders[k].email else None for k in keys],
-    )
 
 
 async def _resolve_chats(
@@ -277,18 +133,21 @@ async def write_messages(conn: asyncpg.Connection, events: Sequence[MessageEvent
 
     by_version = sorted(latest, key=lambda e: e.version)
     # The newest sender details win for new clients.
-    senders = {_identity(e.sender, e.tenant_id): e.sender for e in by_version}
-    identities = await _resolve_identities(conn, senders, outcome)
+    senders = {identity_key(e.sender, e.tenant_id): e.sender for e in by_version}
+    resolved = await resolve_identities(conn, senders)
+    identities = resolved.ids
+    outcome.new_clients = resolved.new_clients
+    outcome.clients_created = len(resolved.new_clients)
     chats = await _resolve_chats(
         conn,
-        {(e.tenant_id, identities[_identity(e.sender, e.tenant_id)][0]) for e in latest},
+        {(e.tenant_id, identities[identity_key(e.sender, e.tenant_id)][0]) for e in latest},
         outcome,
     )
 
     wanted: dict[MemberKey, tuple[UUID, int, dict[str, Any], int]] = {}
     placed: dict[tuple[UUID, str], tuple[MessageEvent, int, MemberKey]] = {}
     for event in by_version:  # newer meta merges over older
-        client_id, contact_id = identities[_identity(event.sender, event.tenant_id)]
+        client_id, contact_id = identities[identity_key(event.sender, event.tenant_id)]
         chat_id = chats[(event.tenant_id, client_id)]
         key = (chat_id, contact_id, event.transport)
         merged = {**wanted[key][2], **event.member_meta} if key in wanted else event.member_meta
@@ -312,7 +171,7 @@ def _announce_clients_and_chats(
     if not outcome.new_clients and not outcome.new_chats:
         return  # the common case: every sender was known
     for event in sorted(by_version, key=lambda e: e.sent_at):
-        client_id = identities[_identity(event.sender, event.tenant_id)][0]
+        client_id = identities[identity_key(event.sender, event.tenant_id)][0]
         chat_id = chats[(event.tenant_id, client_id)]
         if client_id in outcome.new_clients:
             outcome.new_clients.discard(client_id)
@@ -381,7 +240,7 @@ async def _store_messages(
         ]
         announcement = chat_events.message_created(
             tenant_id=event.tenant_id,
-            client_id=identities[_identity(event.sender, event.tenant_id)][0],
+            client_id=identities[identity_key(event.sender, event.tenant_id)][0],
             chat_id=chat_id,
             member_id=members[member_key],
             message_id=message_id,
@@ -397,7 +256,7 @@ async def _store_messages(
             chat_id = placed[(event.channel_id, event.external_message_id)][1]
             update = chat_events.message_edited(
                 event.tenant_id,
-                identities[_identity(event.sender, event.tenant_id)][0],
+                identities[identity_key(event.sender, event.tenant_id)][0],
                 chat_id,
                 row,
                 pg_text(event.text),
