@@ -30,6 +30,11 @@ def settle_heap(gen0_threshold: int = GC_GEN0_THRESHOLD) -> None:
     gc.set_threshold(gen0_threshold, gen1, gen2)
 
 
+# uvicorn's choices, named rather than left to "auto" (which picks whatever is installed):
+# httptools served 4.1-4.2k webhooks/s against h11's 3.2-3.4k; uvloop added nothing (4.0k).
+SERVER_STACK: dict[str, str] = {"http": "httptools", "loop": "asyncio"}
+
+
 def http_server(app: Any, host: str, port: int, settings: Settings) -> Any:
     import uvicorn
 
@@ -49,6 +54,7 @@ def http_server(app: Any, host: str, port: int, settings: Settings) -> Any:
         # verify token there; the gateway logs one line per request itself, without them.
         access_log=False,
         timeout_graceful_shutdown=settings.shutdown_timeout_s,  # type: ignore[arg-type]
+        **SERVER_STACK,
     )
     return ManagedServer(config)
 

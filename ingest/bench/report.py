@@ -4,7 +4,6 @@ and the JSON line."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ingest.bench.measure import PhaseResult
 from ingest.bench.workload import Workload
 from ingest.config import Settings
+from ingest.process import SERVER_STACK
 from sql.db import connect
 
 if TYPE_CHECKING:
@@ -201,8 +201,8 @@ async def machine_info(services: ResolvedServices, database_url: str) -> dict[st
         "broker_source": services.broker_source,
         "versions": {p: _version(p) for p in PACKAGES},
         "loadavg_1m_at_end": round(os.getloadavg()[0], 2),  # other work on the machine?
-        "uvicorn_http": "httptools" if importlib.util.find_spec("httptools") else "h11",
-        "event_loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        "uvicorn_http": SERVER_STACK["http"],
+        "event_loop": SERVER_STACK["loop"],
     }
 
 

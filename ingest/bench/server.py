@@ -39,6 +39,7 @@ def serve(kind: str, port: int) -> None:
 
     from ingest.config import load_settings
     from ingest.logs import configure_logging
+    from ingest.process import SERVER_STACK
 
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
@@ -49,7 +50,13 @@ def serve(kind: str, port: int) -> None:
     else:
         app = bare_app()
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, lifespan="on", access_log=False
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        lifespan="on",
+        access_log=False,
+        **SERVER_STACK,  # the production gateway's: both sides of the ratio on one stack
     )
     uvicorn.Server(config).run()
 
