@@ -38,7 +38,7 @@ def timestamp(moment: datetime | None) -> str | None:
 
 def _base(
     event_type: str,
-    event_id: UUID,
+    event_id: str,
     tenant_id: UUID,
     client_id: int,
     chat_id: int,
@@ -47,7 +47,7 @@ def _base(
     return {
         "schema_version": SCHEMA_VERSION,
         "event_type": event_type,
-        "event_id": str(event_id),
+        "event_id": event_id,
         "tenant_id": str(tenant_id),
         "client_id": client_id,
         "chat_id": chat_id,
@@ -124,7 +124,7 @@ def message_created(
 
 
 def _updated(
-    event_id: UUID,
+    event_id: str,
     tenant_id: UUID,
     client_id: int,
     chat_id: int,

@@ -13,6 +13,7 @@ inbound topic of its transport. The models are the only thing `ingest/` and `han
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -160,9 +161,19 @@ def event_headers(event: MessageEvent | StatusEvent) -> list[tuple[str, bytes]]:
 CHAT_EVENT_NAMESPACE = uuid.UUID("0b8e3c1a-52a4-4c0e-b1f4-3f9d6c2a7e15")
 
 
-def make_chat_event_id(*parts: object) -> uuid.UUID:
+def uuid5_text(namespace: uuid.UUID, name: str) -> str:
+    """`str(uuid.uuid5(namespace, name))` without the UUID object in between: a third of the
+    cost, paid for every chat event the consumer writes."""
+    digest = bytearray(hashlib.sha1(namespace.bytes + name.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def make_chat_event_id(*parts: object) -> str:
     """Deterministic: the same change always has the same id, so re-emits can be deduplicated."""
-    return uuid.uuid5(CHAT_EVENT_NAMESPACE, "|".join(str(p) for p in parts))
+    return uuid5_text(CHAT_EVENT_NAMESPACE, "|".join(str(p) for p in parts))
 
 
 def chat_key(tenant_id: uuid.UUID | str, chat_id: int) -> str:

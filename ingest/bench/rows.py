@@ -147,7 +147,7 @@ def _outbox_row(
     client = sender + 1
     payload: dict[str, Any] = {
         "schema_version": 1,
-        "event_id": str(make_chat_event_id(kind, message_id or client)),
+        "event_id": make_chat_event_id(kind, message_id or client),
         "tenant_id": str(e.tenant_id),
         "client_id": client,
         "chat_id": client,

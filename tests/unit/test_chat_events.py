@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import AwareDatetime, TypeAdapter
 
 from handlers import chat_events
-from ingest.events import chat_event_adapter
+from handlers.pg import naive_utc
+from ingest.events import chat_event_adapter, uuid5_text
 
 TENANT = uuid.UUID("11111111-1111-4111-8111-111111111111")
 MEMBER = uuid.UUID("22222222-2222-4222-8222-222222222222")
@@ -77,3 +81,26 @@ def test_ids_are_deterministic_and_distinct_per_change() -> None:
 
 def test_naive_column_times_are_utc() -> None:
     assert PAYLOADS["message.updated status"]["read_at"] == "2024-05-14T09:00:00Z"
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(2024, 5, 14, 9, 0, tzinfo=UTC),
+        TypeAdapter(AwareDatetime).validate_python("2024-05-14T09:00:00.123456Z"),  # pydantic's tz
+        datetime(2024, 5, 14, 11, 0, 0, 5, tzinfo=timezone(timedelta(hours=2))),
+        datetime(2024, 5, 14, 3, 30, tzinfo=timezone(timedelta(hours=-5, minutes=-30))),
+    ],
+)
+def test_timestamps_are_written_as_pydantic_writes_them(moment: datetime) -> None:
+    assert chat_events.timestamp(moment) == TypeAdapter(AwareDatetime).dump_python(
+        moment.astimezone(UTC), mode="json"
+    )
+    assert chat_events.timestamp(naive_utc(moment)) == chat_events.timestamp(moment)
+    assert naive_utc(moment) == moment.astimezone(UTC).replace(tzinfo=None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(namespace=st.uuids(), name=st.text())
+def test_chat_event_ids_are_uuid5(namespace: uuid.UUID, name: str) -> None:
+    assert uuid5_text(namespace, name) == str(uuid.uuid5(namespace, name))
