@@ -10,7 +10,7 @@ of one batch that share a phone or an email become one client.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from uuid import UUID
 
@@ -37,12 +37,17 @@ def identity_key(sender: Sender, tenant_id: UUID) -> IdentityKey:
     return (tenant_id, sender.contact_type, sender.contact_value)
 
 
+def _ordered(keys: Iterable[IdentityKey]) -> list[IdentityKey]:
+    """One order for every statement of a batch, so concurrent batches lock rows alike."""
+    return sorted(keys, key=lambda k: (str(k[0]), k[1], k[2]))
+
+
 async def resolve_identities(
     conn: asyncpg.Connection, senders: dict[IdentityKey, Sender]
 ) -> Resolved:
     """(client id, contact id) of every sender, creating the clients and contacts of new
     ones; `Resolved.new_clients` are the clients this call created."""
-    keys = sorted(senders, key=lambda k: (str(k[0]), k[1], k[2]))
+    keys = _ordered(senders)
     found: dict[IdentityKey, tuple[int, int]] = {}
     unclaimed: dict[IdentityKey, tuple[int | None, int | None]] = {k: (None, None) for k in keys}
     for row in await _find_identities(conn, keys, senders):
@@ -55,7 +60,7 @@ async def resolve_identities(
     if not unclaimed:
         return Resolved(found)
 
-    claim = sorted(unclaimed, key=lambda k: (str(k[0]), k[1], k[2]))
+    claim = _ordered(unclaimed)
     proposed = await _allocate_clients([k for k in claim if unclaimed[k][0] is None], senders, conn)
     claimed = await conn.fetch(
         QUERIES["claim_identities"],
@@ -103,8 +108,7 @@ async def resolve_identities(
             [pg_text(c[2][2]) for c in new_contacts],
         )
     if unclaimed:  # a concurrent consumer claimed these first; read its committed rows
-        lost = sorted(unclaimed, key=lambda k: (str(k[0]), k[1], k[2]))
-        for row in await _find_identities(conn, lost, senders):
+        for row in await _find_identities(conn, _ordered(unclaimed), senders):
             if row["claimed"]:
                 key = (row["tenant_id"], row["contact_type"], row["contact_value"])
                 found[key] = (row["client_id"], row["contact_id"])

@@ -22,20 +22,29 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import asyncpg
 
 from handlers import chat_events
 from handlers.chat_events import Queued
-from handlers.identities import IdentityKey, LostRace, identity_key, resolve_identities
+from handlers.identities import LostRace, identity_key, resolve_identities
 from handlers.pg import naive_utc, pg_text
 from ingest.events import Attachment, MessageEvent
 from sql import QUERIES
 
 MemberKey = tuple[int, int, str]  # chat_id, contact_id, transport
 INT32_MAX = 2**31 - 1
+
+
+class Placed(NamedTuple):
+    """Where a message of the batch belongs, resolved once for every step that needs it."""
+
+    event: MessageEvent
+    client_id: int
+    chat_id: int
+    member: MemberKey
 
 
 @dataclass(slots=True)
@@ -145,34 +154,29 @@ async def write_messages(conn: asyncpg.Connection, events: Sequence[MessageEvent
     )
 
     wanted: dict[MemberKey, tuple[UUID, int, dict[str, Any], int]] = {}
-    placed: dict[tuple[UUID, str], tuple[MessageEvent, int, MemberKey]] = {}
+    placed: dict[tuple[UUID, str], Placed] = {}
     for event in by_version:  # newer meta merges over older
         client_id, contact_id = identities[identity_key(event.sender, event.tenant_id)]
         chat_id = chats[(event.tenant_id, client_id)]
         key = (chat_id, contact_id, event.transport)
         merged = {**wanted[key][2], **event.member_meta} if key in wanted else event.member_meta
         wanted[key] = (event.tenant_id, client_id, merged, event.version)
-        placed[(event.channel_id, event.external_message_id)] = (event, chat_id, key)
+        placed[(event.channel_id, event.external_message_id)] = Placed(
+            event, client_id, chat_id, key
+        )
     members = await _resolve_members(conn, wanted)
 
-    _announce_clients_and_chats(by_version, identities, chats, outcome)
-    await _store_messages(conn, latest, placed, members, identities, outcome)
+    _announce_clients_and_chats(placed.values(), outcome)
+    await _store_messages(conn, latest, placed, members, outcome)
     await _advance_chats(conn, placed.values())
     return outcome
 
 
-def _announce_clients_and_chats(
-    by_version: Sequence[MessageEvent],
-    identities: dict[IdentityKey, tuple[int, int]],
-    chats: dict[tuple[UUID, int], int],
-    outcome: BatchOutcome,
-) -> None:
+def _announce_clients_and_chats(placed: Iterable[Placed], outcome: BatchOutcome) -> None:
     """client.created / chat.created for what this batch created, caused by its first message."""
     if not outcome.new_clients and not outcome.new_chats:
         return  # the common case: every sender was known
-    for event in sorted(by_version, key=lambda e: e.sent_at):
-        client_id = identities[identity_key(event.sender, event.tenant_id)][0]
-        chat_id = chats[(event.tenant_id, client_id)]
+    for event, client_id, chat_id, _ in sorted(placed, key=lambda p: p.event.sent_at):
         if client_id in outcome.new_clients:
             outcome.new_clients.discard(client_id)
             sender = event.sender
@@ -196,9 +200,8 @@ def _announce_clients_and_chats(
 async def _store_messages(
     conn: asyncpg.Connection,
     latest: Sequence[MessageEvent],
-    placed: dict[tuple[UUID, str], tuple[MessageEvent, int, MemberKey]],
+    placed: dict[tuple[UUID, str], Placed],
     members: dict[MemberKey, UUID],
-    identities: dict[IdentityKey, tuple[int, int]],
     outcome: BatchOutcome,
 ) -> None:
     refs = await conn.fetch(
@@ -210,20 +213,20 @@ async def _store_messages(
     )
     inserts: list[tuple[int, int, UUID, str, datetime]] = []
     edits: list[tuple[int, str]] = []
-    edited: dict[int, MessageEvent] = {}
+    edited: dict[int, tuple[Placed, str]] = {}  # message id -> its place, its new text
     attachments: list[tuple[int, UUID, str, str, str, int, str]] = []
-    created: list[tuple[MessageEvent, int, int, MemberKey]] = []  # event, message, chat, member
+    created: list[tuple[Placed, int, str]] = []  # place, message id, text
     for row in refs:
-        event, chat_id, member_key = placed[(row["channel_id"], row["external_id"])]
-        message_id = row["message_id"]
+        place = placed[(row["channel_id"], row["external_id"])]
+        event, message_id, text = place.event, row["message_id"], pg_text(place.event.text)
         if not row["inserted"]:
-            edits.append((message_id, pg_text(event.text)))
-            edited[message_id] = event
+            edits.append((message_id, text))
+            edited[message_id] = (place, text)
             continue
         sent_at = naive_utc(event.sent_at)
-        inserts.append((message_id, chat_id, members[member_key], pg_text(event.text), sent_at))
+        inserts.append((message_id, place.chat_id, members[place.member], text, sent_at))
         attachments += [upload_row(message_id, event, a) for a in event.attachments]
-        created.append((event, message_id, chat_id, member_key))
+        created.append((place, message_id, text))
     if inserts:
         await conn.execute(QUERIES["insert_messages"], *_columns(inserts))
     upload_ids: list[int] = []
@@ -231,7 +234,8 @@ async def _store_messages(
         rows = await conn.fetch(QUERIES["insert_attachments"], *_columns(attachments))
         upload_ids = [r["upload_id"] for r in rows]
     uploads = iter(upload_ids)
-    for event, message_id, chat_id, member_key in created:
+    for place, message_id, text in created:
+        event = place.event
         linked = [
             chat_events.attachment(
                 next(uploads), a.kind, a.provider_ref, a.mime_type, a.filename, a.size_bytes
@@ -240,26 +244,26 @@ async def _store_messages(
         ]
         announcement = chat_events.message_created(
             tenant_id=event.tenant_id,
-            client_id=identities[identity_key(event.sender, event.tenant_id)][0],
-            chat_id=chat_id,
-            member_id=members[member_key],
+            client_id=place.client_id,
+            chat_id=place.chat_id,
+            member_id=members[place.member],
             message_id=message_id,
             transport=event.transport,
-            text=pg_text(event.text),
+            text=text,
             sent_at=event.sent_at,
             attachments=linked,
         )
         outcome.chat_events.append((announcement, event.event_id))
     if edits:
         for row in await conn.fetch(QUERIES["update_message_texts"], *_columns(edits)):
-            event = edited[row["id"]]
-            chat_id = placed[(event.channel_id, event.external_message_id)][1]
+            place, text = edited[row["id"]]
+            event = place.event
             update = chat_events.message_edited(
                 event.tenant_id,
-                identities[identity_key(event.sender, event.tenant_id)][0],
-                chat_id,
+                place.client_id,
+                place.chat_id,
                 row,
-                pg_text(event.text),
+                text,
                 event.version,
                 event.edited_at or event.sent_at,
             )
@@ -289,11 +293,9 @@ def upload_row(
     )
 
 
-async def _advance_chats(
-    conn: asyncpg.Connection, placed: Iterable[tuple[MessageEvent, int, MemberKey]]
-) -> None:
+async def _advance_chats(conn: asyncpg.Connection, placed: Iterable[Placed]) -> None:
     last: dict[int, datetime] = {}
-    for event, chat_id, _ in placed:
+    for event, _, chat_id, _ in placed:
         sent = naive_utc(event.sent_at)
         if chat_id not in last or last[chat_id] < sent:
             last[chat_id] = sent
