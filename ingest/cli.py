@@ -17,7 +17,7 @@ from typing import Any
 from ingest.config import TRANSPORTS, Settings, SettingsError, load_settings
 from ingest.errors import ChannelConfigError
 from ingest.logs import configure_logging, get_logger
-from ingest.process import http_server, stop_on_signals, until_stopped
+from ingest.process import http_server, serve_until_signalled, stop_on_signals
 
 log = get_logger("crm_ingest.cli")
 
@@ -87,10 +87,7 @@ async def cmd_gateway(settings: Settings, args: argparse.Namespace) -> None:
 
     port = settings.http_port if args.port is None else args.port
     server = http_server(create_gateway(settings), args.host or settings.http_host, port, settings)
-    with stop_on_signals() as stop:
-        await until_stopped(
-            stop, server.serve(), on_stop=lambda: setattr(server, "should_exit", True)
-        )
+    await serve_until_signalled(server)
 
 
 async def cmd_consume(settings: Settings, _: argparse.Namespace) -> None:

@@ -31,7 +31,7 @@ def settle_heap(gen0_threshold: int = GC_GEN0_THRESHOLD) -> None:
 
 
 # uvicorn's choices, named rather than left to "auto" (which picks whatever is installed):
-# httptools served 4.1-4.2k webhooks/s against h11's 3.2-3.4k; uvloop added nothing (4.0k).
+# httptools served 3.9-4.2k webhooks/s against h11's 3.2-3.4k; uvloop added nothing (4.0k).
 SERVER_STACK: dict[str, str] = {"http": "httptools", "loop": "asyncio"}
 
 
@@ -70,6 +70,14 @@ def stop_on_signals() -> Iterator[asyncio.Event]:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+async def serve_until_signalled(server: Any) -> None:
+    """Run an `http_server` until SIGINT/SIGTERM, then let it finish what is in flight."""
+    with stop_on_signals() as stop:
+        await until_stopped(
+            stop, server.serve(), on_stop=lambda: setattr(server, "should_exit", True)
+        )
 
 
 async def until_stopped(

@@ -6,6 +6,7 @@ Settings come from the environment (`ingest.bench.children.settings_env`)."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 from starlette.applications import Starlette
@@ -34,12 +35,10 @@ def bare_app() -> Starlette:
 
 def serve(kind: str, port: int) -> None:
     """Run the gateway (`create_gateway`: real publisher, channel directory, adapters) or the
-    bare app on uvicorn, configured like `crm-ingest gateway`."""
-    import uvicorn
-
+    bare app on the server `crm-ingest gateway` runs: both sides of the ratio on one stack."""
     from ingest.config import load_settings
     from ingest.logs import configure_logging
-    from ingest.process import SERVER_STACK
+    from ingest.process import http_server, serve_until_signalled
 
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
@@ -49,16 +48,7 @@ def serve(kind: str, port: int) -> None:
         app = create_gateway(settings)
     else:
         app = bare_app()
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_config=None,
-        lifespan="on",
-        access_log=False,
-        **SERVER_STACK,  # the production gateway's: both sides of the ratio on one stack
-    )
-    uvicorn.Server(config).run()
+    asyncio.run(serve_until_signalled(http_server(app, "127.0.0.1", port, settings)))
 
 
 if __name__ == "__main__":
