@@ -12,6 +12,7 @@ import pytest
 
 from ingest.config import load_settings
 from ingest.embedded import ResolvedServices, resolve_services
+from tests.support import Processes
 
 
 @pytest.fixture(scope="session")
@@ -58,3 +59,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.section("figures")
         for line in FIGURES:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    """`crm-ingest` subprocesses a test starts; whatever is left running is killed after it."""
+    with Processes() as started:
+        yield started

@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import sql
 from ingest.config import Settings
 from sql.db import connect
 
@@ -36,6 +37,17 @@ async def create_database(server_url: str, prefix: str = "t") -> str:
     finally:
         await conn.close()
     return with_database(server_url, name)
+
+
+async def migrated_database(server_url: str, prefix: str) -> str:
+    """A new database on the same server with every migration applied; returns its URL."""
+    url = await create_database(server_url, prefix)
+    conn = await connect(url)
+    try:
+        await sql.migrate(conn)
+    finally:
+        await conn.close()
+    return url
 
 
 async def eventually(

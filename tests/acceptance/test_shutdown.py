@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,12 +37,6 @@ pytestmark = pytest.mark.acceptance
 
 SHUTDOWN_TIMEOUT_S = 10.0
 EXIT_MARGIN_S = 5.0  # closing the pool and the process itself, on a slow machine
-
-
-@pytest.fixture
-def processes() -> Iterator[Processes]:
-    with Processes() as started:
-        yield started
 
 
 # --- gateway ------------------------------------------------------------------------------------
@@ -74,6 +67,7 @@ async def start_gateway(
     while time.monotonic() < deadline and not await http_ok(port, "/readyz"):
         assert gateway.proc.poll() is None, gateway.tail()
         await asyncio.sleep(0.2)
+    assert await http_ok(port, "/readyz"), f"gateway not ready within 60 s:\n{gateway.tail()}"
     return GatewayProcess(gateway, port, settings, telegram_headers(channel), channel.path)
 
 

@@ -18,7 +18,7 @@ import random
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,12 +58,6 @@ BASE_DATE = 1_750_000_000
 UPDATE = (
     Path(__file__).parent.parent / "payloads" / "telegram" / "text_official.json"
 ).read_bytes()
-
-
-@pytest.fixture
-def processes() -> Iterator[Processes]:
-    with Processes() as started:
-        yield started
 
 
 # --- load -----------------------------------------------------------------------------------

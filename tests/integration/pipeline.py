@@ -20,8 +20,7 @@ from ingest.embedded import ResolvedServices
 from ingest.events import MessageEvent, StatusEvent, encode_event, event_headers
 from ingest.publisher import EventPublisher
 from ingest.topics import ensure_topics
-from sql.db import connect
-from tests.support import create_database
+from tests.support import migrated_database
 
 
 def pipeline_settings(services: ResolvedServices, database_url: str, **overrides: Any) -> Settings:
@@ -42,16 +41,6 @@ def pipeline_settings(services: ResolvedServices, database_url: str, **overrides
     }
     values.update(overrides)
     return load_settings(**values)
-
-
-async def migrated_database(server_url: str, prefix: str) -> str:
-    url = await create_database(server_url, prefix)
-    conn = await connect(url)
-    try:
-        await sql.migrate(conn)
-    finally:
-        await conn.close()
-    return url
 
 
 async def isolated_pipeline(
@@ -92,16 +81,23 @@ class TenantChannel:
 
 
 async def new_channel(
-    pool: asyncpg.Pool, transport: str = "telegram", **config: str
+    pool: asyncpg.Pool,
+    transport: str = "telegram",
+    *,
+    tenant_id: uuid.UUID | None = None,
+    **config: str,
 ) -> TenantChannel:
-    tenant_id = uuid.uuid4()
+    """A channel of a new tenant, or of `tenant_id` when given (an existing tenant)."""
     async with pool.acquire() as conn:
-        await conn.execute(sql.QUERIES["insert_tenant"], tenant_id, "test tenant")
+        if tenant_id is None:
+            tenant_id = uuid.uuid4()
+            await conn.execute(sql.QUERIES["insert_tenant"], tenant_id, "test tenant")
         view = await insert_channel(conn, tenant_id, transport, config)  # type: ignore[arg-type]
     return TenantChannel(tenant_id, uuid.UUID(view["id"]), view["config"], view["webhook_path"])
 
 
-# Every queued chat event with its outbox row and position, oldest first.
+# Every queued chat event with its outbox row and position, oldest first: read independently of
+# sql/queries/outbox.sql (reemit_chat_events unpacks the rows the same way).
 OUTBOX_EVENTS = """
 SELECT o.seq, e.ord, e.event::jsonb AS event, e.source AS source_event_id, o.published_at
 FROM ingest_outbox AS o

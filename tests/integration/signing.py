@@ -49,15 +49,19 @@ CREDENTIALS: dict[Transport, dict[str, str]] = {
 }
 
 
-async def signed_channel(pool: asyncpg.Pool, transport: Transport, **config: str) -> TenantChannel:
-    """A new tenant's channel that accepts this module's signatures (plus any other `config`)."""
-    return await new_channel(pool, transport, **CREDENTIALS[transport], **config)
+async def signed_channel(
+    pool: asyncpg.Pool, transport: Transport, *, tenant_id: uuid.UUID | None = None, **config: str
+) -> TenantChannel:
+    """A channel that accepts this module's signatures (plus any other `config`), of a new
+    tenant or of `tenant_id`."""
+    return await new_channel(
+        pool, transport, tenant_id=tenant_id, **CREDENTIALS[transport], **config
+    )
 
 
 def _client(gateway: Gateway | httpx.AsyncClient) -> httpx.AsyncClient:
     """The gateway fixture's client, or a client of another gateway app (a small body limit)."""
-    client = gateway if isinstance(gateway, httpx.AsyncClient) else gateway.client
-    return client
+    return gateway if isinstance(gateway, httpx.AsyncClient) else gateway.client
 
 
 # --- WhatsApp ---------------------------------------------------------------------------------
@@ -109,17 +113,9 @@ def wa_element(
     }
 
 
-def wa_text(
-    text: str, *, wamid: str, timestamp: int, sender: str = PYWA_SENDER, sender_field: str = "from"
-) -> dict[str, Any]:
-    return wa_element(
-        "text",
-        {"body": text},
-        wamid=wamid,
-        timestamp=timestamp,
-        sender=sender,
-        sender_field=sender_field,
-    )
+def wa_text(text: str, **element: Any) -> dict[str, Any]:
+    """A text message element; `element` as for `wa_element`."""
+    return wa_element("text", {"body": text}, **element)
 
 
 def wa_message(message: dict[str, Any], *, contact: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -187,7 +183,7 @@ async def post_sms(
     headers: dict[str, str] | None = None,
 ) -> httpx.Response:
     sent = sms_headers(channel, params, signed_url)
-    if signature:
+    if signature is not None:
         sent["X-Twilio-Signature"] = signature
     sent.update(headers or {})
     return await _client(gateway).post(
@@ -268,7 +264,7 @@ def tg_payload(name: str) -> dict[str, Any]:
 def telegram_headers(channel: TenantChannel, secret: str | None = None) -> dict[str, str]:
     return {
         "content-type": "application/json",
-        TELEGRAM_SECRET_HEADER: secret or channel.config["secret_token"],
+        TELEGRAM_SECRET_HEADER: channel.config["secret_token"] if secret is None else secret,
     }
 
 

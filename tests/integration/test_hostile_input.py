@@ -110,7 +110,6 @@ def without(key: str, data: dict[str, Any]) -> dict[str, Any]:
 def sms_send(
     params: list[tuple[str, str]],
     *,
-    signature: str | None = None,
     signed_url: str | None = None,
     content_type: str = FORM,
     body: bytes | None = None,
@@ -119,14 +118,11 @@ def sms_send(
         if body is not None:
             headers = sms_headers(c.sms, params)
             headers["content-type"] = content_type
-            if signature:
-                headers["X-Twilio-Signature"] = signature
             return await client.post(c.sms.path, content=body, headers=headers)
         return await post_sms(
             client,
             c.sms,
             params,
-            signature=signature,
             signed_url=signed_url,
             headers={"content-type": content_type},
         )

@@ -22,8 +22,6 @@ import asyncpg
 import pytest
 
 from handlers.store import write_messages
-from ingest.admin import insert_channel
-from ingest.config import Transport
 from ingest.events import MessageEvent
 from tests.integration.pipeline import OUTBOX_EVENTS, Gateway, TenantChannel, new_channel
 from tests.integration.rows import (
@@ -35,7 +33,6 @@ from tests.integration.rows import (
     wait_messages,
 )
 from tests.integration.signing import (
-    CREDENTIALS,
     adapter_events,
     eml,
     post_email,
@@ -64,17 +61,6 @@ def utc(seconds: int) -> datetime:
 
 def naive_now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
-
-
-async def add_channel(
-    pool: asyncpg.Pool, tenant: TenantChannel, transport: Transport
-) -> TenantChannel:
-    """Another signed channel of the same tenant (signed_channel always makes a new tenant)."""
-    async with pool.acquire() as conn:
-        view = await insert_channel(conn, tenant.tenant_id, transport, CREDENTIALS[transport])
-    return TenantChannel(
-        tenant.tenant_id, uuid.UUID(view["id"]), view["config"], view["webhook_path"]
-    )
 
 
 async def host_client(pool: asyncpg.Pool, tenant_id: uuid.UUID, **columns: str) -> int:
@@ -106,7 +92,7 @@ async def test_whatsapp_then_sms_from_a_host_clients_phone_land_in_that_clients_
     gateway: Gateway, pool: asyncpg.Pool, known_by: str
 ) -> None:
     whatsapp = await signed_channel(pool, "whatsapp")
-    sms = await add_channel(pool, whatsapp, "sms")
+    sms = await signed_channel(pool, "sms", tenant_id=whatsapp.tenant_id)
     tenant = whatsapp.tenant_id
     if known_by == "phone_number":
         client_id = await host_client(pool, tenant, first_name="Sheena", phone_number=PHONE)
@@ -214,7 +200,7 @@ async def test_whatsapp_and_sms_from_one_new_number_in_one_batch_are_one_client(
 ) -> None:
     """The batch writer itself (deterministic: both events in one write), on real PostgreSQL."""
     whatsapp = await signed_channel(pool, "whatsapp")
-    sms = await add_channel(pool, whatsapp, "sms")
+    sms = await signed_channel(pool, "sms", tenant_id=whatsapp.tenant_id)
     body = wa_raw("text_official.json")
     params = sms_from(PHONE)
     events = adapter_events(whatsapp, "whatsapp", wa_headers(body), body)
@@ -243,7 +229,7 @@ async def test_whatsapp_and_sms_from_one_new_number_at_once_are_one_client(
     """The same through the gateway and the consumer, both requests in flight together: one
     batch or two, racing or not, the unique (tenant, phone) index must not fail a message."""
     whatsapp = await signed_channel(pool, "whatsapp")
-    sms = await add_channel(pool, whatsapp, "sms")
+    sms = await signed_channel(pool, "sms", tenant_id=whatsapp.tenant_id)
     responses = await asyncio.gather(
         post_whatsapp(gateway, whatsapp, wa_raw("text_official.json")),
         post_sms(gateway, sms, sms_from(PHONE)),

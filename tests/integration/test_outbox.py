@@ -34,10 +34,12 @@ TENANT = uuid.UUID("00000000-0000-4000-8000-000000000001")
 AT = datetime(2026, 1, 2, 3, 4, 5)
 
 Message = tuple[str, bytes, dict[str, str]]
+PENDING_ROWS = "SELECT count(*) FROM ingest_outbox WHERE published_at IS NULL"
 
 
 @pytest.fixture
-async def pool(services: ResolvedServices) -> AsyncIterator[asyncpg.Pool]:
+async def outbox_pool(services: ResolvedServices) -> AsyncIterator[asyncpg.Pool]:
+    """A database of its own: these tests count and rewrite every outbox row."""
     pool = await create_pool(await migrated_database(services.database_url, "outbox"))
     yield pool
     await pool.close()
@@ -54,16 +56,18 @@ async def _queue(pool: asyncpg.Pool, chat_ids: Sequence[int]) -> list[uuid.UUID]
     return sources
 
 
-async def test_relay_publishes_each_event_in_order_and_marks_rows(pool: asyncpg.Pool) -> None:
-    await _queue(pool, [1, 2])
-    await _queue(pool, [3])
-    assert await pool.fetchval("SELECT count(*) FROM ingest_outbox") == 2
+async def test_relay_publishes_each_event_in_order_and_marks_rows(
+    outbox_pool: asyncpg.Pool,
+) -> None:
+    await _queue(outbox_pool, [1, 2])
+    await _queue(outbox_pool, [3])
+    assert await outbox_pool.fetchval("SELECT count(*) FROM ingest_outbox") == 2
     sent: list[Message] = []
 
     async def publish(messages: Sequence[Message]) -> None:
         sent.extend(messages)
 
-    assert await OutboxRelay(pool, publish).flush() == 2
+    assert await OutboxRelay(outbox_pool, publish).flush() == 2
     assert [json.loads(value)["chat_id"] for _, value, _ in sent] == [1, 2, 3]
     key, value, headers = sent[0]
     payload = json.loads(value)
@@ -75,40 +79,40 @@ async def test_relay_publishes_each_event_in_order_and_marks_rows(pool: asyncpg.
         "schema-version": str(SCHEMA_VERSION),
         "content-type": "application/json",
     }
-    assert await pool.fetchval("SELECT count(*) FROM ingest_outbox WHERE published_at IS NULL") == 0
-    assert await OutboxRelay(pool, publish).flush() == 0
+    assert await outbox_pool.fetchval(PENDING_ROWS) == 0
+    assert await OutboxRelay(outbox_pool, publish).flush() == 0
     assert len(sent) == 3
 
 
-async def test_a_failed_publish_leaves_the_rows_pending(pool: asyncpg.Pool) -> None:
-    await _queue(pool, [1])
+async def test_a_failed_publish_leaves_the_rows_pending(outbox_pool: asyncpg.Pool) -> None:
+    await _queue(outbox_pool, [1])
 
     async def broken(messages: Sequence[Message]) -> None:
         raise OSError("broker down")
 
     with pytest.raises(OSError, match="broker down"):
-        await OutboxRelay(pool, broken).flush()
-    assert await pool.fetchval("SELECT count(*) FROM ingest_outbox WHERE published_at IS NULL") == 1
+        await OutboxRelay(outbox_pool, broken).flush()
+    assert await outbox_pool.fetchval(PENDING_ROWS) == 1
 
 
 async def test_reemit_queues_exactly_the_chat_events_of_the_given_causes(
-    pool: asyncpg.Pool,
+    outbox_pool: asyncpg.Pool,
 ) -> None:
-    first = await _queue(pool, [1, 2])
-    second = await _queue(pool, [3])
-    pending = await _queue(pool, [4])  # not published yet: it leaves anyway, not re-queued
+    first = await _queue(outbox_pool, [1, 2])
+    second = await _queue(outbox_pool, [3])
+    pending = await _queue(outbox_pool, [4])  # not published yet: it leaves anyway, not re-queued
 
     async def publish(messages: Sequence[Message]) -> None:
         pass
 
-    await OutboxRelay(pool, publish).flush()
-    await pool.execute("UPDATE ingest_outbox SET published_at = NULL WHERE seq = 3")
+    await OutboxRelay(outbox_pool, publish).flush()
+    await outbox_pool.execute("UPDATE ingest_outbox SET published_at = NULL WHERE seq = 3")
     wanted = [first[1], second[0], pending[0], uuid.uuid4()]
-    assert await pool.fetchval(QUERIES["reemit_chat_events"], wanted) == 2
-    queued = [r for r in await pool.fetch(OUTBOX_EVENTS) if r["seq"] == 4]
+    assert await outbox_pool.fetchval(QUERIES["reemit_chat_events"], wanted) == 2
+    queued = [r for r in await outbox_pool.fetch(OUTBOX_EVENTS) if r["seq"] == 4]
     assert [r["event"]["chat_id"] for r in queued] == [2, 3]
     assert [r["source_event_id"] for r in queued] == [first[1], second[0]]
-    assert await pool.fetchval(QUERIES["reemit_chat_events"], [uuid.uuid4()]) is None
+    assert await outbox_pool.fetchval(QUERIES["reemit_chat_events"], [uuid.uuid4()]) is None
 
 
 async def test_batched_publish_partitions_like_send_and_keeps_order(

@@ -10,7 +10,7 @@ import pytest
 
 import sql
 from sql.db import connect
-from tests.support import create_database
+from tests.support import create_database, migrated_database
 
 pytestmark = pytest.mark.integration
 
@@ -69,9 +69,8 @@ async def test_outbox_rows_per_event_become_rows_per_transaction(database_url: s
 
 
 async def test_outbox_refuses_anything_but_an_array_of_events(database_url: str) -> None:
-    conn = await connect(await create_database(database_url, "outbox_check"))
+    conn = await connect(await migrated_database(database_url, "outbox_check"))
     try:
-        await sql.migrate(conn)
         with pytest.raises(asyncpg.CheckViolationError):
             await conn.execute(
                 "INSERT INTO ingest_outbox (events, source_event_ids) VALUES ('{}', '{}')"

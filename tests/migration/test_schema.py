@@ -16,7 +16,7 @@ import pytest
 
 import sql
 from sql.db import connect
-from tests.support import create_database
+from tests.support import create_database, migrated_database
 
 pytestmark = pytest.mark.migration
 
@@ -88,13 +88,7 @@ def test_document_was_parsed_completely() -> None:
 
 @pytest.fixture(scope="module")
 async def migrated_url(database_url: str) -> str:
-    url = await create_database(database_url, "schema")
-    conn = await connect(url)
-    try:
-        await sql.migrate(conn)
-    finally:
-        await conn.close()
-    return url
+    return await migrated_database(database_url, "schema")
 
 
 @pytest.mark.parametrize("table", SEED_TABLES)

@@ -31,6 +31,12 @@ def captured(transport: Transport, filename: str) -> bytes:
     return (PAYLOADS / transport / filename).read_bytes()
 
 
+def ts(seconds: int) -> datetime:
+    """A provider's Unix time as the aware UTC datetime an event must carry, computed here
+    rather than with the adapters' own `utc_from_unix`."""
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
 def context(
     channel: Channel, *, received_at: datetime = RECEIVED_AT, correlation_id: str | None = "corr-1"
 ) -> ParseContext:

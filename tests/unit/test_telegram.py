@@ -16,10 +16,9 @@ import pytest
 
 from ingest.errors import BadPayload, Unauthorized, UnprocessablePayload
 from ingest.events import Attachment, MessageEvent, Sender, decode_event, encode_event
-from ingest.events import utc_from_unix as ts
 from ingest.transports.base import Channel, ParseContext, RawRequest, WebhookResult
 from ingest.transports.telegram import SECRET_HEADER, TelegramAdapter
-from tests.unit.adapters import assert_envelope, captured, channel, context, only_event, post
+from tests.unit.adapters import assert_envelope, captured, channel, context, only_event, post, ts
 from tests.unit.json_docs import MISSING, JsonBody, json_bytes, mutated
 
 CHANNEL_ID = uuid.UUID("0b6f2d4e-8a1c-4c3e-9f7a-2d5e6f708192")

@@ -18,7 +18,6 @@ import pytest
 
 from ingest.errors import Forbidden, Unauthorized, UnprocessablePayload
 from ingest.events import Attachment, MessageEvent, Sender, StatusEvent, decode_event, encode_event
-from ingest.events import utc_from_unix as ts
 from ingest.transports.base import Channel, ParseContext, RawRequest, WebhookResult
 from ingest.transports.whatsapp import MAX_UPDATES, SIGNATURE_HEADER, WhatsAppAdapter
 from tests.unit.adapters import (
@@ -29,6 +28,7 @@ from tests.unit.adapters import (
     context,
     only_event,
     post,
+    ts,
 )
 from tests.unit.json_docs import MISSING, JsonBody, json_bytes, mutated
 
