@@ -1,4 +1,4 @@
-"""Transport adapters, one module per provider; `load_adapters` maps a transport to its adapter."""
+"""Provider adapters, one package per provider; `load_adapters` maps a transport to its adapter."""
 
 from __future__ import annotations
 

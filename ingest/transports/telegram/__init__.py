@@ -1,0 +1,8 @@
+"""Telegram Bot API: all that speaks its language (webhooks; next media and sending)."""
+
+from ingest.transports.telegram.webhook import (
+    SECRET_HEADER,
+    TelegramAdapter,
+)
+
+__all__ = ["SECRET_HEADER", "TelegramAdapter"]

@@ -1,0 +1,10 @@
+"""WhatsApp Cloud API: all that speaks its language (webhooks; next media and sending)."""
+
+from ingest.transports.whatsapp.webhook import (
+    MAX_UPDATES,
+    SIGNATURE_HEADER,
+    UNSUPPORTED,
+    WhatsAppAdapter,
+)
+
+__all__ = ["MAX_UPDATES", "SIGNATURE_HEADER", "UNSUPPORTED", "WhatsAppAdapter"]
