@@ -22,7 +22,7 @@ from ingest.config import Settings
 from ingest.logs import get_logger
 from ingest.process import http_server, until_stopped
 from ingest.transports import load_adapters
-from ingest.transports.base import generate_token
+from ingest.transports.channel_keys import generate_token
 from sql import QUERIES
 from sql.db import connect
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ingest.config import Transport
 from ingest.transports.base import TransportAdapter
+from ingest.transports.channel_keys import ConfigKey
 
 
 def load_adapters(default_region: str | None = None) -> dict[Transport, TransportAdapter]:
@@ -20,3 +21,13 @@ def load_adapters(default_region: str | None = None) -> dict[Transport, Transpor
         EmailAdapter(default_region),
     ]
     return {adapter.transport: adapter for adapter in adapters}
+
+
+def config_keys(transport: Transport) -> tuple[ConfigKey, ...]:
+    """The channel config keys `transport` knows, with which of them are secrets."""
+    from ingest.transports.email.keys import CONFIG_KEYS as EMAIL
+    from ingest.transports.sms.keys import CONFIG_KEYS as SMS
+    from ingest.transports.telegram.keys import CONFIG_KEYS as TELEGRAM
+    from ingest.transports.whatsapp.keys import CONFIG_KEYS as WHATSAPP
+
+    return {"telegram": TELEGRAM, "whatsapp": WHATSAPP, "sms": SMS, "email": EMAIL}[transport]

@@ -7,7 +7,6 @@ time), then parse, and signal every refusal with an `ingest.errors.WebhookReject
 
 from __future__ import annotations
 
-import secrets
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from ingest.config import Transport
-from ingest.errors import BadPayload, ChannelConfigError, UnprocessablePayload
+from ingest.errors import BadPayload, UnprocessablePayload
 from ingest.events import MessageEvent, StatusEvent, conversation_key, make_event_id
 
 Event = MessageEvent | StatusEvent
@@ -101,21 +100,11 @@ class TransportAdapter(Protocol):
         """Verify and parse; raise a WebhookRejected subclass for anything refused."""
         ...
 
-    def channel_config(self, given: Mapping[str, str]) -> dict[str, Any]:
-        """Validate `channel add --config` values and generate missing secrets."""
+    def channel_config(
+        self, given: Mapping[str, str], current: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """`current` with `given` applied: values validated, missing generated secrets made."""
         ...
-
-
-def reject_unknown_keys(transport: str, given: Mapping[str, str], known: set[str]) -> None:
-    """`channel add --config` takes only the keys a transport knows (a typo is an error)."""
-    unknown = sorted(set(given) - known)
-    if unknown:
-        raise ChannelConfigError(f"unknown config key for {transport}: {unknown[0]}")
-
-
-def generate_token(nbytes: int = 32) -> str:
-    """A URL-safe secret using only A-Za-z0-9_- (valid as a Telegram secret_token)."""
-    return secrets.token_urlsafe(nbytes)
 
 
 Model = TypeVar("Model", bound=BaseModel)

@@ -109,9 +109,9 @@ def test_channel_config_rejects(transport: Transport, given: dict[str, Any], mat
 @pytest.mark.parametrize(
     ("transport", "given", "unknown"),
     [
-        ("telegram", {"secret_token": "abc", "bot_token": "123:abc"}, "bot_token"),
-        ("whatsapp", {"app_secret": APP_SECRET, "access_token": "x"}, "access_token"),
-        ("sms", {"auth_token": AUTH_TOKEN, "account_sid": "AC1"}, "account_sid"),
+        ("telegram", {"secret_token": "abc", "bot_tokn": "123:abc"}, "bot_tokn"),
+        ("whatsapp", {"app_secret": APP_SECRET, "accesstoken": "x"}, "accesstoken"),
+        ("sms", {"auth_token": AUTH_TOKEN, "account": "AC1"}, "account"),
         ("email", {"provider": "mailgun"}, "provider"),
     ],
 )
@@ -120,3 +120,55 @@ def test_channel_config_rejects_unknown_keys(
 ) -> None:
     with pytest.raises(ChannelConfigError, match=f"unknown config key for {transport}: {unknown}"):
         ADAPTERS[transport].channel_config(given)
+
+
+BOT_TOKEN = "123456:ABC-DEF1234ghIkl-zyx57W2v1u123ew11"
+ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
+
+
+@pytest.mark.parametrize(
+    ("transport", "given"),
+    [
+        ("telegram", {"secret_token": "abc", "bot_token": BOT_TOKEN}),
+        ("whatsapp", {**BOUND_WHATSAPP, "app_secret": APP_SECRET, "access_token": "EAAG.x"}),
+        (
+            "sms",
+            {"auth_token": AUTH_TOKEN, "account_sid": ACCOUNT_SID, "from": "+15551234567"},
+        ),
+        (
+            "email",
+            {
+                "token": EMAIL_TOKEN,
+                "smtp_url": "smtps://crm:pa%40ss@smtp.example.com:465",
+                "from_address": "crm@example.com",
+            },
+        ),
+    ],
+)
+def test_channel_config_keeps_credentials_for_media_and_replies(
+    transport: Transport, given: dict[str, str]
+) -> None:
+    assert ADAPTERS[transport].channel_config(given) == given
+
+
+@pytest.mark.parametrize(
+    ("transport", "given", "match"),
+    [
+        ("telegram", {"bot_token": "not-a-token"}, "telegram bot_token must look like"),
+        ("sms", {"auth_token": AUTH_TOKEN, "account_sid": "AC1"}, "account_sid must be AC"),
+        ("email", {"smtp_url": "http://smtp.example.com"}, "smtp_url must be smtp://"),
+        ("email", {"from_address": "nobody"}, "from_address must be an address"),
+    ],
+)
+def test_channel_config_rejects_bad_credentials_without_echoing_them(
+    transport: Transport, given: dict[str, str], match: str
+) -> None:
+    with pytest.raises(ChannelConfigError, match=match) as caught:
+        ADAPTERS[transport].channel_config(given)
+    assert all(value not in str(caught.value) for value in given.values())
+
+
+def test_channel_config_applies_changes_to_the_current_config() -> None:
+    current = ADAPTERS["telegram"].channel_config({})
+    changed = ADAPTERS["telegram"].channel_config({"bot_token": BOT_TOKEN}, current)
+    assert changed == {**current, "bot_token": BOT_TOKEN}

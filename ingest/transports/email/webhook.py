@@ -33,16 +33,16 @@ from urllib.parse import parse_qsl
 
 from pydantic import ValidationError
 
-from ingest.errors import BadPayload, ChannelConfigError, Unauthorized, UnprocessablePayload
+from ingest.errors import BadPayload, Unauthorized, UnprocessablePayload
 from ingest.events import Attachment, MessageEvent, Sender
 from ingest.identity import normalize_email
 from ingest.transports.base import (
     ParseContext,
     RawRequest,
     WebhookResult,
-    generate_token,
-    reject_unknown_keys,
 )
+from ingest.transports.channel_keys import build_config
+from ingest.transports.email.keys import CONFIG_KEYS
 
 RFC822 = "message/rfc822"
 FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
@@ -54,7 +54,6 @@ _NAME_MAX = 255
 _MSGID_RE = re.compile(r"<([^<>]+)>")
 _TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/=-]{1,512}")
 _TIMESTAMP_RE = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
-_CONFIG_KEYS = frozenset({"token", "signing_key"})
 _KEPT = ("From", "Subject", "Message-ID", "Date", "In-Reply-To", "References", "To", "Cc")
 _T = TypeVar("_T")
 # The stdlib header parser is superlinear (seconds for a 200 KB Subject of encoded words), and a
@@ -488,17 +487,7 @@ class EmailAdapter:
             raise UnprocessablePayload(f"{loc}: {err['msg']}"[:200]) from exc
         return WebhookResult(events=[event])
 
-    def channel_config(self, given: Mapping[str, str]) -> dict[str, Any]:
-        reject_unknown_keys("email", given, _CONFIG_KEYS)
-        token = given.get("token")
-        if token is None:
-            token = generate_token()
-        elif not _TOKEN_RE.fullmatch(token):
-            raise ChannelConfigError("email token must be 1-512 chars of A-Za-z0-9._~+/=-")
-        config: dict[str, Any] = {"token": token}
-        key = given.get("signing_key")
-        if key is not None:
-            if not key or not key.isascii() or not key.isprintable() or key != key.strip():
-                raise ChannelConfigError("email signing_key must be printable ASCII, no spaces")
-            config["signing_key"] = key
-        return config
+    def channel_config(
+        self, given: Mapping[str, str], current: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        return build_config("email", CONFIG_KEYS, given, current)

@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from pydantic import ValidationError
 
-from ingest.errors import BadPayload, ChannelConfigError, Unauthorized, UnprocessablePayload
+from ingest.errors import BadPayload, Unauthorized, UnprocessablePayload
 from ingest.events import (
     Attachment,
     MessageEvent,
@@ -26,7 +26,9 @@ from ingest.events import (
     StatusEvent,
 )
 from ingest.identity import normalize_phone
-from ingest.transports.base import ParseContext, RawRequest, WebhookResult, reject_unknown_keys
+from ingest.transports.base import ParseContext, RawRequest, WebhookResult
+from ingest.transports.channel_keys import build_config
+from ingest.transports.sms.keys import CONFIG_KEYS
 
 SIGNATURE_HEADER = "X-Twilio-Signature"
 FORM_TYPE = "application/x-www-form-urlencoded"
@@ -53,7 +55,6 @@ _GEO = {
     "FromCountry": "from_country",
     "FromZip": "from_zip",
 }
-_CONFIG_KEYS = frozenset({"auth_token", "public_url"})
 
 
 def _drop_empty(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -290,19 +291,7 @@ class TwilioSmsAdapter:
             meta=meta,
         )
 
-    def channel_config(self, given: Mapping[str, str]) -> dict[str, Any]:
-        reject_unknown_keys("sms", given, _CONFIG_KEYS)
-        token = given.get("auth_token")
-        if not token or not token.isascii() or not token.isprintable() or token != token.strip():
-            raise ChannelConfigError("sms auth_token (the Twilio Auth Token) is required")
-        config: dict[str, Any] = {"auth_token": token}
-        url = given.get("public_url")
-        if url is not None:
-            try:
-                host = urlsplit(url).hostname
-            except ValueError:
-                host = None
-            if not url.startswith(("http://", "https://")) or not host:
-                raise ChannelConfigError("sms public_url must be an http:// or https:// URL")
-            config["public_url"] = url
-        return config
+    def channel_config(
+        self, given: Mapping[str, str], current: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        return build_config("sms", CONFIG_KEYS, given, current)

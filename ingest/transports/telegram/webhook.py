@@ -13,7 +13,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ingest.errors import BadPayload, ChannelConfigError, Unauthorized, UnprocessablePayload
+from ingest.errors import BadPayload, Unauthorized, UnprocessablePayload
 from ingest.events import (
     Attachment,
     MessageEvent,
@@ -24,11 +24,11 @@ from ingest.transports.base import (
     ParseContext,
     RawRequest,
     WebhookResult,
-    generate_token,
     parse_json_body,
-    reject_unknown_keys,
     validation_reason,
 )
+from ingest.transports.channel_keys import build_config
+from ingest.transports.telegram.keys import CONFIG_KEYS
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 _SECRET_RE = re.compile(r"[A-Za-z0-9_-]{1,256}")
@@ -399,11 +399,7 @@ class TelegramAdapter:
             message_meta=_message_meta(update_id, msg, errors),
         )
 
-    def channel_config(self, given: Mapping[str, str]) -> dict[str, Any]:
-        reject_unknown_keys("telegram", given, {"secret_token"})
-        token = given.get("secret_token")
-        if token is None:
-            token = generate_token()
-        elif not _SECRET_RE.fullmatch(token):
-            raise ChannelConfigError("telegram secret_token must be 1-256 chars of A-Za-z0-9_-")
-        return {"secret_token": token}
+    def channel_config(
+        self, given: Mapping[str, str], current: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        return build_config("telegram", CONFIG_KEYS, given, current)

@@ -24,7 +24,6 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationErr
 
 from ingest.errors import (
     BadPayload,
-    ChannelConfigError,
     Forbidden,
     Unauthorized,
     UnprocessablePayload,
@@ -44,11 +43,11 @@ from ingest.transports.base import (
     ParseContext,
     RawRequest,
     WebhookResult,
-    generate_token,
     parse_json_body,
-    reject_unknown_keys,
     validation_reason,
 )
+from ingest.transports.channel_keys import build_config
+from ingest.transports.whatsapp.keys import CONFIG_KEYS
 
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 MAX_UPDATES = 1000  # Meta: "a batch with a maximum of 1000 updates"
@@ -496,21 +495,7 @@ class WhatsAppAdapter:
             message_meta=meta | _some(extra),
         )
 
-    def channel_config(self, given: Mapping[str, str]) -> dict[str, Any]:
-        reject_unknown_keys("whatsapp", given, {"verify_token", "app_secret", "phone_number_id"})
-        token = given.get("verify_token")
-        if token is None:
-            token = generate_token()
-        elif not _TOKEN_RE.fullmatch(token):
-            raise ChannelConfigError("whatsapp verify_token: 1-256 printable ASCII, no spaces")
-        secret = given.get("app_secret")
-        if not secret:
-            raise ChannelConfigError("whatsapp app_secret is required (the Meta app's secret)")
-        if not _TOKEN_RE.fullmatch(secret):
-            raise ChannelConfigError("whatsapp app_secret: printable ASCII without spaces")
-        config = {"verify_token": token, "app_secret": secret}
-        if (phone_number_id := given.get("phone_number_id")) is not None:
-            if not _DIGITS_RE.fullmatch(phone_number_id):
-                raise ChannelConfigError("whatsapp phone_number_id must be 1-32 digits")
-            config["phone_number_id"] = phone_number_id
-        return config
+    def channel_config(
+        self, given: Mapping[str, str], current: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        return build_config("whatsapp", CONFIG_KEYS, given, current)
