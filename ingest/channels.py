@@ -3,7 +3,8 @@
 Every webhook needs its channel (tenant, transport, secrets), so lookups are cached for
 `channel_cache_ttl_s`. Unknown ids are cached too, but briefly (`NEGATIVE_TTL_S` at most): a
 flood of made-up ids must not become a flood of queries, and a channel created a moment ago must
-not stay unknown for long. A disabled or re-keyed channel takes effect within the TTL.
+not stay unknown for long. A disabled or re-keyed channel takes effect within the TTL. Secrets
+are decrypted when loaded and kept in memory only.
 
 Concurrent lookups of the same id share one query. Database errors propagate unchanged and are
 never cached; the gateway turns them into 503.
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 from ingest.config import TRANSPORTS, Settings, Transport
+from ingest.credentials import Keyring, keyring, open_config
 from ingest.logs import get_logger
 from ingest.transports.base import Channel
 from sql import QUERIES
@@ -60,6 +62,7 @@ class ChannelDirectory:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
+        self._keyring = keyring(settings)
         self._pool = pool
         self._owns_pool = False
         self._ttl = settings.channel_cache_ttl_s
@@ -121,7 +124,7 @@ class ChannelDirectory:
         if self._pool is None:
             raise RuntimeError("ChannelDirectory is not open")
         row = await self._pool.fetchrow(QUERIES["get_channel"], key)
-        channel = _to_channel(row) if row is not None else None
+        channel = _to_channel(row, self._keyring) if row is not None else None
         ttl = self._ttl if channel is not None else self._negative_ttl
         if ttl > 0:
             self._cache[key] = (self._clock() + ttl, channel)
@@ -149,7 +152,7 @@ class ChannelDirectory:
             return False
 
 
-def _to_channel(row: Any) -> Channel | None:
+def _to_channel(row: Any, keys: Keyring) -> Channel | None:
     transport = row["transport"]
     if transport not in TRANSPORTS:
         # A transport this version does not know (newer writer): treat it as unknown here.
@@ -158,10 +161,14 @@ def _to_channel(row: Any) -> Channel | None:
     config = row["config"]
     if isinstance(config, str):  # a pool without sql.db's jsonb codec
         config = json.loads(config)
+    # A secret that does not open (tampered, not encrypted, another key) raises: the gateway
+    # answers 503 and logs the reason, rather than trusting a value it cannot authenticate.
+    opened = open_config(keys, cast(Transport, transport), row["id"], config or {})
     return Channel(
         id=row["id"],
         tenant_id=row["tenant_id"],
         transport=cast(Transport, transport),
-        config=dict(config) if config else {},
+        config=opened.config,
         enabled=bool(row["enabled"]),
+        previous=opened.previous,
     )

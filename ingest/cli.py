@@ -11,13 +11,18 @@ import asyncio
 import json
 import sys
 import uuid
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
 
 from ingest.config import TRANSPORTS, Settings, SettingsError, load_settings
 from ingest.errors import ChannelConfigError
 from ingest.logs import configure_logging, get_logger
 from ingest.process import http_server, serve_until_signalled, stop_on_signals
+
+if TYPE_CHECKING:
+    from ingest.credentials import Keyring
 
 log = get_logger("crm_ingest.cli")
 
@@ -45,7 +50,8 @@ async def cmd_migrate(settings: Settings, _: argparse.Namespace) -> None:
     _require(settings, database=True)
     from ingest import admin
 
-    _print_json({"applied": await admin.migrate(settings.database_url)})
+    keys = _keyring(settings) if settings.secrets_key.get_secret_value() else None
+    _print_json(await admin.migrate(settings.database_url, keys))
 
 
 async def cmd_topics(settings: Settings, _: argparse.Namespace) -> None:
@@ -62,27 +68,131 @@ async def cmd_tenant_add(settings: Settings, args: argparse.Namespace) -> None:
     _print_json(await admin.add_tenant(settings.database_url, args.id or uuid.uuid4(), args.name))
 
 
+def _keyring(settings: Settings) -> Keyring:
+    from ingest.credentials import keyring
+
+    return keyring(settings)
+
+
+def _given(items: list[str] | None) -> dict[str, str]:
+    given: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            # The value may be a secret: name the key only.
+            raise CliError(f"--config expects KEY=VALUE, got one without '=' ({key[:20]!r}…)")
+        given[key] = value
+    return given
+
+
+def _masked(view: dict[str, Any], shown: list[str]) -> dict[str, Any]:
+    from ingest.credentials import masked_config
+
+    return {**view, "config": masked_config(view["transport"], view["config"], shown)}
+
+
 async def cmd_channel_add(settings: Settings, args: argparse.Namespace) -> None:
     _require(settings, database=True)
     from ingest import admin
 
-    given: dict[str, str] = {}
-    for item in args.config or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise CliError(f"--config expects KEY=VALUE, got {item!r}")
-        given[key] = value
+    given = _given(args.config)
     try:
         channel = await admin.add_channel(
-            settings.database_url, args.tenant, args.transport, given, name=args.name
+            settings.database_url,
+            args.tenant,
+            args.transport,
+            given,
+            name=args.name,
+            keyring=_keyring(settings),
         )
     except (ChannelConfigError, LookupError) as exc:
         raise CliError(str(exc)) from exc
-    _print_json(channel)
+    _print_json(_masked(channel, sorted(set(channel["config"]) - set(given))))
+
+
+async def cmd_channel_set(settings: Settings, args: argparse.Namespace) -> None:
+    await _change_channel(settings, args.channel, _given(args.config), None, args.grace_hours)
+
+
+async def cmd_channel_rotate(settings: Settings, args: argparse.Namespace) -> None:
+    await _change_channel(settings, args.channel, {}, args.key, args.grace_hours)
+
+
+async def _change_channel(
+    settings: Settings,
+    channel_id: uuid.UUID,
+    given: dict[str, str],
+    rotate: str | None,
+    grace_hours: float,
+) -> None:
+    _require(settings, database=True)
+    from ingest import admin
+    from ingest.transports import config_keys
+
+    if rotate is None and not given:
+        raise CliError("name at least one --config KEY=VALUE to set")
+    try:
+        change = await admin.change_channel(
+            settings.database_url,
+            channel_id,
+            given,
+            rotate=rotate,
+            grace=timedelta(hours=grace_hours),
+            keyring=_keyring(settings),
+        )
+    except (ChannelConfigError, LookupError) as exc:
+        raise CliError(str(exc)) from exc
+    view = change.view
+    printed = _masked(view, change.generated)
+    printed["changed"] = change.changed
+    printed["previous_accepted_until"] = {
+        name: until.isoformat() for name, until in change.previous_until.items()
+    }
+    notes = {k.name: k.rotation for k in config_keys(view["transport"]) if k.rotation}
+    printed["next_steps"] = [notes[name] for name in change.changed if name in notes]
+    if view["transport"] == "telegram" and "secret_token" in change.changed:
+        printed["next_steps"].append(
+            'curl -sS "https://api.telegram.org/bot$BOT_TOKEN/setWebhook"'
+            f' -d "url=https://<your public host>{view["webhook_path"]}"'
+            f' -d "secret_token={view["config"]["secret_token"]}"'
+        )
+    _print_json(printed)
+
+
+async def cmd_secrets_generate_key(settings: Settings, _: argparse.Namespace) -> None:
+    from ingest.credentials import generate_key
+
+    sys.stdout.write(generate_key() + "\n")
+
+
+async def cmd_secrets_rekey(settings: Settings, _: argparse.Namespace) -> None:
+    _require(settings, database=True)
+    from ingest import admin
+
+    _print_json({"rekeyed": await admin.rekey(settings.database_url, _keyring(settings))})
+
+
+async def check_secrets_key(settings: Settings) -> None:
+    """At start: CRM_INGEST_SECRETS_KEY is set and opens the stored channel secrets. A database
+    that cannot be reached now is not an error here (the process waits for it)."""
+    from ingest import admin
+    from sql.db import connect
+
+    keys = _keyring(settings)
+    try:
+        conn = await asyncio.wait_for(connect(settings.database_url), timeout=5.0)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        log.warning("secrets key not checked: database unreachable", error=type(exc).__name__)
+        return
+    try:
+        await admin.check_keyring(conn, keys)
+    finally:
+        await conn.close()
 
 
 async def cmd_gateway(settings: Settings, args: argparse.Namespace) -> None:
     _require(settings, database=True, broker=True)
+    await check_secrets_key(settings)
     from ingest.gateway import create_gateway
 
     port = settings.http_port if args.port is None else args.port
@@ -92,6 +202,7 @@ async def cmd_gateway(settings: Settings, args: argparse.Namespace) -> None:
 
 async def cmd_consume(settings: Settings, _: argparse.Namespace) -> None:
     _require(settings, database=True, broker=True)
+    await check_secrets_key(settings)
     from handlers.app import running_consumer
     from ingest import metrics
 
@@ -253,7 +364,49 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument(
         "--config", action="append", metavar="KEY=VALUE", help="channel setting (repeatable)"
     )
+    grace = {
+        "type": float,
+        "default": admin_grace_hours(),
+        "metavar": "H",
+        "help": "hours the replaced secret is still accepted (default 24; 0 = not at all)",
+    }
+    change = verb("set", cmd_channel_set, "Add or change config keys of a channel.", channel_verbs)
+    change.add_argument("channel", type=uuid.UUID, metavar="CHANNEL_ID")
+    change.add_argument(
+        "--config", action="append", metavar="KEY=VALUE", help="channel setting (repeatable)"
+    )
+    change.add_argument("--grace-hours", **grace)
+    rotate = verb(
+        "rotate",
+        cmd_channel_rotate,
+        "Replace a generated secret (e.g. secret_token) and print the new value once.",
+        channel_verbs,
+    )
+    rotate.add_argument("channel", type=uuid.UUID, metavar="CHANNEL_ID")
+    rotate.add_argument("key", metavar="KEY")
+    rotate.add_argument("--grace-hours", **grace)
+
+    secrets = verbs.add_parser("secrets", help="Channel secrets at rest: keys and re-keying.")
+    secrets_verbs = secrets.add_subparsers(dest="secrets_verb", required=True, metavar="VERB")
+    verb(
+        "generate-key",
+        cmd_secrets_generate_key,
+        "Print a new CRM_INGEST_SECRETS_KEY value.",
+        secrets_verbs,
+    )
+    verb(
+        "rekey",
+        cmd_secrets_rekey,
+        "Re-encrypt every channel's secrets with the first key of CRM_INGEST_SECRETS_KEY.",
+        secrets_verbs,
+    )
     return parser
+
+
+def admin_grace_hours() -> float:
+    from ingest.admin import DEFAULT_GRACE
+
+    return DEFAULT_GRACE.total_seconds() / 3600
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_format, settings.log_level)
     try:
         asyncio.run(args.handler(settings, args))
-    except CliError as exc:
+    except (CliError, SettingsError) as exc:
         sys.stderr.write(f"crm-ingest: error: {exc}\n")
         return 1
     except KeyboardInterrupt:

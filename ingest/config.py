@@ -7,10 +7,12 @@ lives under the `CRM_INGEST_` prefix. Empty `DATABASE_URL` / `KAFKA_BOOTSTRAP_SE
 
 from __future__ import annotations
 
+import base64
+import binascii
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, ValidationError
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Transport = Literal["telegram", "whatsapp", "sms", "email"]
@@ -83,6 +85,16 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     data_dir: Path = Path(".crm-ingest")
 
+    # Channel secrets at rest (ingest/credentials.py): keys newest first, comma-separated.
+    secrets_key: SecretStr = Field(default="", validate_default=True)
+
+    @field_validator("secrets_key")
+    @classmethod
+    def _secrets_keys_decode(cls, value: SecretStr) -> SecretStr:
+        if value.get_secret_value().strip():
+            secrets_keys(value.get_secret_value())
+        return value
+
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
 
@@ -103,6 +115,23 @@ class Settings(BaseSettings):
 
     def max_body_bytes(self, transport: Transport) -> int:
         return int(getattr(self, f"max_body_bytes_{transport}"))
+
+
+SECRETS_KEY_BYTES = 32
+
+
+def secrets_keys(raw: str) -> list[bytes]:
+    """The keys of CRM_INGEST_SECRETS_KEY: each 32 bytes of url-safe base64, newest first."""
+    keys = []
+    for n, part in enumerate(raw.split(","), start=1):
+        try:
+            key = base64.urlsafe_b64decode(part.strip().encode("ascii"))
+        except (ValueError, binascii.Error):
+            key = b""
+        if len(key) != SECRETS_KEY_BYTES:
+            raise ValueError(f"key {n} is not 32 bytes of url-safe base64")
+        keys.append(key)
+    return keys
 
 
 def load_settings(**overrides: object) -> Settings:

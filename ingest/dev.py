@@ -12,13 +12,17 @@ import asyncio
 import hashlib
 import hmac
 import json
+import os
 import shlex
 import sys
 import uuid
 from typing import Any
 
+from pydantic import SecretStr
+
 from ingest import admin
 from ingest.config import Settings
+from ingest.credentials import Keyring, generate_key, keyring, open_config
 from ingest.logs import get_logger
 from ingest.process import http_server, until_stopped
 from ingest.transports import load_adapters
@@ -145,7 +149,21 @@ SAMPLE_EMAIL = (
 )
 
 
-async def ensure_demo_channels(database_url: str) -> list[dict[str, Any]]:
+def with_secrets_key(settings: Settings) -> Settings:
+    """CRM_INGEST_SECRETS_KEY as given, else the key kept in the data dir (made on first run,
+    readable by its owner only): the demo's channel secrets stay readable across runs."""
+    if settings.secrets_key.get_secret_value():
+        return settings
+    path = settings.data_dir / "secrets.key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(generate_key() + "\n")
+        log.info("secrets key created", path=str(path))
+    return settings.model_copy(update={"secrets_key": SecretStr(path.read_text().strip())})
+
+
+async def ensure_demo_channels(database_url: str, keys: Keyring) -> list[dict[str, Any]]:
     """The demo tenant and one channel per available transport, created once and reused."""
     conn = await connect(database_url)
     try:
@@ -157,11 +175,14 @@ async def ensure_demo_channels(database_url: str) -> list[dict[str, Any]]:
                 QUERIES["find_channel_by_name"], DEMO_TENANT_ID, transport, name
             )
             if row:
-                channels.append(admin.channel_view(row))
+                opened = open_config(keys, transport, row["id"], row["config"])
+                channels.append(admin.channel_view(row, opened.config))
                 continue
             given = {key: generate_token() for key in DEMO_PROVIDER_SECRETS.get(transport, ())}
             channels.append(
-                await admin.insert_channel(conn, DEMO_TENANT_ID, transport, given, name=name)
+                await admin.insert_channel(
+                    conn, DEMO_TENANT_ID, transport, given, name=name, keyring=keys
+                )
             )
         return channels
     finally:
@@ -192,10 +213,11 @@ async def run_dev(settings: Settings, stop: asyncio.Event, *, host: str, port: i
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with resolve_services(settings, data_dir=settings.data_dir) as services:
-        settings = services.apply(settings)
-        await admin.migrate(settings.database_url)
+        settings = with_secrets_key(services.apply(settings))
+        keys = keyring(settings)
+        await admin.migrate(settings.database_url, keys)
         await ensure_topics(settings)
-        channels = await ensure_demo_channels(settings.database_url)
+        channels = await ensure_demo_channels(settings.database_url, keys)
         http_port = settings.http_port if port is None else port
         server = http_server(create_gateway(settings), host, http_port, settings)
         async with running_consumer(settings):

@@ -31,6 +31,12 @@ SECRET_KEYS = frozenset(
         "x-hub-signature-256",
         "x-twilio-signature",
         "password",
+        "bot_token",
+        "access_token",
+        "api_key_secret",
+        "smtp_url",
+        "secrets_key",
+        "crm_ingest_secrets_key",
     }
 )
 REDACTED = "***"

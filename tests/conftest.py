@@ -11,8 +11,13 @@ import hypothesis
 import pytest
 
 from ingest.config import load_settings
+from ingest.credentials import generate_key
 from ingest.embedded import ResolvedServices, resolve_services
 from tests.support import Processes
+
+# One key for the whole run (channel secrets are sealed with it); subprocesses get it through
+# tests.support.cli_env. A key given in the environment (CI, a developer) is used as it is.
+os.environ.setdefault("CRM_INGEST_SECRETS_KEY", generate_key())
 
 
 @pytest.fixture(scope="session")

@@ -85,6 +85,7 @@ def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
         "CRM_INGEST_PRODUCER_IDEMPOTENCE": str(settings.producer_idempotence).lower(),
         "CRM_INGEST_METRICS_PORT": "0",
         "CRM_INGEST_LOG_FORMAT": "json",
+        "CRM_INGEST_SECRETS_KEY": settings.secrets_key.get_secret_value(),
         **extra,
     }
 

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from pydantic import SecretStr
+
 from ingest.bench.http_client import RawConnection
 from ingest.bench.measure import BenchError, proc_cpu_seconds
 from ingest.config import Settings
@@ -32,6 +34,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         key = key or f"CRM_INGEST_{name.upper()}"
         if value is None:
             continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
         env[key] = ("true" if value else "false") if isinstance(value, bool) else str(value)
     return env
 

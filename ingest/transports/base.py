@@ -7,10 +7,11 @@ time), then parse, and signal every refusal with an `ingest.errors.WebhookReject
 
 from __future__ import annotations
 
+import hmac
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -29,8 +30,18 @@ class Channel:
     id: uuid.UUID
     tenant_id: uuid.UUID
     transport: Transport
-    config: Mapping[str, Any]
+    config: Mapping[str, Any]  # decrypted (ingest.credentials); held in memory only
     enabled: bool = True
+    # Secrets replaced by `channel set`/`rotate`, still accepted until the given time.
+    previous: Mapping[str, tuple[str, datetime]] = field(default_factory=dict)
+
+    def secrets(self, name: str) -> tuple[str, ...]:
+        """The accepted values of a secret: the current one, then one still in its grace period.
+        Empty when none is set, so a channel without a secret trusts nobody."""
+        values = [self.config.get(name)]
+        if (previous := self.previous.get(name)) is not None and previous[1] > datetime.now(UTC):
+            values.append(previous[0])
+        return tuple(v for v in values if isinstance(v, str) and v)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +116,19 @@ class TransportAdapter(Protocol):
     ) -> dict[str, Any]:
         """`current` with `given` applied: values validated, missing generated secrets made."""
         ...
+
+
+def matches_any(given: bytes, accepted: Iterable[bytes]) -> bool:
+    """Constant-time comparison against every accepted value (no early exit on a match)."""
+    matched = False
+    for value in accepted:
+        matched |= hmac.compare_digest(given, value)
+    return matched
+
+
+def utf8(value: str) -> bytes:
+    # surrogatepass: a header decoded with surrogateescape must not raise here.
+    return value.encode("utf-8", "surrogatepass")
 
 
 Model = TypeVar("Model", bound=BaseModel)

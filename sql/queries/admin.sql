@@ -9,10 +9,24 @@ RETURNING id, name;
 SELECT EXISTS (SELECT 1 FROM public.tenants WHERE id = $1);
 
 -- insert_channel --
--- Register a provider channel of a tenant
-INSERT INTO ingest_channels (tenant_id, transport, name, config)
-VALUES ($1, $2, $3, $4::jsonb)
+-- Register a provider channel of a tenant (its id is chosen first: secrets are sealed to it)
+INSERT INTO ingest_channels (id, tenant_id, transport, name, config)
+VALUES ($1, $2, $3, $4, $5::jsonb)
 RETURNING id, tenant_id, transport, name, config, enabled;
+
+-- lock_channel --
+-- One channel, locked until the transaction ends (channel set/rotate, secrets rekey/migration)
+SELECT id, tenant_id, transport, name, config, enabled FROM ingest_channels WHERE id = $1
+FOR UPDATE;
+
+-- update_channel_config --
+-- Store a channel's new config (secrets already sealed)
+UPDATE ingest_channels SET config = $2::jsonb, updated_at = NOW() WHERE id = $1
+RETURNING id, tenant_id, transport, name, config, enabled;
+
+-- channel_ids --
+-- Every channel id (secrets rekey, migration and the key check walk them one by one)
+SELECT id FROM ingest_channels ORDER BY id;
 
 -- get_channel --
 -- One channel by id, enabled or not (the gateway answers 404 for disabled ones)
@@ -29,3 +43,7 @@ LIMIT 1;
 -- channel_tenants --
 -- The tenant each channel belongs to (the consumer checks every event against it)
 SELECT id, tenant_id FROM ingest_channels WHERE id = ANY($1::uuid[]);
+
+-- channel_configs --
+-- Every channel's stored config (the start-up check that CRM_INGEST_SECRETS_KEY opens them)
+SELECT id, transport, config FROM ingest_channels;

@@ -9,11 +9,13 @@ from typing import Any
 import pytest
 
 from ingest.channels import ChannelDirectory, parse_channel_id
-from ingest.config import Settings
+from ingest.config import Settings, load_settings
+from ingest.credentials import SealedSecretError, keyring
 from sql import QUERIES
 
 TENANT = uuid.UUID("5a9e3c71-2b4d-4e6f-8a1b-3c5d7e9f0a2b")
 KNOWN = uuid.UUID("0b6f2d4e-8a1c-4c3e-9f7a-2d5e6f708192")
+KEYS = keyring(load_settings())  # tests/conftest.py sets CRM_INGEST_SECRETS_KEY for the run
 
 
 class FakePool:
@@ -24,7 +26,7 @@ class FakePool:
                 "tenant_id": TENANT,
                 "transport": "telegram",
                 "name": "main",
-                "config": {"secret_token": "s3cr3t"},
+                "config": {"secret_token": KEYS.seal(KNOWN, "secret_token", "s3cr3t")},
                 "enabled": True,
             }
         }
@@ -146,3 +148,24 @@ async def test_ping_reports_database_health() -> None:
     pool.error = OSError("down")
     assert not await channels.ping()
     assert not await ChannelDirectory(Settings()).ping()  # never opened
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        "s3cr3t",  # plaintext where a sealed value belongs
+        KEYS.seal(KNOWN, "secret_token", "s3cr3t")[:-6] + "AAAAAA",  # altered ciphertext
+        KEYS.seal(uuid.uuid4(), "secret_token", "s3cr3t"),  # sealed for another channel
+        KEYS.seal(KNOWN, "bot_token", "s3cr3t"),  # sealed under another key name
+    ],
+)
+async def test_a_secret_that_does_not_open_is_refused_not_misread(stored: str) -> None:
+    pool = FakePool()
+    pool.rows[KNOWN]["config"] = {"secret_token": stored}
+    directory = ChannelDirectory(Settings(channel_cache_ttl_s=30), pool)
+    with pytest.raises(SealedSecretError):
+        await directory.get(str(KNOWN))
+    assert pool.queries == 1
+    with pytest.raises(SealedSecretError):  # never cached: the next request asks again
+        await directory.get(str(KNOWN))
+    assert pool.queries == 2

@@ -18,7 +18,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage, Message
@@ -37,9 +37,12 @@ from ingest.errors import BadPayload, Unauthorized, UnprocessablePayload
 from ingest.events import Attachment, MessageEvent, Sender
 from ingest.identity import normalize_email
 from ingest.transports.base import (
+    Channel,
     ParseContext,
     RawRequest,
     WebhookResult,
+    matches_any,
+    utf8,
 )
 from ingest.transports.channel_keys import build_config
 from ingest.transports.email.keys import CONFIG_KEYS
@@ -317,14 +320,14 @@ def _multipart(content_type: str, body: bytes) -> _Form:
     return form
 
 
-def _verify_mailgun(form: _Form, signing_key: str, now: datetime) -> None:
+def _verify_mailgun(form: _Form, keys: Sequence[str], now: datetime) -> None:
     fields = form.fields
     timestamp, token, signature = (fields.get(k) for k in ("timestamp", "token", "signature"))
     if not (timestamp and token and signature):
         raise Unauthorized("missing Mailgun signature")
-    key = signing_key.encode("utf-8", "surrogatepass")
-    expected = hmac.new(key, (timestamp + token).encode(), hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(signature.strip().lower().encode(), expected.encode()):
+    signed = (timestamp + token).encode()
+    expected = (hmac.new(utf8(k), signed, hashlib.sha256).hexdigest().encode() for k in keys)
+    if not matches_any(signature.strip().lower().encode(), expected):
         raise Unauthorized("invalid Mailgun signature")
     # Replay window: a captured post stops working after 15 minutes (tokens are not cached).
     if not _TIMESTAMP_RE.fullmatch(timestamp):
@@ -377,13 +380,10 @@ def _bearer(request: RawRequest) -> str | None:
     return token.strip() if scheme.lower() == "bearer" else None
 
 
-def _check_bearer(given: str, config: Mapping[str, Any]) -> None:
-    expected = config.get("token")
-    if not isinstance(expected, str) or not expected:
-        raise Unauthorized("invalid bearer token")  # no secret configured: trust nobody
-    if not hmac.compare_digest(
-        given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
-    ):
+def _check_bearer(given: str, channel: Channel) -> None:
+    accepted = channel.secrets("token")
+    # No secret configured: trust nobody.
+    if not accepted or not matches_any(utf8(given), map(utf8, accepted)):
         raise Unauthorized("invalid bearer token")
 
 
@@ -456,13 +456,12 @@ class EmailAdapter:
         self.default_region = default_region  # unused by email; kept for a uniform constructor
 
     def handle(self, request: RawRequest, ctx: ParseContext) -> WebhookResult:
-        config = ctx.channel.config
         media = request.media_type
-        signing_key = config.get("signing_key")
+        signing_keys = ctx.channel.secrets("signing_key")
         bearer = _bearer(request)
         if bearer is not None:
-            _check_bearer(bearer, config)
-        elif not (isinstance(signing_key, str) and signing_key and media in FORM_TYPES):
+            _check_bearer(bearer, ctx.channel)
+        elif not (signing_keys and media in FORM_TYPES):
             raise Unauthorized("missing bearer token")
         if media == RFC822:
             mail = _from_mime(request.body, "rfc822")
@@ -472,8 +471,7 @@ class EmailAdapter:
             else:
                 form = _urlencoded(request.body)
             if bearer is None:
-                assert isinstance(signing_key, str)
-                _verify_mailgun(form, signing_key, ctx.received_at)
+                _verify_mailgun(form, signing_keys, ctx.received_at)
             mail = _from_mailgun(form) if form.mime is None else _from_mime(form.mime, "mailgun")
             mail.extra["recipient"] = form.fields.get("recipient")
         else:

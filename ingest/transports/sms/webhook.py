@@ -26,7 +26,7 @@ from ingest.events import (
     StatusEvent,
 )
 from ingest.identity import normalize_phone
-from ingest.transports.base import ParseContext, RawRequest, WebhookResult
+from ingest.transports.base import ParseContext, RawRequest, WebhookResult, matches_any, utf8
 from ingest.transports.channel_keys import build_config
 from ingest.transports.sms.keys import CONFIG_KEYS
 
@@ -113,20 +113,20 @@ def _verify(request: RawRequest, ctx: ParseContext) -> list[tuple[str, str]]:
     given = request.header(SIGNATURE_HEADER)
     if given is None:
         raise Unauthorized(f"missing {SIGNATURE_HEADER}")
-    token = ctx.channel.config.get("auth_token")
-    if not isinstance(token, str) or not token:
+    tokens = ctx.channel.secrets("auth_token")
+    if not tokens:
         raise Unauthorized("invalid signature")  # no secret configured: trust nobody
     if request.media_type != FORM_TYPE:
         raise BadPayload(f"expected {FORM_TYPE}")
     params = _decode_form(request.body)
     public_url = ctx.channel.config.get("public_url")
     url = public_url if isinstance(public_url, str) and public_url else request.url
-    given_bytes = given.strip().encode("utf-8", "surrogatepass")
-    matched = False
-    for candidate in _url_variants(url):
-        expected = compute_signature(token, candidate, params).encode()
-        matched |= hmac.compare_digest(given_bytes, expected)
-    if not matched:
+    expected = (
+        compute_signature(token, candidate, params).encode()
+        for token in tokens
+        for candidate in _url_variants(url)
+    )
+    if not matches_any(utf8(given.strip()), expected):
         raise Unauthorized("invalid signature")
     return params
 

@@ -6,7 +6,6 @@ echoed verbatim in `X-Telegram-Bot-Api-Secret-Token`. It is checked before the b
 
 from __future__ import annotations
 
-import hmac
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal
@@ -24,7 +23,9 @@ from ingest.transports.base import (
     ParseContext,
     RawRequest,
     WebhookResult,
+    matches_any,
     parse_json_body,
+    utf8,
     validation_reason,
 )
 from ingest.transports.channel_keys import build_config
@@ -363,17 +364,12 @@ class TelegramAdapter:
 
     @staticmethod
     def _verify(request: RawRequest, ctx: ParseContext) -> None:
-        expected = ctx.channel.config.get("secret_token")
+        accepted = ctx.channel.secrets("secret_token")
         given = request.header(SECRET_HEADER)
         if given is None:
             raise Unauthorized(f"missing {SECRET_HEADER}")
         # A channel without a secret would accept anyone: refuse rather than trust.
-        if not isinstance(expected, str) or not expected:
-            raise Unauthorized("invalid secret token")
-        # surrogatepass: a header decoded with surrogateescape must not raise here.
-        if not hmac.compare_digest(
-            given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
-        ):
+        if not accepted or not matches_any(utf8(given), map(utf8, accepted)):
             raise Unauthorized("invalid secret token")
 
     @staticmethod

@@ -43,7 +43,9 @@ from ingest.transports.base import (
     ParseContext,
     RawRequest,
     WebhookResult,
+    matches_any,
     parse_json_body,
+    utf8,
     validation_reason,
 )
 from ingest.transports.channel_keys import build_config
@@ -360,11 +362,9 @@ class WhatsAppAdapter:
         """The GET subscription check: the challenge to echo as text/plain, or Forbidden."""
         if request.query_value("hub.mode") != "subscribe":
             raise Forbidden("hub.mode must be subscribe")
-        given = (request.query_value("hub.verify_token") or "").encode("utf-8", "surrogatepass")
-        expected = channel.config.get("verify_token")
-        if not isinstance(expected, str) or not expected or not given:
-            raise Forbidden("invalid verify token")
-        if not hmac.compare_digest(given, expected.encode("utf-8", "surrogatepass")):
+        given = utf8(request.query_value("hub.verify_token") or "")
+        accepted = channel.secrets("verify_token")
+        if not accepted or not given or not matches_any(given, map(utf8, accepted)):
             raise Forbidden("invalid verify token")
         challenge = request.query_value("hub.challenge")
         if challenge is None or not _TOKEN_RE.fullmatch(challenge):
@@ -411,12 +411,10 @@ class WhatsAppAdapter:
             raise Unauthorized(f"missing {SIGNATURE_HEADER}")
         if (match := _SIGNATURE_RE.fullmatch(given)) is None:
             raise Unauthorized(f"malformed {SIGNATURE_HEADER}")
-        secret = channel.config.get("app_secret")
+        secrets = channel.secrets("app_secret")
         # A channel without a secret would accept anyone: refuse rather than trust.
-        if not isinstance(secret, str) or not secret:
-            raise Unauthorized("invalid signature")
-        digest = hmac.new(secret.encode("utf-8", "surrogatepass"), request.body, hashlib.sha256)
-        if not hmac.compare_digest(digest.digest(), bytes.fromhex(match.group(1))):
+        digests = (hmac.new(utf8(s), request.body, hashlib.sha256).digest() for s in secrets)
+        if not secrets or not matches_any(bytes.fromhex(match.group(1)), digests):
             raise Unauthorized("invalid signature")
 
     def _events(
