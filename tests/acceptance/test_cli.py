@@ -68,6 +68,7 @@ async def env(services: ResolvedServices) -> dict[str, str]:
         "CRM_INGEST_PRODUCER_IDEMPOTENCE": str(services.broker_supports_idempotence).lower(),
         "CRM_INGEST_LOG_FORMAT": "json",
         "CRM_INGEST_METRICS_PORT": "0",  # a free port: tests may run beside other consumers
+        "CRM_INGEST_SECRETS_KEY": os.environ["CRM_INGEST_SECRETS_KEY"],
     }
 
 
@@ -90,7 +91,7 @@ async def test_operator_verbs_against_external_services(
     env: dict[str, str], processes: list[subprocess.Popen[str]]
 ) -> None:
     assert json.loads(run(env, "migrate").stdout)["applied"][:2] == ["0001", "0002"]
-    assert json.loads(run(env, "migrate").stdout) == {"applied": []}
+    assert json.loads(run(env, "migrate").stdout) == {"applied": [], "channels_encrypted": 0}
     created = json.loads(run(env, "topics").stdout)["created"]
     assert env["CRM_INGEST_TOPIC_PREFIX"] + "inbound.telegram" in created
     assert json.loads(run(env, "topics").stdout) == {"created": []}

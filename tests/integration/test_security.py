@@ -469,12 +469,19 @@ WA_VERIFY = "wa-verify-token-Ew5Fx7Gy9Hz1Ia3Jb"
 TWILIO_TOKEN = "twilio-auth-token-Kc5Ld7Me9Nf1Og3Ph"
 EMAIL_TOKEN = "email-bearer-token-Qi5Rj7Sk9Tl1Um3Vn"
 MAILGUN_KEY = "mailgun-signing-key-Wo5Xp7Yq9Zr1As3Bt"
+BOT_TOKEN = "7000000001:AAHk4Jm6Np8Qr0St2UvWx-Yz1Ab3Cd5Ef7"
+WA_ACCESS_TOKEN = "EAAGwa-access-token-Gh9Ij1Kl3Mn5Op7"
+SMTP_URL = "smtps://crm:smtp-password-Qr9St1Uv3@smtp.example.com:465"
 GUESSES = ("guessed-secret-Cu5Dv7Ew9Fx1Gy3Hz", "guessed-token-Ia5Jb7Kc9Ld1Me3Nf")
 CONFIGS: dict[Transport, dict[str, str]] = {
-    "telegram": {"secret_token": TG_SECRET},
-    "whatsapp": {"app_secret": WA_APP_SECRET, "verify_token": WA_VERIFY},
+    "telegram": {"secret_token": TG_SECRET, "bot_token": BOT_TOKEN},
+    "whatsapp": {
+        "app_secret": WA_APP_SECRET,
+        "verify_token": WA_VERIFY,
+        "access_token": WA_ACCESS_TOKEN,
+    },
     "sms": {"auth_token": TWILIO_TOKEN},
-    "email": {"token": EMAIL_TOKEN, "signing_key": MAILGUN_KEY},
+    "email": {"token": EMAIL_TOKEN, "signing_key": MAILGUN_KEY, "smtp_url": SMTP_URL},
 }
 
 
@@ -528,7 +535,17 @@ async def handshakes(client: httpx.AsyncClient, whatsapp: TenantChannel) -> list
 
 # valid, then invalid: telegram, whatsapp, sms, email bearer, mailgun
 EXPECTED_STATUSES = [200, 401, 200, 401, 200, 401, 200, 401, 200, 401]
-SECRETS = (TG_SECRET, WA_APP_SECRET, WA_VERIFY, TWILIO_TOKEN, EMAIL_TOKEN, MAILGUN_KEY)
+SECRETS = (
+    TG_SECRET,
+    WA_APP_SECRET,
+    WA_VERIFY,
+    TWILIO_TOKEN,
+    EMAIL_TOKEN,
+    MAILGUN_KEY,
+    BOT_TOKEN,
+    WA_ACCESS_TOKEN,
+    "smtp-password-Qr9St1Uv3",
+)
 
 
 def leaks(text: str, credentials: set[str]) -> list[str]:
@@ -641,6 +658,7 @@ async def gateway_process(
         "CRM_INGEST_PRODUCER_IDEMPOTENCE": str(services.broker_supports_idempotence).lower(),
         "CRM_INGEST_LOG_FORMAT": "json",
         "CRM_INGEST_LOG_LEVEL": "DEBUG",
+        "CRM_INGEST_SECRETS_KEY": os.environ["CRM_INGEST_SECRETS_KEY"],
     }
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -659,10 +677,12 @@ async def gateway_process(
         options = [a for k, v in config.items() for a in ("--config", f"{k}={v}")]
         added = cli("channel", "add", "--tenant", str(tenant), "--transport", transport, *options)
         cli_logs += added.stderr
-        view = json.loads(added.stdout)  # the operator is shown the config once, on stdout
-        assert view["config"] == config
+        view = json.loads(added.stdout)
+        # Secrets the operator gave are printed masked: their last four characters only.
+        assert view["config"] == {k: "…" + v[-4:] for k, v in config.items()}
+        assert leaks(added.stdout, set(SECRETS)) == []
         channels[transport] = TenantChannel(
-            tenant, uuid.UUID(view["id"]), view["config"], view["webhook_path"]
+            tenant, uuid.UUID(view["id"]), config, view["webhook_path"]
         )
     port = free_port()
     log = tmp_path / "gateway.log"

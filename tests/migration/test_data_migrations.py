@@ -77,3 +77,38 @@ async def test_outbox_refuses_anything_but_an_array_of_events(database_url: str)
             )
     finally:
         await conn.close()
+
+
+async def test_plaintext_channel_secrets_are_encrypted_once(database_url: str) -> None:
+    """Channels written before secrets were sealed: `crm-ingest migrate` seals their secrets,
+    leaves non-secret keys readable, and a second run changes nothing."""
+    from ingest import admin
+    from ingest.config import load_settings
+    from ingest.credentials import PREFIX, keyring, open_config
+
+    url = await migrated_database(database_url, "plaintext_secrets")
+    legacy = {"app_secret": "legacy-app-secret-1234", "verify_token": "v", "phone_number_id": "42"}
+    conn = await connect(url)
+    try:
+        tenant, channel = uuid.uuid4(), uuid.uuid4()
+        await conn.execute(sql.QUERIES["insert_tenant"], tenant, "legacy")
+        await conn.execute(
+            "INSERT INTO ingest_channels (id, tenant_id, transport, name, config)"
+            " VALUES ($1, $2, 'whatsapp', '', $3::jsonb)",
+            channel,
+            tenant,
+            legacy,
+        )
+        keys = keyring(load_settings())
+        assert (await admin.migrate(url, keys))["channels_encrypted"] == 1
+        stored = await conn.fetchval("SELECT config FROM ingest_channels WHERE id = $1", channel)
+        assert stored["phone_number_id"] == "42"
+        assert stored["app_secret"].startswith(PREFIX)
+        assert stored["verify_token"].startswith(PREFIX)
+        assert "legacy-app-secret-1234" not in json.dumps(stored)
+        assert open_config(keys, "whatsapp", channel, stored).config == legacy
+        assert (await admin.migrate(url, keys))["channels_encrypted"] == 0
+        again = await conn.fetchval("SELECT config FROM ingest_channels WHERE id = $1", channel)
+        assert again == stored
+    finally:
+        await conn.close()
