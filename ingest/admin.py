@@ -19,7 +19,7 @@ def webhook_path(transport: str, channel_id: uuid.UUID) -> str:
     return f"/webhooks/{transport}/{channel_id}"
 
 
-def channel_view(row: Mapping[str, Any]) -> dict[str, Any]:
+def channel_view(row: asyncpg.Record) -> dict[str, Any]:
     return {
         "id": str(row["id"]),
         "tenant_id": str(row["tenant_id"]),
@@ -42,6 +42,7 @@ async def add_tenant(database_url: str, tenant_id: uuid.UUID, name: str = "") ->
     conn = await connect(database_url)
     try:
         row = await conn.fetchrow(sql.QUERIES["insert_tenant"], tenant_id, name)
+        assert row is not None  # an upsert's RETURNING always yields its row
         return {"id": str(row["id"])}
     finally:
         await conn.close()
@@ -62,6 +63,7 @@ async def insert_channel(
     if not await conn.fetchval(sql.QUERIES["tenant_exists"], tenant_id):
         raise LookupError(f"unknown tenant {tenant_id}")
     row = await conn.fetchrow(sql.QUERIES["insert_channel"], tenant_id, transport, name, config)
+    assert row is not None  # INSERT ... RETURNING yields the row it inserted
     return channel_view(row)
 
 

@@ -182,7 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     def verb(
         name: str, handler: Any, help_text: str, parent: Any = verbs
     ) -> argparse.ArgumentParser:
-        sub = parent.add_parser(name, help=help_text, description=help_text)
+        sub: argparse.ArgumentParser = parent.add_parser(
+            name, help=help_text, description=help_text
+        )
         sub.set_defaults(handler=handler)
         return sub
 

@@ -8,7 +8,7 @@ lives under the `CRM_INGEST_` prefix. Empty `DATABASE_URL` / `KAFKA_BOOTSTRAP_SE
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -105,10 +105,10 @@ class Settings(BaseSettings):
         return int(getattr(self, f"max_body_bytes_{transport}"))
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """Read settings; a bad value raises SettingsError naming the variable in one line."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "?"

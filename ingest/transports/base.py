@@ -10,9 +10,10 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -95,7 +96,9 @@ class WebhookResult:
 
 
 class TransportAdapter(Protocol):
-    transport: ClassVar[Transport]
+    # Read-only, so an adapter's narrower `ClassVar[Literal["sms"]]` satisfies it.
+    @property
+    def transport(self) -> Transport: ...
 
     def handle(self, request: RawRequest, ctx: ParseContext) -> WebhookResult:
         """Verify and parse; raise a WebhookRejected subclass for anything refused."""
@@ -106,7 +109,7 @@ class TransportAdapter(Protocol):
         ...
 
 
-def reject_unknown_keys(transport: str, given: Mapping[str, str], known: set[str]) -> None:
+def reject_unknown_keys(transport: str, given: Mapping[str, str], known: AbstractSet[str]) -> None:
     """`channel add --config` takes only the keys a transport knows (a typo is an error)."""
     unknown = sorted(set(given) - known)
     if unknown:
