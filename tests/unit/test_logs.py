@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime
 
@@ -41,3 +44,37 @@ def test_values_json_has_no_form_for_are_written_as_text() -> None:
 def test_bytes_that_are_not_utf8_still_make_a_line() -> None:
     line = json.loads(_to_json({"event": "raw", "body": b"\xff\xfe"}))
     assert line == {"event": "raw", "body": repr(b"\xff\xfe")}
+
+
+# Off a terminal, with FastStream imported after the logging was configured (as `consume` does):
+# FastStream's import gives "faststream" a coloured stderr handler, and a warning would be
+# printed as two plain lines.
+_LATE_IMPORT = """
+import logging, warnings
+from ingest.logs import configure_logging, routed_logger
+configure_logging()
+import faststream
+routed_logger("faststream").info("assigned", extra={"topic": "t", "group_id": "g"})
+warnings.warn("a warning")
+logging.getLogger("asyncpg").warning("asyncpg")
+"""
+
+
+def test_lines_of_a_library_imported_later_and_warnings_come_out_as_json() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _LATE_IMPORT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("CRM_INGEST_")},
+    )
+    lines = done.stderr.splitlines()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    records = [json.loads(line) for line in lines]
+    assert [(r["logger"], r["level"]) for r in records] == [
+        ("faststream", "info"),
+        ("py.warnings", "warning"),
+        ("asyncpg", "warning"),
+    ]
+    assert (records[0]["topic"], records[0]["group_id"]) == ("t", "g")
