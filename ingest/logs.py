@@ -121,12 +121,14 @@ def configure_logging(log_format: str = "auto", level: str = "INFO") -> None:
 
 def routed_logger(name: str) -> logging.Logger:
     """A library's stdlib logger sent to the root handler, i.e. through this pipeline: its own
-    handlers dropped, propagation on. Called again where a library is handed its logger, since
-    a library may install a handler when it is imported, after `configure_logging` ran:
-    FastStream gives "faststream" a coloured stderr handler and turns propagation off."""
+    handlers dropped, propagation on, the level CRM_INGEST_LOG_LEVEL's. Called again where a
+    library is handed its logger, since a library may set its logger up when it is imported,
+    after `configure_logging` ran: FastStream gives "faststream" a coloured stderr handler, level
+    INFO, and turns propagation off."""
     logger = logging.getLogger(name)
     logger.handlers[:] = []
     logger.propagate = True
+    logger.setLevel(logging.NOTSET)
     return logger
 
 

@@ -60,21 +60,31 @@ logging.getLogger("asyncpg").warning("asyncpg")
 """
 
 
-def test_lines_of_a_library_imported_later_and_warnings_come_out_as_json() -> None:
+def run_python(script: str) -> str:
+    """stderr of `script` run by a fresh interpreter, its stderr not a terminal."""
     done = subprocess.run(
-        [sys.executable, "-c", _LATE_IMPORT],
+        [sys.executable, "-c", script],
         capture_output=True,
         text=True,
         timeout=60,
         env={k: v for k, v in os.environ.items() if not k.startswith("CRM_INGEST_")},
     )
-    lines = done.stderr.splitlines()
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""
-    records = [json.loads(line) for line in lines]
+    return done.stderr
+
+
+def test_lines_of_a_library_imported_later_and_warnings_come_out_as_json() -> None:
+    records = [json.loads(line) for line in run_python(_LATE_IMPORT).splitlines()]
     assert [(r["logger"], r["level"]) for r in records] == [
         ("faststream", "info"),
         ("py.warnings", "warning"),
         ("asyncpg", "warning"),
     ]
     assert (records[0]["topic"], records[0]["group_id"]) == ("t", "g")
+
+
+def test_a_library_imported_later_keeps_the_configured_level() -> None:
+    script = _LATE_IMPORT.replace("configure_logging()", "configure_logging(level='WARNING')")
+    records = [json.loads(line) for line in run_python(script).splitlines()]
+    assert [r["logger"] for r in records] == ["py.warnings", "asyncpg"]
