@@ -1,5 +1,5 @@
 # The two commands the README promises: `make dev` runs the service on embedded defaults,
-# `make test` runs lint and the whole test suite (what CI runs). Both install into .venv first.
+# `make test` runs lint (ruff, mypy) and the whole test suite (what CI runs). Both install into .venv first.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -20,6 +20,7 @@ dev: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: lint
 	$(BIN)/pytest

@@ -30,6 +30,7 @@ from handlers.ingestor import correlation_ids
 from handlers.pipeline import build_pipeline, producer_publishers
 from ingest import metrics
 from ingest.config import Settings
+from ingest.logs import routed_logger
 from ingest.process import settle_heap
 from sql.db import create_pool
 
@@ -57,8 +58,9 @@ def build_broker(
         client_id="crm-ingest-consumer",
         enable_idempotence=settings.producer_idempotence,
         # FastStream's per-message lines go through our structlog setup, at DEBUG: the
-        # "batch committed" line below says what matters once per batch.
-        logger=logging.getLogger("faststream"),
+        # "batch committed" line below says what matters once per batch. Its import gave this
+        # logger a coloured handler of its own; routed_logger takes it back.
+        logger=routed_logger("faststream"),
         # On stop, the batch in hand finishes (and commits) within this; past it, it is
         # abandoned uncommitted and redelivered to whoever takes the partition next.
         graceful_timeout=settings.shutdown_timeout_s,

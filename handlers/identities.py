@@ -92,10 +92,7 @@ async def resolve_identities(
             [cid for cid, _ in new_clients],
             [key[0] for _, key in new_clients],
             [pg_text(senders[key].first_name) for _, key in new_clients],
-            [
-                pg_text(senders[key].last_name) if senders[key].last_name else None
-                for _, key in new_clients
-            ],
+            [pg_text(last) if (last := senders[key].last_name) else None for _, key in new_clients],
             [senders[key].phone_e164 for _, key in new_clients],
             [senders[key].email for _, key in new_clients],
         )
@@ -173,5 +170,5 @@ async def _find_identities(
         [k[1] for k in keys],
         [k[2] for k in keys],
         [senders[k].phone_e164 for k in keys],
-        [senders[k].email.lower() if senders[k].email else None for k in keys],
+        [email.lower() if (email := senders[k].email) else None for k in keys],
     )

@@ -32,6 +32,7 @@ from handlers.statuses import log_statuses, settle_statuses
 from handlers.store import BatchOutcome, write_messages
 from ingest.events import MessageEvent, StatusEvent, decode_event
 from sql import QUERIES
+from sql.db import pooled
 
 log = structlog.stdlib.get_logger("crm_ingest.consumer")
 
@@ -57,14 +58,21 @@ T = TypeVar("T")
 
 
 class Record(Protocol):
-    """The parts of an aiokafka ConsumerRecord the core reads."""
+    """The parts of an aiokafka ConsumerRecord the core reads (read-only, so a frozen dataclass
+    such as a stored dead letter is one too)."""
 
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: Sequence[tuple[str, bytes]]
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
 
 
 DeadLetter = Callable[[Record, BaseException], Awaitable[None]]
@@ -195,7 +203,8 @@ class Ingestor:
         # New messages may have statuses waiting for them; new statuses may have messages.
         sources = {(e.channel_id, e.external_message_id): e.event_id for e in messages}
         sources.update({(e.channel_id, e.external_message_id): e.event_id for e in statuses})
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._pool.acquire() as proxy, proxy.transaction():
+            conn = pooled(proxy)
             outcome = await write_messages(conn, messages)
             await log_statuses(conn, statuses)
             outcome.chat_events += await settle_statuses(conn, sources)

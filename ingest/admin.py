@@ -30,7 +30,7 @@ def webhook_path(transport: str, channel_id: uuid.UUID) -> str:
     return f"/webhooks/{transport}/{channel_id}"
 
 
-def channel_view(row: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+def channel_view(row: asyncpg.Record, config: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "id": str(row["id"]),
         "tenant_id": str(row["tenant_id"]),
@@ -56,6 +56,8 @@ async def migrate(database_url: str, keyring: Keyring | None = None) -> dict[str
         for channel_id in await conn.fetch(sql.QUERIES["channel_ids"]):
             async with conn.transaction():
                 row = await conn.fetchrow(sql.QUERIES["lock_channel"], channel_id["id"])
+                if row is None:
+                    continue  # deleted since the ids were read
                 stored = _stored(row)
                 plain = [
                     name
@@ -78,6 +80,7 @@ async def add_tenant(database_url: str, tenant_id: uuid.UUID, name: str = "") ->
     conn = await connect(database_url)
     try:
         row = await conn.fetchrow(sql.QUERIES["insert_tenant"], tenant_id, name)
+        assert row is not None  # an upsert's RETURNING always yields its row
         return {"id": str(row["id"])}
     finally:
         await conn.close()
@@ -92,7 +95,7 @@ def _adapter_config(
     return adapters[transport].channel_config(given, current)
 
 
-def _stored(row: Mapping[str, Any]) -> dict[str, Any]:
+def _stored(row: asyncpg.Record) -> dict[str, Any]:
     return dict(row["config"] or {})
 
 
@@ -115,6 +118,7 @@ async def insert_channel(
     row = await conn.fetchrow(
         sql.QUERIES["insert_channel"], channel_id, tenant_id, transport, name, stored
     )
+    assert row is not None  # INSERT ... RETURNING yields the row it inserted
     return channel_view(row, config)
 
 
@@ -185,6 +189,7 @@ async def change_channel(
             previous.update(moved)
             stored = credentials.seal_config(keyring, transport, row["id"], config, previous)
             updated = await conn.fetchrow(sql.QUERIES["update_channel_config"], row["id"], stored)
+            assert updated is not None  # the row is locked: it cannot have gone
         changed = sorted(name for name in config if config[name] != opened.config.get(name))
         return ChannelChange(
             view=channel_view(updated, config),
@@ -205,6 +210,8 @@ async def rekey(database_url: str, keyring: Keyring) -> int:
         for channel_id in await conn.fetch(sql.QUERIES["channel_ids"]):
             async with conn.transaction():
                 row = await conn.fetchrow(sql.QUERIES["lock_channel"], channel_id["id"])
+                if row is None:
+                    continue  # deleted since the ids were read
                 stored = _stored(row)
                 sealed = [
                     stored[n] for n in credentials.secret_names(row["transport"]) if n in stored

@@ -67,8 +67,12 @@ def build_specification(settings: Settings) -> AsyncAPI:
 
 
 def generate(settings: Settings) -> dict[str, Any]:
-    return json.loads(build_specification(settings).to_specification().to_json())
+    spec: dict[str, Any] = json.loads(build_specification(settings).to_specification().to_json())
+    return spec
 
 
 def shipped() -> dict[str, Any]:
-    return json.loads(resources.files("ingest").joinpath(SHIPPED).read_text(encoding="utf-8"))
+    spec: dict[str, Any] = json.loads(
+        resources.files("ingest").joinpath(SHIPPED).read_text(encoding="utf-8")
+    )
+    return spec

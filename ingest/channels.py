@@ -19,13 +19,16 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from ingest.config import TRANSPORTS, Settings, Transport
 from ingest.credentials import Keyring, keyring, open_config
 from ingest.logs import get_logger
 from ingest.transports.base import Channel
 from sql import QUERIES
+
+if TYPE_CHECKING:
+    import asyncpg
 
 log = get_logger(__name__)
 
@@ -64,7 +67,7 @@ class ChannelDirectory:
         self._settings = settings
         self._keyring = keyring(settings)
         self._pool = pool
-        self._owns_pool = False
+        self._owned: asyncpg.Pool | None = None  # the pool `open` made, closed by `close`
         self._ttl = settings.channel_cache_ttl_s
         self._negative_ttl = min(self._ttl, NEGATIVE_TTL_S)
         self._clock = clock
@@ -80,22 +83,19 @@ class ChannelDirectory:
         if self._pool is None:
             from sql.db import create_pool
 
-            self._pool = cast(
-                Pool,
-                await create_pool(
-                    self._settings.database_url, min_size=0, max_size=self._settings.db_pool_max
-                ),
+            self._owned = await create_pool(
+                self._settings.database_url, min_size=0, max_size=self._settings.db_pool_max
             )
-            self._owns_pool = True
+            self._pool = self._owned
 
     async def close(self) -> None:
-        pool, self._pool = self._pool, None
+        pool, self._pool, self._owned = self._owned, None, None
         self._cache.clear()
-        if pool is not None and self._owns_pool:
+        if pool is not None:
             try:
-                await asyncio.wait_for(pool.close(), timeout=5.0)  # type: ignore[attr-defined]
+                await asyncio.wait_for(pool.close(), timeout=5.0)
             except TimeoutError:
-                pool.terminate()  # type: ignore[attr-defined]
+                pool.terminate()
 
     async def get(self, channel_id: str) -> Channel | None:
         """The channel with that id, enabled or not; None when unknown or malformed."""

@@ -293,7 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     def verb(
         name: str, handler: Any, help_text: str, parent: Any = verbs
     ) -> argparse.ArgumentParser:
-        sub = parent.add_parser(name, help=help_text, description=help_text)
+        sub: argparse.ArgumentParser = parent.add_parser(
+            name, help=help_text, description=help_text
+        )
         sub.set_defaults(handler=handler)
         return sub
 
@@ -364,18 +366,22 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument(
         "--config", action="append", metavar="KEY=VALUE", help="channel setting (repeatable)"
     )
-    grace = {
-        "type": float,
-        "default": admin_grace_hours(),
-        "metavar": "H",
-        "help": "hours the replaced secret is still accepted (default 24; 0 = not at all)",
-    }
+
+    def add_grace(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--grace-hours",
+            type=float,
+            default=admin_grace_hours(),
+            metavar="H",
+            help="hours the replaced secret is still accepted (default 24; 0 = not at all)",
+        )
+
     change = verb("set", cmd_channel_set, "Add or change config keys of a channel.", channel_verbs)
     change.add_argument("channel", type=uuid.UUID, metavar="CHANNEL_ID")
     change.add_argument(
         "--config", action="append", metavar="KEY=VALUE", help="channel setting (repeatable)"
     )
-    change.add_argument("--grace-hours", **grace)
+    add_grace(change)
     rotate = verb(
         "rotate",
         cmd_channel_rotate,
@@ -384,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument("channel", type=uuid.UUID, metavar="CHANNEL_ID")
     rotate.add_argument("key", metavar="KEY")
-    rotate.add_argument("--grace-hours", **grace)
+    add_grace(rotate)
 
     secrets = verbs.add_parser("secrets", help="Channel secrets at rest: keys and re-keying.")
     secrets_verbs = secrets.add_subparsers(dest="secrets_verb", required=True, metavar="VERB")

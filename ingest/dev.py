@@ -16,7 +16,7 @@ import os
 import shlex
 import sys
 import uuid
-from typing import Any
+from typing import Any, TypedDict
 
 from pydantic import SecretStr
 
@@ -36,7 +36,14 @@ DEMO_TENANT_ID = uuid.UUID("00000000-0000-4000-8000-00000000de00")
 
 # Secrets a real channel gets from its provider; the demo makes them up.
 DEMO_PROVIDER_SECRETS = {"whatsapp": ("app_secret",), "sms": ("auth_token",)}
-COMPACT = {"separators": (",", ":"), "ensure_ascii": False}
+
+
+class _DumpOptions(TypedDict):
+    separators: tuple[str, str]
+    ensure_ascii: bool
+
+
+COMPACT: _DumpOptions = {"separators": (",", ":"), "ensure_ascii": False}
 
 
 def sample_requests(transport: str, url: str, config: dict[str, Any]) -> list[str]:

@@ -355,7 +355,7 @@ def _kafka_metadata_ok(port: int) -> bool:
     if len(head) != 12:
         return False
     _, correlation, brokers = struct.unpack(">iii", head)
-    return correlation == 7 and brokers >= 1
+    return bool(correlation == 7 and brokers >= 1)
 
 
 @dataclass(frozen=True)

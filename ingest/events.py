@@ -16,13 +16,13 @@ from __future__ import annotations
 import hashlib
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
 from ingest.config import Transport
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 
 # Fixed namespace for deterministic event ids; never change it (ids would stop matching).
 EVENT_ID_NAMESPACE = uuid.UUID("6f1c1c56-3a5e-4f0e-9a57-7d3c2b1e8a40")

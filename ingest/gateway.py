@@ -166,7 +166,7 @@ class _Gateway:
         self.publisher = publisher
         self.channels = channels
         # Keyed by plain str: the path segment is looked up before it is known to be a Transport.
-        self.adapters: dict[str, TransportAdapter] = dict(adapters)
+        self.adapters: dict[str, TransportAdapter] = dict(adapters.items())
 
     async def readyz(self, _: Request) -> Response:
         database, kafka = await asyncio.gather(

@@ -3,8 +3,9 @@
 JSON lines when stderr is not a terminal (production, CI), a console renderer on one.
 `merge_contextvars` comes first so ids bound per request/event (correlation id, event id,
 tenant, channel, transport) appear on every line, including the stdlib loggers of aiokafka,
-asyncpg, uvicorn and faststream, which are routed through the same ProcessorFormatter.
-Secrets never reach a log line: `redact_secrets` masks known secret keys wherever they appear.
+asyncpg, uvicorn and faststream, which are routed through the same ProcessorFormatter, and
+Python's warnings. Secrets never reach a log line: `redact_secrets` masks known secret keys
+wherever they appear.
 """
 
 from __future__ import annotations
@@ -40,6 +41,16 @@ SECRET_KEYS = frozenset(
     }
 )
 REDACTED = "***"
+# Libraries whose stdlib loggers may carry handlers of their own (uvicorn, FastStream add some).
+LIBRARY_LOGGERS = (
+    "aiokafka",
+    "asyncpg",
+    "uvicorn",
+    "uvicorn.error",
+    "uvicorn.access",
+    "faststream",
+)
+FASTSTREAM_EXTRA = ("topic", "group_id", "message_id")
 
 
 def redact(value: Any) -> Any:
@@ -88,7 +99,8 @@ def configure_logging(log_format: str = "auto", level: str = "INFO") -> None:
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
+        # FastStream passes the topic and consumer group of its lines as `extra`.
+        foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder(allow=FASTSTREAM_EXTRA)],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info if as_json else _passthrough,
@@ -106,12 +118,24 @@ def configure_logging(log_format: str = "auto", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # Library loggers propagate to the root handler; drop their own handlers (uvicorn adds some).
-    for name in ("aiokafka", "asyncpg", "uvicorn", "uvicorn.error", "uvicorn.access", "faststream"):
-        lib = logging.getLogger(name)
-        lib.handlers[:] = []
-        lib.propagate = True
+    for name in LIBRARY_LOGGERS:
+        routed_logger(name)
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
+    # Warnings are lines on stderr too; as records of "py.warnings" they are JSON like the rest.
+    logging.captureWarnings(True)
+
+
+def routed_logger(name: str) -> logging.Logger:
+    """A library's stdlib logger sent to the root handler, i.e. through this pipeline: its own
+    handlers dropped, propagation on, the level CRM_INGEST_LOG_LEVEL's. Called again where a
+    library is handed its logger, since a library may set its logger up when it is imported,
+    after `configure_logging` ran: FastStream gives "faststream" a coloured stderr handler, level
+    INFO, and turns propagation off."""
+    logger = logging.getLogger(name)
+    logger.handlers[:] = []
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)
+    return logger
 
 
 def _to_json(event_dict: Any, **_: Any) -> str:

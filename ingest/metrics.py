@@ -42,7 +42,7 @@ _DB_BUCKETS = (*_LATENCY_BUCKETS, 30.0, 60.0)
 _BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000)
 
 # `*_created` timestamps double the series and no dashboard here uses them.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
 
 # --- gateway -------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import contextlib
 import gc
 import signal
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, TypedDict
 
 from ingest.config import Settings
 
@@ -32,7 +32,12 @@ def settle_heap(gen0_threshold: int = GC_GEN0_THRESHOLD) -> None:
 
 # uvicorn's choices, named rather than left to "auto" (which picks whatever is installed):
 # httptools served 3.9-4.2k webhooks/s against h11's 3.2-3.4k; uvloop added nothing (4.0k).
-SERVER_STACK: dict[str, str] = {"http": "httptools", "loop": "asyncio"}
+class ServerStack(TypedDict):
+    http: str
+    loop: str
+
+
+SERVER_STACK: ServerStack = {"http": "httptools", "loop": "asyncio"}
 
 
 def http_server(app: Any, host: str, port: int, settings: Settings) -> Any:
@@ -53,6 +58,7 @@ def http_server(app: Any, host: str, port: int, settings: Settings) -> Any:
         # uvicorn's access log prints query strings, and WhatsApp's handshake carries its
         # verify token there; the gateway logs one line per request itself, without them.
         access_log=False,
+        # uvicorn hints int but only passes it to asyncio.timeout, which takes seconds as float.
         timeout_graceful_shutdown=settings.shutdown_timeout_s,  # type: ignore[arg-type]
         **SERVER_STACK,
     )

@@ -6,10 +6,13 @@ the provider times we write must agree on the zone. JSONB is exchanged as Python
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import asyncpg
 import pydantic_core
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
 
 SERVER_SETTINGS = {"timezone": "UTC", "application_name": "crm-ingest"}
 
@@ -27,8 +30,14 @@ async def init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+def pooled(conn: PoolConnectionProxy[asyncpg.Record]) -> asyncpg.Connection:
+    """A pool's connection where a Connection is expected. asyncpg makes its proxy one at run
+    time (`isinstance(proxy, asyncpg.Connection)` holds); only the stubs keep them apart."""
+    return cast(asyncpg.Connection, conn)
+
+
 async def connect(url: str, **kwargs: Any) -> asyncpg.Connection:
-    conn = await asyncpg.connect(url, server_settings=SERVER_SETTINGS, **kwargs)
+    conn: asyncpg.Connection = await asyncpg.connect(url, server_settings=SERVER_SETTINGS, **kwargs)
     await init_connection(conn)
     return conn
 

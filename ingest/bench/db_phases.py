@@ -5,6 +5,7 @@ checking its rows afterwards."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sys
 import tempfile
@@ -34,7 +35,7 @@ from ingest.bench.workload import Workload
 from ingest.config import Settings
 from ingest.events import MessageEvent, decode_event
 from ingest.process import settle_heap
-from sql.db import connect, create_pool
+from sql.db import connect, create_pool, pooled
 
 SCRATCH = "bench_scratch"
 
@@ -64,6 +65,14 @@ async def _scratch_schema(conn: asyncpg.Connection, tables: Sequence[str]) -> No
         await conn.execute("SET search_path = public")
 
 
+def _prefixed(prefix: bytes, text: str) -> bytes:
+    return prefix + text.encode()
+
+
+def _unprefixed(skip: int, data: bytes) -> str:
+    return data[skip:].decode()
+
+
 async def db_ceiling(url: str, workload: Workload, batch_records: int) -> PhaseResult:
     """COPY of the final rows into same-shaped tables (indexes, defaults, FKs) in one
     transaction on one connection: what PostgreSQL alone can absorb on this machine. Chat
@@ -75,8 +84,8 @@ async def db_ceiling(url: str, workload: Workload, batch_records: int) -> PhaseR
         for typename, prefix in (("json", b""), ("jsonb", b"\x01")):
             await conn.set_type_codec(
                 typename,
-                encoder=lambda text, prefix=prefix: prefix + text.encode(),
-                decoder=lambda data, prefix=prefix: data[len(prefix) :].decode(),
+                encoder=functools.partial(_prefixed, prefix),
+                decoder=functools.partial(_unprefixed, len(prefix)),
                 schema="pg_catalog",
                 format="binary",
             )
@@ -344,7 +353,7 @@ async def sql_path(url: str, workload: Workload, batch_records: int) -> PhaseRes
         seconds = time.perf_counter() - started
         after = cpu_snapshot()
         async with pool.acquire() as conn:
-            rows = await verify_rows(conn, workload, expected, "sql path")
+            rows = await verify_rows(pooled(conn), workload, expected, "sql path")
     finally:
         await pool.close()
     shares = cpu_share(before, after, seconds)

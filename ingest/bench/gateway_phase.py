@@ -126,10 +126,11 @@ async def latency(
     async def send(path: str, body: bytes, headers: dict[str, str], ext: str) -> None:
         async with gate:
             pending[ext] = time.perf_counter()
+            status: int | str
             try:
                 status = await client.post(path, body, headers)
             except (OSError, asyncio.IncompleteReadError) as exc:
-                status = type(exc).__name__  # type: ignore[assignment]
+                status = type(exc).__name__
             statuses[status] += 1
             if status != 200:
                 pending.pop(ext, None)

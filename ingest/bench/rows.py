@@ -102,7 +102,8 @@ def final_rows(
             meta.update(e.member_meta)
         member_of[sender] = uuid.uuid5(uuid.NAMESPACE_OID, f"bench-member-{sender}")
         members.append((member_of[sender], tenant, cid, cid, cid, "telegram", meta))
-    messages, refs, uploads, links, events_out = [], [], [], [], []
+    uploads: list[tuple[Any, ...]] = []
+    messages, refs, links, events_out = [], [], [], []
     for i, e in enumerate(workload.events):
         sender = workload.sender_of[i]
         mid = i + 1

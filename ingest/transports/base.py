@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -105,7 +105,9 @@ class WebhookResult:
 
 
 class TransportAdapter(Protocol):
-    transport: ClassVar[Transport]
+    # Read-only, so an adapter's narrower `ClassVar[Literal["sms"]]` satisfies it.
+    @property
+    def transport(self) -> Transport: ...
 
     def handle(self, request: RawRequest, ctx: ParseContext) -> WebhookResult:
         """Verify and parse; raise a WebhookRejected subclass for anything refused."""

@@ -28,7 +28,7 @@ from email.utils import parseaddr, parsedate_to_datetime
 from html import unescape
 from html.parser import HTMLParser
 from itertools import islice
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar, cast
 from urllib.parse import parse_qsl
 
 from pydantic import ValidationError
@@ -74,7 +74,8 @@ class _Policy(EmailPolicy):
         return super().header_fetch_parse(name, value)
 
 
-_POLICY = _Policy()
+# Typed as what it builds (EmailMessage): the stubs' bare EmailPolicy means Message.
+_POLICY = cast("EmailPolicy[EmailMessage]", _Policy())
 
 
 def _clean(value: object) -> str:
@@ -155,7 +156,9 @@ def _address(raw: str | None) -> tuple[str, str] | None:
         return None
     raw = raw[:HEADER_PARSE_MAX]
     header = _safe(_POLICY.header_factory, "from", raw)
-    mailboxes = _safe(lambda: [(a.addr_spec, a.display_name) for a in header.addresses]) or []
+    mailboxes: list[tuple[str, str]] = []
+    if header is not None:
+        mailboxes = _safe(lambda: [(a.addr_spec, a.display_name) for a in header.addresses]) or []
     name, addr = parseaddr(raw)
     for spec, display in [*mailboxes, (addr, name)]:
         address = normalize_email(_clean(spec))

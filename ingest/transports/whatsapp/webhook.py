@@ -17,7 +17,7 @@ import hmac
 import math
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Literal, TypeVar, cast
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, cast, overload
 
 import phonenumbers
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, model_validator
@@ -171,7 +171,11 @@ def _as(value: Any, kind: type[T]) -> T | None:
     return value
 
 
-def _at(raw: Any, key: str, kind: type[T] = str) -> T | None:  # type: ignore[assignment]
+@overload
+def _at(raw: Any, key: str) -> str | None: ...
+@overload
+def _at(raw: Any, key: str, kind: type[T]) -> T | None: ...
+def _at(raw: Any, key: str, kind: type[Any] = str) -> Any:
     return _as(raw.get(key) if isinstance(raw, dict) else None, kind)
 
 
@@ -181,8 +185,9 @@ def _strs(raw: Any, *keys: str) -> dict[str, str]:
 
 def _num(raw: Any, key: str) -> float | int | None:
     value = raw.get(key) if isinstance(raw, dict) else None
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    return value if ok and abs(value) <= 1e6 else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return value if abs(value) <= 1e6 else None
 
 
 def _list(raw: Any, key: str) -> list[dict[str, Any]]:
