@@ -94,7 +94,8 @@ async def rechunk(chunks: AsyncIterable[bytes], meter: Meter, size: int) -> Asyn
         meter.feed(chunk)
         buffer += chunk
         while len(buffer) >= size:
-            yield bytes(buffer[:size])
+            piece = bytes(memoryview(buffer)[:size])  # one copy, not two
             del buffer[:size]
+            yield piece
     if buffer:
         yield bytes(buffer)
