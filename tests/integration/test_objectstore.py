@@ -12,6 +12,7 @@ import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
@@ -33,7 +34,7 @@ BACKENDS = ["file", "s3"]
 @pytest.fixture(params=BACKENDS)
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "file":
-        return f"file://{tmp_path}/media"
+        return (tmp_path / "media dir").as_uri()  # percent-encoded, as `crm-ingest dev` writes it
     return str(request.getfixturevalue("s3_store_url"))
 
 
@@ -41,7 +42,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def listing(request: pytest.FixtureRequest, store_url: str) -> Listing:
     """Every object under the store, and unfinished uploads, seen without the code under test."""
     if store_url.startswith("file://"):
-        return Listing(Path(store_url.removeprefix("file://")), None, "")
+        return Listing(Path(unquote(store_url.removeprefix("file://"))), None, "")
     bucket, _, prefix = store_url.removeprefix("s3://").partition("/")
     return Listing(None, request.getfixturevalue("s3_server"), bucket, prefix + "/")
 
