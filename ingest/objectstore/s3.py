@@ -22,7 +22,7 @@ from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ingest.logs import get_logger
-from ingest.objectstore.base import Meter, StoredObject, one_chunk, rechunk
+from ingest.objectstore.base import Meter, StoredObject, UrlKeyedStore, rechunk
 from ingest.objectstore.errors import ObjectNotFound, StoreError, StoreUnavailable
 from ingest.objectstore.urls import StoreLocation, key_of, validate_key
 
@@ -53,17 +53,14 @@ _UNAVAILABLE = {
 }
 
 
-class S3Store:
+class S3Store(UrlKeyedStore):
     def __init__(self, location: StoreLocation) -> None:
         self.bucket = location.root
         self.prefix = location.prefix
-        self._base_url = location.url
+        super().__init__(location.url)
         self._client: Any = None
         self._exit = AsyncExitStack()
         self._opening = asyncio.Lock()
-
-    def url(self, key: str) -> str:
-        return f"{self._base_url}/{validate_key(key)}"
 
     async def _s3(self) -> Any:
         """The client, created on first use (inside the running loop, as aiohttp wants)."""
@@ -147,9 +144,6 @@ class S3Store:
         except StoreError as exc:
             # The store's lifecycle rule for incomplete uploads collects it (README, Media).
             log.warning("multipart upload not aborted", key=target["Key"], reason=str(exc))
-
-    async def put_bytes(self, key: str, data: bytes, content_type: str | None) -> StoredObject:
-        return await self.put(key, one_chunk(data), content_type=content_type, max_bytes=len(data))
 
     async def get(self, key_or_url: str) -> AsyncIterator[bytes]:
         key = key_of(key_or_url, self._base_url)

@@ -20,6 +20,7 @@ from ingest.objectstore import (
     ObjectNotFound,
     ObjectStore,
     ObjectTooLarge,
+    StoreError,
     StoreUnavailable,
     content_addressed_key,
     open_store,
@@ -191,6 +192,15 @@ async def test_file_store_unavailable_when_its_directory_cannot_exist(tmp_path: 
         await store.put_bytes("k", b"x", None)
     with pytest.raises(ObjectNotFound):
         await read_all(store, "k")
+
+
+async def test_file_store_key_below_an_object_is_refused(tmp_path: Path) -> None:
+    store = open_store(tmp_path.as_uri())
+    await store.put_bytes("a", b"object", None)
+    with pytest.raises(StoreError, match="parent of the key is an object") as caught:
+        await store.put_bytes("a/b", b"x", None)
+    assert not isinstance(caught.value, StoreUnavailable)  # retrying cannot help
+    assert await read_all(store, "a") == b"object"
 
 
 # --- S3 backend specifics ---------------------------------------------------------------------
