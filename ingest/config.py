@@ -15,6 +15,8 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ingest.objectstore.urls import parse_store_url
+
 Transport = Literal["telegram", "whatsapp", "sms", "email"]
 TRANSPORTS: tuple[Transport, ...] = ("telegram", "whatsapp", "sms", "email")
 
@@ -80,6 +82,12 @@ class Settings(BaseSettings):
     # Identity
     default_phone_region: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
 
+    # Media: where attachment bytes are stored (file:///abs/dir or s3://bucket[/prefix]; S3
+    # credentials, region and endpoint from the standard AWS_* variables). Empty: not
+    # configured (`crm-ingest dev` then uses a directory in its data dir).
+    media_store: str = ""
+    media_max_bytes: int = Field(default=104_857_600, ge=1)
+
     # Logging and local state
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -93,6 +101,13 @@ class Settings(BaseSettings):
     def _secrets_keys_decode(cls, value: SecretStr) -> SecretStr:
         if value.get_secret_value().strip():
             secrets_keys(value.get_secret_value())
+        return value
+
+    @field_validator("media_store")
+    @classmethod
+    def _media_store_url(cls, value: str) -> str:
+        if value:
+            parse_store_url(value)
         return value
 
     def topic(self, name: str) -> str:
@@ -142,4 +157,5 @@ def load_settings(**overrides: Any) -> Settings:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "?"
         env = field if field.isupper() else f"CRM_INGEST_{field.upper()}"
-        raise SettingsError(f"invalid setting {env}: {first['msg']}") from exc
+        reason = first["msg"].removeprefix("Value error, ")  # our validators' own words
+        raise SettingsError(f"invalid setting {env}: {reason}") from exc
