@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from ingest.config import Settings, load_settings
+from ingest.credentials import generate_key
 from ingest.objectstore import parse_store_url
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -181,6 +182,18 @@ def test_app_services_reach_the_compose_kafka_and_postgres(
         assert env["CRM_INGEST_PRODUCER_IDEMPOTENCE"] == "true"  # real Apache Kafka
 
 
+# Values an operator must supply (no default in the compose file), as valid examples.
+OPERATOR_SUPPLIED = {"CRM_INGEST_SECRETS_KEY": generate_key()}
+
+
+def test_the_secrets_key_has_no_default_in_the_compose_file(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name in ("migrate", "gateway", "consumer"):
+        value = environment(services[name])["CRM_INGEST_SECRETS_KEY"]
+        assert value.startswith("${CRM_INGEST_SECRETS_KEY:?"), name
+
+
 def test_every_crm_ingest_variable_is_a_setting_with_a_valid_value(
     services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -193,6 +206,11 @@ def test_every_crm_ingest_variable_is_a_setting_with_a_valid_value(
     unknown = [n for n in seen if n[len(ENV_PREFIX) :].lower() not in Settings.model_fields]
     assert unknown == []
     for name, value in seen.items():
+        # `${NAME:?why}`: the operator must supply it (compose refuses to start without it).
+        required = re.fullmatch(r"\$\{([A-Z_]+):\?[^}]*\}", value)
+        if required is not None:
+            assert required.group(1) == name
+            value = OPERATOR_SUPPLIED[name]
         monkeypatch.setenv(name, value)
     settings = load_settings()  # raises SettingsError naming a bad value
     assert settings.partitions == int(seen.get("CRM_INGEST_PARTITIONS", settings.partitions))
