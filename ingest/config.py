@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, ValidationError
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Transport = Literal["telegram", "whatsapp", "sms", "email"]
@@ -82,6 +82,17 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     data_dir: Path = Path(".crm-ingest")
+    # A PostgreSQL bin dir for the embedded server instead of the wheel's (another version).
+    pg_bin: Path | None = None
+
+    @field_validator("pg_bin", mode="before")
+    @classmethod
+    def _holds_a_server(cls, value: object) -> object:
+        if value in ("", None):  # an empty variable means the wheel's server
+            return None
+        if not all((Path(str(value)) / exe).is_file() for exe in ("postgres", "initdb")):
+            raise ValueError(f"{value} holds no postgres and initdb")
+        return value
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
