@@ -94,7 +94,8 @@ class ExplainingConnection:
         self.explained: list[Explained] = []
 
     async def _explain(self, query: str, args: Sequence[Any]) -> None:
-        name = NAMES[query]  # only named queries run on the batch path
+        name = NAMES.get(query)
+        assert name is not None, f"not a named query of sql/queries: {query[:80]!r}"
         savepoint = self._conn.transaction()
         await savepoint.start()
         await self._conn.execute(f"PREPARE plan_probe AS {query}")
@@ -112,9 +113,15 @@ class ExplainingConnection:
             result = await self._conn.fetchval(
                 f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE plan_probe({', '.join(literals)})"
             )
+            plans = await self._conn.fetchrow(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+                " WHERE name = 'plan_probe'"
+            )
         finally:
             await savepoint.rollback()  # PREPARE is not transactional: it outlives the rollback
             await self._conn.execute("DEALLOCATE plan_probe")
+        assert plans is not None
+        assert tuple(plans) == (1, 0), f"{name} was not run with its generic plan"
         top = result[0]
         self.explained.append(
             Explained(name, input_rows(args), top["Plan"], float(top["Execution Time"]))
@@ -127,3 +134,11 @@ class ExplainingConnection:
     async def execute(self, query: str, *args: Any) -> str:
         await self._explain(query, args)
         return await self._conn.execute(query, *args)
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        await self._explain(query, args)
+        return await self._conn.fetchrow(query, *args)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        await self._explain(query, args)
+        return await self._conn.fetchval(query, *args)
