@@ -198,18 +198,8 @@ class Ingestor:
             attempt += 1
 
     async def _apply(self, events: Sequence[MessageEvent | StatusEvent]) -> BatchOutcome:
-        messages = [e for e in events if isinstance(e, MessageEvent)]
-        statuses = [e for e in events if isinstance(e, StatusEvent)]
-        # New messages may have statuses waiting for them; new statuses may have messages.
-        sources = {(e.channel_id, e.external_message_id): e.event_id for e in messages}
-        sources.update({(e.channel_id, e.external_message_id): e.event_id for e in statuses})
         async with self._pool.acquire() as proxy, proxy.transaction():
-            conn = pooled(proxy)
-            outcome = await write_messages(conn, messages)
-            await log_statuses(conn, statuses)
-            outcome.chat_events += await settle_statuses(conn, sources)
-            await enqueue(conn, outcome.chat_events)
-            return outcome
+            return await apply_batch(pooled(proxy), events)
 
     async def _reject(self, record: Record, exc: BaseException, report: BatchReport) -> None:
         log.error(
@@ -253,3 +243,19 @@ def correlation_ids(records: Sequence[Record], limit: int = 20) -> list[str]:
 
 def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, TRANSIENT_ERRORS)
+
+
+async def apply_batch(
+    conn: asyncpg.Connection, events: Sequence[MessageEvent | StatusEvent]
+) -> BatchOutcome:
+    """Every statement of one batch, in the caller's transaction."""
+    messages = [e for e in events if isinstance(e, MessageEvent)]
+    statuses = [e for e in events if isinstance(e, StatusEvent)]
+    # New messages may have statuses waiting for them; new statuses may have messages.
+    sources = {(e.channel_id, e.external_message_id): e.event_id for e in messages}
+    sources.update({(e.channel_id, e.external_message_id): e.event_id for e in statuses})
+    outcome = await write_messages(conn, messages)
+    await log_statuses(conn, statuses)
+    outcome.chat_events += await settle_statuses(conn, sources)
+    await enqueue(conn, outcome.chat_events)
+    return outcome

@@ -92,6 +92,17 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     data_dir: Path = Path(".crm-ingest")
+    # A PostgreSQL bin dir for the embedded server instead of the wheel's (another version).
+    pg_bin: Path | None = None
+
+    @field_validator("pg_bin", mode="before")
+    @classmethod
+    def _holds_a_server(cls, value: object) -> object:
+        if value in ("", None):  # an empty variable means the wheel's server
+            return None
+        if not all((Path(str(value)) / exe).is_file() for exe in ("postgres", "initdb")):
+            raise ValueError(f"{value} holds no postgres and initdb")
+        return value
 
     # Channel secrets at rest (ingest/credentials.py): keys newest first, comma-separated.
     secrets_key: SecretStr = Field(default="", validate_default=True)

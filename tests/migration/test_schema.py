@@ -137,8 +137,13 @@ async def test_documented_indexes_exist_exactly(migrated_url: str) -> None:
     }
     documented = documented_indexes()
     assert {k: actual.get(k) for k in documented} == documented
-    # The one documented extension (README, "Schema"): the member upsert's ON CONFLICT arbiter.
-    assert set(actual) - set(documented) == {"idx_crm_chat_members_contact_transport_unique"}
+    # The documented extensions (README, "Schema"): the member upsert's ON CONFLICT arbiter,
+    # and the two case-insensitive email probes of find_identities (0015).
+    assert set(actual) - set(documented) == {
+        "idx_crm_chat_members_contact_transport_unique",
+        "idx_crm_clients_tenant_lower_email",
+        "idx_crm_client_contacts_lower_email",
+    }
 
 
 async def test_documented_foreign_keys_exist_exactly(migrated_url: str) -> None:
