@@ -27,6 +27,7 @@ from prometheus_client import REGISTRY
 from handlers.chat_events import OutboxRelay, Publish
 from handlers.dead_letters import PublishDeadLetter
 from handlers.ingestor import correlation_ids
+from handlers.kept_webhooks import record_kept_webhooks
 from handlers.pipeline import build_pipeline, producer_publishers
 from ingest import metrics
 from ingest.config import Settings
@@ -113,6 +114,25 @@ def build_broker(
             correlation_ids=correlation_ids(records),
         )
         relay.wake()  # chat events of this batch go out beside the next batch
+
+    @broker.subscriber(
+        settings.dlq_topic,
+        # A group of its own: the dead-letter topic is read for kept webhooks only, and its
+        # offsets must not mix with the inbound topics' (replaying one never moves the other).
+        group_id=f"{settings.consumer_group}.kept-webhooks",
+        batch=True,
+        max_records=settings.batch_max_records,
+        batch_timeout_ms=settings.batch_timeout_ms,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        decoder=_raw_values,
+        title="kept webhooks",
+    )
+    async def on_kept(body: list[bytes], message: KafkaMessage) -> None:
+        kept = await record_kept_webhooks(pool, message.raw_message)
+        if kept:
+            log.info("kept webhooks recorded", kept=kept, records=len(body))
 
     return broker, relay
 
