@@ -76,18 +76,22 @@ def build_broker(
         publish_chat_events=publish_chat_events,
     )
     ingestor, relay = pipeline.ingestor, pipeline.relay
+    # Both subscribers: batches, offsets committed only after the database commit.
+    batches: dict[str, Any] = {
+        "batch": True,
+        "max_records": settings.batch_max_records,
+        "batch_timeout_ms": settings.batch_timeout_ms,
+        "fetch_max_wait_ms": settings.fetch_max_wait_ms,
+        "auto_offset_reset": "earliest",
+        "ack_policy": AckPolicy.NACK_ON_ERROR,
+        "decoder": _raw_values,
+    }
 
     @broker.subscriber(
         *settings.inbound_topics,
         group_id=settings.consumer_group,
-        batch=True,
-        max_records=settings.batch_max_records,
-        batch_timeout_ms=settings.batch_timeout_ms,
-        fetch_max_wait_ms=settings.fetch_max_wait_ms,
-        auto_offset_reset="earliest",
-        ack_policy=AckPolicy.NACK_ON_ERROR,
-        decoder=_raw_values,
         title="inbound events",
+        **batches,
     )
     async def on_inbound(body: list[bytes], message: KafkaMessage) -> None:
         records = message.raw_message
@@ -120,14 +124,8 @@ def build_broker(
         # A group of its own: the dead-letter topic is read for kept webhooks only, and its
         # offsets must not mix with the inbound topics' (replaying one never moves the other).
         group_id=f"{settings.consumer_group}.kept-webhooks",
-        batch=True,
-        max_records=settings.batch_max_records,
-        batch_timeout_ms=settings.batch_timeout_ms,
-        fetch_max_wait_ms=settings.fetch_max_wait_ms,
-        auto_offset_reset="earliest",
-        ack_policy=AckPolicy.NACK_ON_ERROR,
-        decoder=_raw_values,
         title="kept webhooks",
+        **batches,
     )
     async def on_kept(body: list[bytes], message: KafkaMessage) -> None:
         kept = await record_kept_webhooks(pool, message.raw_message)
