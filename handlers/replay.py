@@ -42,8 +42,13 @@ Progress = Callable[[dict[str, Any]], None]
 
 
 class Reparsed(Protocol):
-    events: Sequence[MessageEvent | StatusEvent]
-    still_kept: tuple[str, str] | None  # (reason, reason kind; "" = unchanged)
+    @property
+    def events(self) -> Sequence[MessageEvent | StatusEvent]: ...
+
+    @property
+    def still_kept(self) -> tuple[str, str] | None:
+        """(reason, reason kind; "" when the failure is not the parser's) if still kept."""
+        ...
 
 
 # Parses a kept webhook again with the current adapter code (built by the edge: ingest.intake).

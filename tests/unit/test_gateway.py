@@ -226,6 +226,20 @@ async def test_unexpected_parser_failure_is_kept_and_200(env: Env) -> None:
     assert kept.correlation_id == response.headers["x-correlation-id"]
 
 
+class CrashingVerify(FakeAdapter):
+    def verify(self, request: RawRequest, ctx: ParseContext) -> None:
+        raise RuntimeError("bug in the signature check")
+
+
+async def test_unexpected_failure_while_authenticating_is_401_and_nothing_kept() -> None:
+    env = Env(CrashingVerify())
+    async with env.client() as client:
+        response = await post(client)
+    assert response.status_code == 401
+    assert response.json() == {"error": "request could not be authenticated"}
+    assert env.publisher.published == []
+
+
 async def test_unprocessable_body_is_kept_with_its_reason(env: Env) -> None:
     async with env.client() as client:
         response = await post(client, n=-1)
