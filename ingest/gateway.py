@@ -116,8 +116,9 @@ def create_app(
     return Starlette(routes=routes, lifespan=lifespan)
 
 
-def create_gateway(settings: Settings) -> Starlette:
-    """The production app: real pool, channel directory, producer and adapters."""
+def create_gateway(settings: Settings, claim_check: ClaimCheck | None = None) -> Starlette:
+    """The production app: real pool, channel directory, producer and adapters. `claim_check`
+    (the media store) takes kept bodies too large for a broker record; without it they get 503."""
     if not settings.database_url:
         raise SettingsError("DATABASE_URL is not set")
     if not settings.kafka_bootstrap_servers:
@@ -144,7 +145,12 @@ def create_gateway(settings: Settings) -> Starlette:
 
     adapters = load_adapters(settings.default_phone_region)
     return create_app(
-        settings, publisher=publisher, channels=channels, adapters=adapters, lifespan=lifespan
+        settings,
+        publisher=publisher,
+        channels=channels,
+        adapters=adapters,
+        lifespan=lifespan,
+        claim_check=claim_check,
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -83,9 +84,15 @@ def take(
         body, media_type = adapter.accepted_body
         empty = WebhookResult(events=[], body=body, media_type=media_type)
         return Taken(empty, [_whole(request, exc.reason, exc.reason_kind)])
-    except Exception:
+    except Exception as exc:
         # A parser bug must not lose a genuine webhook either: keep it for a replay after the fix.
-        log.error("adapter failed on a verified request", exc_info=True)
+        # Where it failed, not the exception's text (pydantic's quotes the input: the body).
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        log.error(
+            "parser failed on a verified request",
+            error_class=type(exc).__name__,
+            at=f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}",
+        )
         body, media_type = adapter.accepted_body
         empty = WebhookResult(events=[], body=body, media_type=media_type)
         return Taken(empty, [_whole(request, "the parser failed on this request", "adapter_error")])
