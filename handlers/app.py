@@ -22,11 +22,13 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+from faststream.kafka.subscriber.usecase import BatchSubscriber
 from prometheus_client import REGISTRY
 
 from handlers.chat_events import OutboxRelay, Publish
 from handlers.dead_letters import PublishDeadLetter
 from handlers.ingestor import correlation_ids
+from handlers.kept_webhooks import record_kept_webhooks
 from handlers.pipeline import build_pipeline, producer_publishers
 from ingest import metrics
 from ingest.config import Settings
@@ -78,18 +80,22 @@ def build_broker(
     )
     ingestor, relay = pipeline.ingestor, pipeline.relay
 
-    @broker.subscriber(
-        *settings.inbound_topics,
-        group_id=settings.consumer_group,
-        batch=True,
-        max_records=settings.batch_max_records,
-        batch_timeout_ms=settings.batch_timeout_ms,
-        fetch_max_wait_ms=settings.fetch_max_wait_ms,
-        auto_offset_reset="earliest",
-        ack_policy=AckPolicy.NACK_ON_ERROR,
-        decoder=_raw_values,
-        title="inbound events",
-    )
+    def batches(*topics: str, group_id: str, title: str) -> BatchSubscriber:
+        """Both subscribers: batches, offsets committed only after the database commit."""
+        return broker.subscriber(
+            *topics,
+            group_id=group_id,
+            title=title,
+            batch=True,
+            max_records=settings.batch_max_records,
+            batch_timeout_ms=settings.batch_timeout_ms,
+            fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            auto_offset_reset="earliest",
+            ack_policy=AckPolicy.NACK_ON_ERROR,
+            decoder=_raw_values,
+        )
+
+    @batches(*settings.inbound_topics, group_id=settings.consumer_group, title="inbound events")
     async def on_inbound(body: list[bytes], message: KafkaMessage) -> None:
         records = message.raw_message
         started = time.perf_counter()
@@ -115,6 +121,18 @@ def build_broker(
             correlation_ids=correlation_ids(records),
         )
         relay.wake()  # chat events of this batch go out beside the next batch
+
+    # A group of its own: the dead-letter topic is read for kept webhooks only, and its
+    # offsets must not mix with the inbound topics' (replaying one never moves the other).
+    @batches(
+        settings.dlq_topic,
+        group_id=f"{settings.consumer_group}.kept-webhooks",
+        title="kept webhooks",
+    )
+    async def on_kept(body: list[bytes], message: KafkaMessage) -> None:
+        kept = await record_kept_webhooks(pool, message.raw_message)
+        if kept:
+            log.info("kept webhooks recorded", kept=kept, records=len(body))
 
     return broker, relay
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -26,11 +26,33 @@ from handlers.dead_letters import DeadLetterSink
 from handlers.ingestor import BatchReport, Record
 from handlers.pipeline import build_pipeline, producer_publishers
 from ingest.config import Settings
-from ingest.events import decode_event
+from ingest.events import (
+    MessageEvent,
+    RawWebhook,
+    StatusEvent,
+    decode_event,
+    decode_raw_webhook,
+    encode_event,
+    event_headers,
+)
 from sql import QUERIES
 from sql.db import create_pool
 
 Progress = Callable[[dict[str, Any]], None]
+
+
+class Reparsed(Protocol):
+    @property
+    def events(self) -> Sequence[MessageEvent | StatusEvent]: ...
+
+    @property
+    def still_kept(self) -> tuple[str, str] | None:
+        """(reason, reason kind; "" when the failure is not the parser's) if still kept."""
+        ...
+
+
+# Parses a kept webhook again with the current adapter code (built by the edge: ingest.intake).
+Reparse = Callable[[RawWebhook], Awaitable[Reparsed]]
 
 
 @dataclass(slots=True)
@@ -211,19 +233,58 @@ async def list_dead_letters(
     ]
 
 
-async def replay_dead_letters(settings: Settings, ids: Sequence[int] | None) -> dict[str, Any]:
+def _stored(row: Any, event: MessageEvent | StatusEvent) -> StoredRecord:
+    """An event re-parsed from a kept webhook, at the kept webhook's coordinates."""
+    return StoredRecord(
+        row["source_topic"],
+        row["source_partition"],
+        row["source_offset"],
+        event.conversation_key.encode(),
+        encode_event(event),
+        event_headers(event),
+    )
+
+
+async def _reparse(row: Any, reparse: Reparse | None) -> Reparsed | tuple[str, str]:
+    if reparse is None:
+        return row["error_message"], ""
+    try:
+        record = decode_raw_webhook(row["payload"])
+    except ValidationError:
+        return row["error_message"], ""
+    return await reparse(record)
+
+
+async def replay_dead_letters(
+    settings: Settings, ids: Sequence[int] | None, *, reparse: Reparse | None = None
+) -> dict[str, Any]:
     """Feed dead letters through the pipeline again; those that succeed are marked replayed,
-    those that fail again stay (with the new error) for the next attempt."""
+    those that fail again stay (with the new error) for the next attempt.
+
+    Kept webhooks are parsed again with `reparse` (the current adapter code) and their events
+    ingested; one still not processable stays, with the same reason when its kind is the same.
+    """
     pool = await create_pool(settings.database_url, max_size=2)
     failed_again: set[tuple[str, int, int]] = set()
+    still: dict[int, tuple[str, str]] = {}
     try:
         rows = await pool.fetch(QUERIES["dead_letters_for_replay"], list(ids) if ids else None)
+        kept_at = {
+            (r["source_topic"], r["source_partition"], r["source_offset"]): r
+            for r in rows
+            if r["reason_kind"] is not None
+        }
         async with producer_publishers(settings) as (dead_letter, chat_events):
             sink = DeadLetterSink(pool, dead_letter)
 
             async def record_failure(record: Record, exc: BaseException) -> None:
-                failed_again.add((record.topic, record.partition, record.offset))
-                await sink(record, exc)
+                at = (record.topic, record.partition, record.offset)
+                failed_again.add(at)
+                if (row := kept_at.get(at)) is not None:
+                    # An event of a kept webhook: the webhook stays the dead letter.
+                    still[row["id"]] = (f"{type(exc).__name__}: {exc}"[:500], "")
+                else:
+                    await sink(record, exc)
 
             pipeline = build_pipeline(
                 settings,
@@ -232,31 +293,56 @@ async def replay_dead_letters(settings: Settings, ids: Sequence[int] | None) -> 
                 publish_chat_events=chat_events,
                 dead_letter=record_failure,
             )
-            records = [
-                StoredRecord(
-                    row["source_topic"],
-                    row["source_partition"],
-                    row["source_offset"],
-                    row["kafka_key"],
-                    row["payload"],
-                    [(k, str(v).encode()) for k, v in row["headers"].items()],
-                )
-                for row in rows
-            ]
+            records: list[StoredRecord] = []
+            for row in rows:
+                if row["reason_kind"] is None:
+                    records.append(
+                        StoredRecord(
+                            row["source_topic"],
+                            row["source_partition"],
+                            row["source_offset"],
+                            row["kafka_key"],
+                            row["payload"],
+                            [(k, str(v).encode()) for k, v in row["headers"].items()],
+                        )
+                    )
+                    continue
+                outcome = await _reparse(row, reparse)
+                if isinstance(outcome, tuple):
+                    still[row["id"]] = outcome
+                    continue
+                records += [_stored(row, event) for event in outcome.events]
+                if outcome.still_kept is not None:
+                    still[row["id"]] = outcome.still_kept
             report = await pipeline.ingestor.handle(records) if records else BatchReport()
             replayed = [
                 row["id"]
-                for row, record in zip(rows, records, strict=True)
-                if (record.topic, record.partition, record.offset) not in failed_again
+                for row in rows
+                if (row["source_topic"], row["source_partition"], row["source_offset"])
+                not in failed_again
+                and row["id"] not in still
             ]
             await pool.execute(QUERIES["mark_dead_letters_replayed"], replayed)
+            by_id = {row["id"]: row for row in rows}
+            for row_id, (reason, kind) in still.items():
+                row = by_id[row_id]
+                if kind == row["reason_kind"]:
+                    reason = row["error_message"]  # the same failure keeps its recorded reason
+                # kind "": not a parse outcome (channel, store, database): this attempt's reason
+                await pool.execute(
+                    QUERIES["keep_dead_letter_pending"], row_id, reason, kind or row["reason_kind"]
+                )
             await pipeline.relay.flush()
     finally:
         await pool.close()
     return {
         "selected": len(rows),
         "replayed": len(replayed),
-        "still_failing": len(failed_again),
+        "still_failing": len(failed_again | {_at(by_id[i]) for i in still}),
         "created": report.outcome.messages_created,
         "already_present": report.outcome.already_present,
     }
+
+
+def _at(row: Any) -> tuple[str, int, int]:
+    return row["source_topic"], row["source_partition"], row["source_offset"]

@@ -16,7 +16,7 @@ from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
 
 from ingest.config import TRANSPORTS, Settings
-from ingest.events import ChatEvent, InboundEvent
+from ingest.events import ChatEvent, InboundEvent, RawWebhook
 
 SHIPPED = "asyncapi.json"
 
@@ -58,6 +58,27 @@ def build_specification(settings: Settings) -> AsyncAPI:
         "headers source-topic, source-partition, source-offset, error-class, error-message.",
         schema=bytes,
     )
+    broker.publisher(
+        settings.dlq_topic,
+        title=f"{settings.dlq_topic}:publish-kept",
+        description="The gateway keeps here what an authenticated webhook held but could not "
+        "become events (the whole body, or one element of a batch), with the reason; key = "
+        "tenant:transport:channel, headers event-type webhook.raw, event-id (the record id), "
+        "reason-kind, correlation-id. The body is inline (base64) or, when too large for a "
+        "record, a reference to the media store (body_ref).",
+        schema=RawWebhook,
+    )
+
+    async def keep(record: RawWebhook) -> None:  # documentation only
+        del record
+
+    broker.subscriber(
+        settings.dlq_topic,
+        group_id=f"{settings.consumer_group}.kept-webhooks",
+        title=f"{settings.dlq_topic}:consume",
+        description="Consumers record kept webhooks (event-type webhook.raw) in "
+        "ingest_dead_letters for `crm-ingest dlq list|replay`; other records are ignored.",
+    )(keep)
     return AsyncAPI(
         broker,
         title="crm-ingest",

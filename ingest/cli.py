@@ -258,8 +258,19 @@ async def cmd_dlq_replay(settings: Settings, args: argparse.Namespace) -> None:
     if not args.all and not args.id:
         raise CliError("name dead letters with --id, or replay every pending one with --all")
     from handlers.replay import replay_dead_letters
+    from ingest.channels import ChannelDirectory
+    from ingest.intake import Reparser
+    from ingest.transports import load_adapters
 
-    _print_json(await replay_dead_letters(settings, None if args.all else args.id))
+    # Kept webhooks are parsed again with this code, for their channel as it is now.
+    channels = ChannelDirectory(settings)
+    await channels.open()
+    try:
+        reparse = Reparser(channels, load_adapters(settings.default_phone_region))
+        ids = None if args.all else args.id
+        _print_json(await replay_dead_letters(settings, ids, reparse=reparse))
+    finally:
+        await channels.close()
 
 
 async def cmd_bench(settings: Settings, args: argparse.Namespace) -> None:

@@ -16,6 +16,8 @@ class WebhookRejected(IngestError):
     """The request is refused; the provider gets `status_code` and a short `reason`."""
 
     status_code = 400
+    # For content failures after authentication: the kind recorded with the kept webhook.
+    reason_kind = "malformed"
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -28,6 +30,17 @@ class BadPayload(WebhookRejected):
 
 class UnprocessablePayload(WebhookRejected):
     status_code = 422
+    reason_kind = "unprocessable"
+
+
+class NoSender(UnprocessablePayload):
+    reason_kind = "no_sender"
+
+
+class ChannelMismatch(UnprocessablePayload):
+    """Signed for this channel's app, but addressed to another account of it."""
+
+    reason_kind = "channel_mismatch"
 
 
 class Unauthorized(WebhookRejected):
@@ -52,6 +65,10 @@ class EventTooLarge(PayloadTooLarge):
 
 class PublishUnavailable(IngestError):
     """The broker did not acknowledge every event in time: answer 503 so the provider retries."""
+
+
+class ClaimCheckUnavailable(PublishUnavailable):
+    """A kept body too large for a broker record could not be put in the object store."""
 
 
 class ChannelConfigError(IngestError, ValueError):

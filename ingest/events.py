@@ -13,12 +13,14 @@ inbound topic of its transport. The models are the only thing `ingest/` and `han
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from ingest.config import Transport
 
@@ -153,6 +155,95 @@ def event_headers(event: MessageEvent | StatusEvent) -> list[tuple[str, bytes]]:
     ]
     if event.correlation_id:
         headers.append(("correlation-id", event.correlation_id.encode()))
+    return headers
+
+
+# --- Kept webhooks: authenticated content that could not become events (dead-letter topic) ---
+
+RAW_WEBHOOK: Final = "webhook.raw"
+# Why a webhook, or one element of it, was kept instead of published as events.
+ReasonKind = Literal[
+    "malformed",  # not the syntax the provider sends (not JSON, not a form, wrong content type)
+    "unprocessable",  # the syntax is right, the shape is not (a field missing or of a wrong type)
+    "no_sender",  # nothing names who sent it
+    "channel_mismatch",  # signed, but for another account than the channel's (phone_number_id)
+    "unreadable_attachment",  # an attachment whose bytes cannot be decoded; its message went on
+    "adapter_error",  # the parser failed unexpectedly: a bug of ours, kept for replay
+]
+
+
+class RawWebhook(_Model):
+    """An authenticated webhook (or one element of a batch) kept as received, with the reason it
+    could not become events. Published to the dead-letter topic, recorded by the consumer in
+    `ingest_dead_letters`, re-parsed by `crm-ingest dlq replay` with the code of the day.
+
+    The bytes travel inline (`body`, base64) or, when larger than a broker record allows,
+    through the media store's claim check (`body_ref`, the stored object's URL): exactly one.
+    The signature was verified at receipt and is not kept; replay does not verify again.
+    """
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    record_type: Literal["webhook.raw"] = "webhook.raw"
+    record_id: uuid.UUID  # deterministic over channel, body hash and element
+    tenant_id: uuid.UUID
+    channel_id: uuid.UUID
+    transport: Transport
+    received_at: AwareDatetime
+    correlation_id: str | None = None
+    content_type: str = Field(max_length=1000)  # the full header: a multipart boundary matters
+    headers: dict[str, str] = Field(default_factory=dict)  # the few the parser reads, no secrets
+    element: str | None = Field(default=None, max_length=200)  # e.g. entry.0.changes.0...
+    reason_kind: ReasonKind
+    reason: str = Field(min_length=1, max_length=500)
+    size_bytes: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    body: str | None = None  # base64 of the bytes
+    body_ref: str | None = None  # object-store URL of the bytes
+
+    @model_validator(mode="after")
+    def _one_body(self) -> RawWebhook:
+        if (self.body is None) == (self.body_ref is None):
+            raise ValueError("exactly one of body and body_ref")
+        return self
+
+    @property
+    def kafka_key(self) -> str:
+        return f"{self.tenant_id}:{self.transport}:{self.channel_id}"
+
+    def inline_bytes(self) -> bytes | None:
+        """The kept bytes when they travel inline (None when they are behind `body_ref`)."""
+        if self.body is None:
+            return None
+        try:
+            return base64.b64decode(self.body, validate=True)
+        except binascii.Error as exc:
+            raise ValueError("body is not base64") from exc
+
+
+def raw_webhook_id(channel_id: uuid.UUID, sha256_hex: str, element: str | None) -> uuid.UUID:
+    """The same bytes kept twice (a provider retry after a 503) have one id."""
+    return make_event_id(channel_id, RAW_WEBHOOK, sha256_hex, element or "")
+
+
+def encode_raw_webhook(record: RawWebhook) -> bytes:
+    return record.model_dump_json().encode()
+
+
+def decode_raw_webhook(raw: bytes) -> RawWebhook:
+    """Parse one dead-letter value; raises pydantic.ValidationError when it is not one."""
+    return RawWebhook.model_validate_json(raw)
+
+
+def raw_webhook_headers(record: RawWebhook) -> list[tuple[str, bytes]]:
+    headers = [
+        ("event-type", RAW_WEBHOOK.encode()),
+        ("event-id", str(record.record_id).encode()),
+        ("schema-version", str(record.schema_version).encode()),
+        ("content-type", b"application/json"),
+        ("reason-kind", record.reason_kind.encode()),
+    ]
+    if record.correlation_id:
+        headers.append(("correlation-id", record.correlation_id.encode()))
     return headers
 
 

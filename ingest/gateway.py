@@ -1,10 +1,13 @@
 """The webhook HTTP server: provider request -> verified events -> Kafka, then the answer.
 
 A request is checked in a fixed order, cheapest first: transport, declared size, channel, body
-size while streaming, then the adapter (authenticity and parsing), then publishing. 200 means
-every event was acknowledged by the broker; every refusal is a short JSON `{"error": ...}`.
-Nothing escapes as a bare 500: a failure before publishing is the request's fault (400), one
-during publishing is ours (503 + Retry-After, so the provider retries).
+size while streaming, then the adapter's authenticity check, then its parse, then publishing.
+200 means every event was acknowledged by the broker; every refusal is a short JSON
+`{"error": ...}`. After authentication the content never earns a 4xx: what cannot become
+events (the whole body, or elements of a batch) is published to the dead-letter topic as a
+`RawWebhook` with its reason (`ingest.intake`), acknowledged like the events before the 200.
+Nothing escapes as a bare 500: a failure during publishing is ours (503 + Retry-After, so the
+provider retries).
 Every webhook response is counted by transport and status, and every publish is timed
 (`ingest.metrics`, served on `GET /metrics`).
 
@@ -32,10 +35,11 @@ from structlog.contextvars import bound_contextvars
 
 from ingest.channels import ChannelDirectory
 from ingest.config import Settings, SettingsError, Transport
-from ingest.errors import EventTooLarge, PublishUnavailable, WebhookRejected
-from ingest.events import MessageEvent, within_text_limit
+from ingest.errors import ClaimCheckUnavailable, EventTooLarge, PublishUnavailable, WebhookRejected
+from ingest.events import RawWebhook
+from ingest.intake import INLINE_MAX_BYTES, ClaimCheck, Taken, kept_records, take
 from ingest.logs import get_logger
-from ingest.metrics import metrics_response, observe_publish, observe_request
+from ingest.metrics import metrics_response, observe_kept, observe_publish, observe_request
 from ingest.openapi import openapi_document
 from ingest.process import settle_heap
 from ingest.publisher import EventPublisher
@@ -46,7 +50,6 @@ from ingest.transports.base import (
     ParseContext,
     RawRequest,
     TransportAdapter,
-    WebhookResult,
 )
 
 log = get_logger(__name__)
@@ -61,7 +64,7 @@ _T = TypeVar("_T")
 
 
 class Publisher(Protocol):
-    async def publish(self, events: Sequence[Event]) -> None: ...
+    async def publish(self, events: Sequence[Event | RawWebhook]) -> None: ...
 
     async def ping(self) -> bool: ...
 
@@ -97,8 +100,12 @@ def create_app(
     channels: Channels,
     adapters: Mapping[Transport, TransportAdapter],
     lifespan: Any = None,
+    claim_check: ClaimCheck | None = None,
+    inline_max_bytes: int = INLINE_MAX_BYTES,
 ) -> Starlette:
-    gateway = _Gateway(settings, publisher, channels, adapters)
+    """`claim_check` (the media store) takes kept bodies over `inline_max_bytes`; without one,
+    such a body is answered 503 (logged at WARNING), so the provider retries."""
+    gateway = _Gateway(settings, publisher, channels, adapters, claim_check, inline_max_bytes)
     routes = [
         Route("/webhooks/{transport}/{channel_id}", gateway.webhook, methods=["GET", "POST"]),
         Route("/healthz", healthz, methods=["GET"]),
@@ -109,8 +116,9 @@ def create_app(
     return Starlette(routes=routes, lifespan=lifespan)
 
 
-def create_gateway(settings: Settings) -> Starlette:
-    """The production app: real pool, channel directory, producer and adapters."""
+def create_gateway(settings: Settings, claim_check: ClaimCheck | None = None) -> Starlette:
+    """The production app: real pool, channel directory, producer and adapters. `claim_check`
+    (the media store) takes kept bodies too large for a broker record; without it they get 503."""
     if not settings.database_url:
         raise SettingsError("DATABASE_URL is not set")
     if not settings.kafka_bootstrap_servers:
@@ -137,7 +145,12 @@ def create_gateway(settings: Settings) -> Starlette:
 
     adapters = load_adapters(settings.default_phone_region)
     return create_app(
-        settings, publisher=publisher, channels=channels, adapters=adapters, lifespan=lifespan
+        settings,
+        publisher=publisher,
+        channels=channels,
+        adapters=adapters,
+        lifespan=lifespan,
+        claim_check=claim_check,
     )
 
 
@@ -161,10 +174,14 @@ class _Gateway:
         publisher: Publisher,
         channels: Channels,
         adapters: Mapping[Transport, TransportAdapter],
+        claim_check: ClaimCheck | None = None,
+        inline_max_bytes: int = INLINE_MAX_BYTES,
     ) -> None:
         self.settings = settings
         self.publisher = publisher
         self.channels = channels
+        self.claim_check = claim_check
+        self.inline_max_bytes = inline_max_bytes
         # Keyed by plain str: the path segment is looked up before it is known to be a Transport.
         self.adapters: dict[str, TransportAdapter] = dict(adapters.items())
 
@@ -239,10 +256,15 @@ class _Gateway:
             return PlainTextResponse(text), "webhook handshake", {}
 
         ctx = ParseContext(channel=channel, received_at=datetime.now(UTC), correlation_id=cid)
-        result: WebhookResult = await _call_adapter(adapter.handle, raw, ctx)
-        events = [within_text_limit(e) if isinstance(e, MessageEvent) else e for e in result.events]
+        verified = await _call_adapter(adapter.verify, raw, ctx)
+        taken: Taken = await _off_loop(take, raw, adapter, raw, ctx, verified)
+        result, events = taken.result, taken.events
         try:
-            await self._publish(transport, events)
+            kept = await kept_records(taken.kept, raw, ctx, self.claim_check, self.inline_max_bytes)
+            await self._publish(transport, [*events, *kept])
+        except ClaimCheckUnavailable as exc:
+            log.warning("kept webhook not stored", reason=str(exc), kept=len(taken.kept))
+            raise self._unavailable() from exc
         except EventTooLarge as exc:
             # Permanent: a retry would be refused the same way.
             log.warning("event refused by the broker", reason=exc.reason, events=len(events))
@@ -253,12 +275,25 @@ class _Gateway:
         except Exception as exc:
             log.error("publish failed unexpectedly", exc_info=True, events=len(result.events))
             raise self._unavailable() from exc
+        for record in kept:
+            # Never the body: what and why, so a provider's format change shows the same day.
+            log.warning(
+                "webhook kept unprocessed",
+                reason_kind=record.reason_kind,
+                reason=record.reason,
+                element=record.element,
+                size_bytes=record.size_bytes,
+                record_id=str(record.record_id),
+            )
+            observe_kept(transport, record.reason_kind)
         response = Response(result.body, media_type=result.media_type)
+        if kept:
+            return response, "webhook kept", {"events": len(events), "kept": len(kept)}
         if result.events or result.ignored is None:
             return response, "webhook accepted", {"events": len(result.events)}
         return response, "webhook ignored", {"ignored": result.ignored}
 
-    async def _publish(self, transport: str, events: Sequence[Event]) -> None:
+    async def _publish(self, transport: str, events: Sequence[Event | RawWebhook]) -> None:
         """Publish and record it: the duration of every attempt, the events acknowledged."""
         if not events:
             await self.publisher.publish(events)
@@ -267,7 +302,7 @@ class _Gateway:
         acknowledged = 0
         try:
             await self.publisher.publish(events)
-            acknowledged = len(events)
+            acknowledged = sum(1 for e in events if not isinstance(e, RawWebhook))
         finally:
             observe_publish(transport, time.perf_counter() - started, acknowledged)
 
@@ -290,21 +325,25 @@ class _Gateway:
         return _Refused(503, UNAVAILABLE, headers={"Retry-After": str(self.settings.retry_after_s)})
 
 
-async def _call_adapter(call: Callable[..., _T], raw: RawRequest, arg: Any) -> _T:
-    """Run adapter code; its refusals keep their status, anything unexpected becomes 400.
-
-    Large bodies (email) are parsed in a worker thread so one big MIME message does not stall
-    every other request; small ones inline, where a thread would cost more than the parse.
+async def _off_loop(call: Callable[..., _T], raw: RawRequest, *args: Any) -> _T:
+    """Large bodies (email) are handled in a worker thread so one big MIME message does not
+    stall every other request; small ones inline, where a thread would cost more than the work.
     """
+    if len(raw.body) > INLINE_PARSE_MAX_BYTES:
+        return await asyncio.to_thread(call, *args)
+    return call(*args)
+
+
+async def _call_adapter(call: Callable[..., _T], raw: RawRequest, arg: Any) -> _T:
+    """Run an adapter's check (authenticity, or the handshake): its refusals keep their
+    status; anything unexpected is a request we could not authenticate (401)."""
     try:
-        if len(raw.body) > INLINE_PARSE_MAX_BYTES:
-            return await asyncio.to_thread(call, raw, arg)
-        return call(raw, arg)
+        return await _off_loop(call, raw, raw, arg)
     except WebhookRejected as exc:
         raise _Refused(exc.status_code, exc.reason) from exc
     except Exception as exc:
-        log.error("adapter failed on a request", exc_info=True)
-        raise _Refused(400, "unparseable request") from exc
+        log.error("adapter failed while authenticating a request", exc_info=True)
+        raise _Refused(401, "request could not be authenticated") from exc
 
 
 def _check_declared_size(request: Request, limit: int) -> None:

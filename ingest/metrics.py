@@ -62,6 +62,12 @@ PUBLISHED_EVENTS = Counter(
     "Events acknowledged by the broker.",
     ["transport"],
 )
+WEBHOOKS_KEPT = Counter(
+    "crm_ingest_webhooks_kept",
+    "Authenticated webhooks (or batch elements) kept on the dead-letter topic instead of "
+    "becoming events, by transport and reason kind.",
+    ["transport", "reason_kind"],
+)
 
 # --- consumer ------------------------------------------------------------------------------
 
@@ -106,6 +112,10 @@ def transport_label(transport: str) -> str:
 def observe_request(transport: str, status: int) -> None:
     """One webhook response (any status, handshakes included)."""
     WEBHOOK_REQUESTS.labels(transport_label(transport), str(status)).inc()
+
+
+def observe_kept(transport: str, reason_kind: str) -> None:
+    WEBHOOKS_KEPT.labels(transport_label(transport), reason_kind).inc()
 
 
 def observe_publish(transport: str, seconds: float, events: int) -> None:

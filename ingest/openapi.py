@@ -22,12 +22,22 @@ def _answers(ok: dict[str, Any]) -> dict[str, Any]:
     refused = {"content": {"application/json": {"schema": ERROR}}}
     return {
         "200": ok,
-        "400": {"description": "Malformed body", **refused},
-        "401": {"description": "Missing or wrong credentials; nothing published", **refused},
-        "403": {"description": "Refused (e.g. payload for another phone number)", **refused},
+        "400": {
+            "description": "Unreadable request framing (a malformed Content-Length, a client "
+            "that disconnected), before authentication; never for an authenticated body",
+            **refused,
+        },
+        "401": {
+            "description": "Missing, wrong or unverifiable credentials; checked before the "
+            "body is parsed; nothing published",
+            **refused,
+        },
         "404": {"description": "Unknown or disabled channel, or of another transport", **refused},
-        "413": {"description": "Body over the transport's limit", **refused},
-        "422": {"description": "Well-formed but not a valid provider payload", **refused},
+        "413": {
+            "description": "Body over the transport's limit, or an event over the broker's "
+            "record limit",
+            **refused,
+        },
         "503": {
             "description": "The broker did not acknowledge every event; retry",
             "headers": {"Retry-After": {"schema": {"type": "integer"}}},
@@ -40,7 +50,11 @@ def _webhook(summary: str, auth: str, media_types: list[str], ok_media: str) -> 
     return {
         "summary": summary,
         "description": f"Authenticated by {auth}, checked on the raw body before parsing. "
-        "200 only once every event of the request is acknowledged by Kafka.",
+        "200 only once every event of the request is acknowledged by Kafka. Once "
+        "authenticated, content never earns a 4xx: what cannot become events (the whole "
+        "body, or single elements of a batch) is kept on the dead-letter topic with its "
+        "reason (`crm-ingest dlq list`, replayable with `dlq replay`), and the 200 waits for "
+        "that acknowledgement too.",
         "parameters": [CHANNEL_ID],
         "requestBody": {
             "required": True,
@@ -49,7 +63,12 @@ def _webhook(summary: str, auth: str, media_types: list[str], ok_media: str) -> 
                 for media in media_types
             },
         },
-        "responses": _answers({"description": "Accepted", "content": {ok_media: {}}}),
+        "responses": _answers(
+            {
+                "description": "Accepted: its events, and anything kept, acknowledged by Kafka",
+                "content": {ok_media: {}},
+            }
+        ),
     }
 
 

@@ -25,7 +25,13 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from ingest.config import Settings
 from ingest.errors import EventTooLarge, PublishUnavailable
-from ingest.events import encode_event, event_headers
+from ingest.events import (
+    RawWebhook,
+    encode_event,
+    encode_raw_webhook,
+    event_headers,
+    raw_webhook_headers,
+)
 from ingest.logs import get_logger
 from ingest.partitioning import CachedKeyPartitioner
 from ingest.transports.base import Event
@@ -136,8 +142,25 @@ class EventPublisher:
         if producer is not None:
             await _quiet_stop(producer)
 
-    async def publish(self, events: Sequence[Event]) -> None:
-        """Send every event and wait for all acknowledgements, or raise PublishUnavailable."""
+    def _destination(self, record: Event | RawWebhook) -> tuple[str, bytes, bytes, Any]:
+        """(topic, key, value, headers): events go to their transport's topic, kept webhooks
+        to the dead-letter topic."""
+        if isinstance(record, RawWebhook):
+            return (
+                self._settings.dlq_topic,
+                record.kafka_key.encode(),
+                encode_raw_webhook(record),
+                raw_webhook_headers(record),
+            )
+        return (
+            self._settings.inbound_topic(record.transport),
+            record.conversation_key.encode(),
+            encode_event(record),
+            event_headers(record),
+        )
+
+    async def publish(self, events: Sequence[Event | RawWebhook]) -> None:
+        """Send every record and wait for all acknowledgements, or raise PublishUnavailable."""
         if not events:
             return
         producer = self._producer
@@ -147,12 +170,8 @@ class EventPublisher:
             async with asyncio.timeout(self._timeout):
                 futures = []
                 for event in events:
-                    future = await producer.send(
-                        self._settings.inbound_topic(event.transport),
-                        key=event.conversation_key.encode(),
-                        value=encode_event(event),
-                        headers=event_headers(event),
-                    )
+                    topic, key, value, headers = self._destination(event)
+                    future = await producer.send(topic, key=key, value=value, headers=headers)
                     # On timeout the future lives on inside aiokafka; retrieve its outcome so
                     # asyncio does not report "exception was never retrieved".
                     future.add_done_callback(_retrieve)

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -95,6 +95,18 @@ class ParseContext:
 
 
 @dataclass(frozen=True, slots=True)
+class KeptElement:
+    """One element of a verified request that cannot become an event (a WhatsApp message of a
+    batch, a Mailgun attachment): its raw JSON or bytes, kept with the reason."""
+
+    body: bytes
+    content_type: str
+    element: str  # where it was, e.g. entry.0.changes.0.value.messages.3
+    reason: str
+    reason_kind: str = "unprocessable"
+
+
+@dataclass(frozen=True, slots=True)
 class WebhookResult:
     """What a verified request yields: events to publish, and the body the provider expects."""
 
@@ -102,6 +114,7 @@ class WebhookResult:
     body: bytes = b'{"ok":true}'
     media_type: str = "application/json"
     ignored: str | None = None  # why a valid request produced no events (logged)
+    kept: list[KeptElement] = field(default_factory=list)  # elements for the dead-letter topic
 
 
 class TransportAdapter(Protocol):
@@ -109,8 +122,21 @@ class TransportAdapter(Protocol):
     @property
     def transport(self) -> Transport: ...
 
+    # The answer the provider expects to a request whose content was kept, not published.
+    @property
+    def accepted_body(self) -> tuple[bytes, str]: ...
+
+    def verify(self, request: RawRequest, ctx: ParseContext) -> Any:
+        """Authenticity only: raise Unauthorized/Forbidden, or return what verifying already
+        decoded (a form whose fields carry the signature) for `parse` to reuse."""
+        ...
+
+    def parse(self, request: RawRequest, ctx: ParseContext, verified: Any = None) -> WebhookResult:
+        """Content only (verified at receipt, or replayed): events, or BadPayload/Unprocessable."""
+        ...
+
     def handle(self, request: RawRequest, ctx: ParseContext) -> WebhookResult:
-        """Verify and parse; raise a WebhookRejected subclass for anything refused."""
+        """Verify, then parse; raise a WebhookRejected subclass for anything refused."""
         ...
 
     def channel_config(
@@ -128,6 +154,21 @@ def matches_any(given: bytes, accepted: Iterable[bytes]) -> bool:
     return matched
 
 
+class VerifyThenParse:
+    """`handle` for adapters built as `verify` + `parse`."""
+
+    accepted_body: ClassVar[tuple[bytes, str]] = (b'{"ok":true}', "application/json")
+
+    def verify(self, request: RawRequest, ctx: ParseContext) -> Any:
+        raise NotImplementedError
+
+    def parse(self, request: RawRequest, ctx: ParseContext, verified: Any = None) -> WebhookResult:
+        raise NotImplementedError
+
+    def handle(self, request: RawRequest, ctx: ParseContext) -> WebhookResult:
+        return self.parse(request, ctx, self.verify(request, ctx))
+
+
 def utf8(value: str) -> bytes:
     # surrogatepass: a header decoded with surrogateescape must not raise here.
     return value.encode("utf-8", "surrogatepass")
@@ -136,10 +177,13 @@ def utf8(value: str) -> bytes:
 Model = TypeVar("Model", bound=BaseModel)
 
 
-def validation_reason(exc: ValidationError, root: str) -> str:
-    """The first error as `where: what`, short enough for a 4xx body."""
+def validation_reason(exc: ValidationError, root: str, within: str = "") -> str:
+    """The first error as `where: what`, short enough for a 4xx body; `within` is the path of
+    the validated element inside the request."""
     err = exc.errors(include_url=False, include_input=False)[0]
     loc = ".".join(str(part) for part in err["loc"]) or root
+    if within:
+        loc = f"{within}.{loc}" if err["loc"] else within
     msg = err["msg"]
     return f"{loc}: {msg[:1].lower()}{msg[1:]}"[:200]
 

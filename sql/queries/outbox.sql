@@ -49,10 +49,31 @@ ON CONFLICT (source_topic, source_partition, source_offset) DO UPDATE
         replayed_at = NULL
 RETURNING id;
 
+-- record_kept_webhooks --
+-- Keep raw webhook records from the dead-letter topic (a record seen twice, or the same webhook
+-- kept twice, is one dead letter)
+INSERT INTO ingest_dead_letters
+    (source_topic, source_partition, source_offset, event_id, kafka_key, payload, headers,
+     error_class, error_message, channel_id, transport, reason_kind)
+SELECT $1, r.source_partition, r.source_offset, r.event_id, r.kafka_key, r.payload,
+       r.headers::jsonb, 'KeptWebhook', r.reason, r.channel_id, r.transport, r.reason_kind
+FROM unnest($2::int[], $3::bigint[], $4::uuid[], $5::bytea[], $6::bytea[], $7::text[],
+            $8::text[], $9::uuid[], $10::text[], $11::text[])
+     AS r(source_partition, source_offset, event_id, kafka_key, payload, headers, reason,
+          channel_id, transport, reason_kind)
+ON CONFLICT DO NOTHING;
+
+-- keep_dead_letter_pending --
+-- A kept webhook replayed but still not processable: it stays, with the reason of this attempt
+UPDATE ingest_dead_letters
+SET error_message = $2, reason_kind = $3, replayed_at = NULL
+WHERE id = $1;
+
 -- list_dead_letters --
 -- Dead letters, newest first, optionally including replayed ones
 SELECT id, source_topic, source_partition, source_offset, event_id, error_class,
-       error_message, dead_lettered_at, replayed_at, length(payload) AS size
+       error_message, reason_kind, transport, channel_id, dead_lettered_at,
+       replayed_at, length(payload) AS size
 FROM ingest_dead_letters
 WHERE $1 OR replayed_at IS NULL
 ORDER BY id DESC
@@ -60,7 +81,8 @@ LIMIT $2;
 
 -- dead_letters_for_replay --
 -- The dead letters to feed through the pipeline again
-SELECT id, source_topic, source_partition, source_offset, kafka_key, payload, headers
+SELECT id, source_topic, source_partition, source_offset, kafka_key, payload, headers,
+       reason_kind, error_message
 FROM ingest_dead_letters
 WHERE replayed_at IS NULL AND ($1::bigint[] IS NULL OR id = ANY($1::bigint[]))
 ORDER BY id;

@@ -176,6 +176,32 @@ async def test_operator_verbs_against_external_services(
     assert consumed[("crm_ingest_consumer_batch_size_count", ())] >= 1
     assert any(name == "faststream_received_messages_total" for name, _ in consumed)
 
+    # Authenticated but unparseable: 200, kept on the dead-letter topic, recorded by the consumer.
+    garbled = b'{"update_id": 7, "message": {"text": "kept-body-marker"'
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        kept = await client.post(
+            channel["webhook_path"],
+            content=garbled,
+            headers={
+                "content-type": "application/json",
+                "x-telegram-bot-api-secret-token": channel["config"]["secret_token"],
+            },
+        )
+        assert kept.status_code == 200
+        served = await scrape(client, f"http://127.0.0.1:{port}/metrics")
+    malformed = (("reason_kind", "malformed"), ("transport", "telegram"))
+    assert served[("crm_ingest_webhooks_kept_total", malformed)] == 1
+    conn = await connect(env["DATABASE_URL"])
+    try:
+        recorded = await eventually(
+            lambda: conn.fetchval("SELECT count(*) FROM ingest_dead_letters"),
+            lambda n: n == 1,
+            within=60,
+        )
+        assert recorded == 1
+    finally:
+        await conn.close()
+
     assert stop(gateway) == 0
     assert stop(consumer) == 0
     consumer_log = consumer.stderr.read() if consumer.stderr else ""
@@ -185,6 +211,19 @@ async def test_operator_verbs_against_external_services(
     # The webhook's correlation id travelled through the Kafka headers into the consumer's log.
     assert any("acceptance-1" in line.get("correlation_ids", []) for line in committed)
     assert all(channel["config"]["secret_token"] not in line for line in consumer_log.splitlines())
+    gateway_log = gateway.stderr.read() if gateway.stderr else ""
+    warned = [json.loads(line) for line in gateway_log.splitlines() if "kept unprocessed" in line]
+    assert [(w["level"], w["reason_kind"], w["transport"]) for w in warned] == [
+        ("warning", "malformed", "telegram")
+    ]
+    assert warned[0]["channel_id"] == channel["id"]
+    assert "kept-body-marker" not in gateway_log  # never the body
+
+    [letter] = json.loads(run(env, "dlq", "list").stdout)
+    assert (letter["reason_kind"], letter["transport"]) == ("malformed", "telegram")
+    assert letter["error_message"].startswith("malformed JSON")
+    replayed = json.loads(run(env, "dlq", "replay", "--all").stdout)
+    assert (replayed["selected"], replayed["replayed"], replayed["still_failing"]) == (1, 0, 1)
 
 
 def test_bad_setting_fails_at_start_naming_it(env: dict[str, str]) -> None:

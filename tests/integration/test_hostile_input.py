@@ -1,9 +1,11 @@
 """Hostile input at the HTTP level, every transport, through the real gateway app and publisher.
 
 Each refusal has its exact status and a JSON `{"error": "..."}` body, never a 500, and publishes
-nothing (`gateway.publisher.published` unchanged): forged or unsigned requests 401/403,
-malformed or incomplete bodies 400/422, unknown channels and channels of another transport 404,
-bodies over the transport's limit 413 (a second gateway app with small limits).
+nothing (`gateway.publisher.published` unchanged): forged, unsigned or unverifiable requests
+401/403, unknown channels and channels of another transport 404, bodies over the transport's
+limit 413 (a second gateway app with small limits). A malformed or incomplete body that is
+authenticated is never refused: it is answered 200 and kept on the dead-letter topic (one
+`RawWebhook` with the exact bytes and the reason), beside the events of its valid siblings.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import pytest
 
 from ingest.channels import ChannelDirectory
 from ingest.config import Settings
+from ingest.events import RawWebhook
 from ingest.gateway import create_app
 from ingest.transports import load_adapters
 from ingest.transports.sms import compute_signature
@@ -278,29 +281,58 @@ REFUSALS: dict[str, tuple[Send, int, str]] = {
         401,
         "invalid secret token",
     ),
-    # --- malformed or incomplete bodies: 400 / 422 --------------------------------------------
+    # --- a body the signature cannot be computed over: unauthenticated, so refused unread ---
+    "sms invalid utf-8 form": (
+        sms_send([], body=b"Body=\xff\xfe&From=%2B1"),
+        401,
+        "invalid signature: form body is not valid UTF-8",
+    ),
+    "sms json content type": (
+        sms_send(SMS_TEXT, content_type="application/json"),
+        401,
+        "invalid signature: only application/x-www-form-urlencoded bodies can be verified",
+    ),
+}
+
+# Authenticated, but the content cannot become events: 200, and kept with (kind, reason, element)
+# ("*": the parser's own detail follows). For a WhatsApp batch, the valid siblings are published.
+KEPT: dict[str, tuple[Send, str, str, str | None]] = {
     "whatsapp malformed json": (
         signed_wa(b'{"object": "whatsapp_business_account", '),
-        400,
+        "malformed",
         "malformed JSON: *",
+        None,
     ),
-    "whatsapp json array": (signed_wa(b"[]"), 400, "expected a JSON object"),
-    "whatsapp invalid utf-8": (signed_wa(b'{"object": "\xff"}'), 400, "malformed JSON: *"),
+    "whatsapp json array": (signed_wa(b"[]"), "malformed", "expected a JSON object", None),
+    "whatsapp invalid utf-8": (
+        signed_wa(b'{"object": "\xff"}'),
+        "malformed",
+        "malformed JSON: *",
+        None,
+    ),
     "whatsapp wrong content type": (
         signed_wa(WA_TEXT, "text/plain"),
-        400,
+        "malformed",
         "expected application/json",
+        None,
     ),
-    "whatsapp form content type": (signed_wa(WA_TEXT, FORM), 400, "expected application/json"),
+    "whatsapp form content type": (
+        signed_wa(WA_TEXT, FORM),
+        "malformed",
+        "expected application/json",
+        None,
+    ),
     "whatsapp missing entry": (
         signed_wa({"object": "whatsapp_business_account"}),
-        422,
+        "unprocessable",
         "entry: field required",
+        None,
     ),
     "whatsapp other object": (
         signed_wa({"object": "page", "entry": []}),
-        422,
+        "unprocessable",
         "object: input should be 'whatsapp_business_account'",
+        None,
     ),
     "whatsapp missing metadata": (
         signed_wa(
@@ -309,20 +341,23 @@ REFUSALS: dict[str, tuple[Send, int, str]] = {
                 "entry": [{"id": "1", "changes": [{"field": "messages", "value": {}}]}],
             }
         ),
-        422,
+        "unprocessable",
         "entry.0.changes.0.value.metadata: field required",
+        None,
     ),
-    # One bad message among good ones: the whole request is refused, nothing half-published.
+    # One bad message among good ones: it alone is kept, its siblings are published.
     "whatsapp batch with a message without id": (
         signed_wa(wa_batch_with(id=None)),
-        422,
+        "unprocessable",
         "entry.0.changes.2.value.messages.1.id: input should be a valid string",
+        "entry.0.changes.2.value.messages.1",
     ),
     "whatsapp batch with a bad timestamp": (
         signed_wa(wa_batch_with(timestamp="yesterday")),
-        422,
+        "unprocessable",
         "entry.0.changes.2.value.messages.1.timestamp: value error, "
         "expected Unix seconds as a string of digits",
+        "entry.0.changes.2.value.messages.1",
     ),
     "whatsapp batch with a message naming nobody": (
         signed_wa(
@@ -351,79 +386,87 @@ REFUSALS: dict[str, tuple[Send, int, str]] = {
                 ],
             }
         ),
-        422,
-        "entry.0.changes.0.value.messages.0: no sender (from / user_id)",
-    ),
-    "sms invalid utf-8 form": (
-        sms_send([], body=b"Body=\xff\xfe&From=%2B1"),
-        400,
-        "form body is not valid UTF-8",
-    ),
-    "sms json content type": (
-        sms_send(SMS_TEXT, content_type="application/json"),
-        400,
-        "expected application/x-www-form-urlencoded",
+        "no_sender",
+        "entry.0.changes.0.value.messages.0: message names no sender (from / user_id)",
+        "entry.0.changes.0.value.messages.0",
     ),
     "sms missing MessageSid": (
         sms_send([(k, v) for k, v in SMS_TEXT if k != "MessageSid"]),
-        422,
+        "unprocessable",
         "missing MessageSid",
+        None,
     ),
     "sms missing From": (
         sms_send([(k, v) for k, v in SMS_TEXT if k != "From"]),
-        422,
+        "unprocessable",
         "missing From",
+        None,
     ),
     "sms status callback without To": (
         sms_send([(k, v) for k, v in sms_fields("status_delivered") if k != "To"]),
-        422,
+        "unprocessable",
         "missing To",
+        None,
     ),
     "email wrong content type": (
         email_send(eml("plain"), content_type="text/plain"),
-        400,
+        "malformed",
         "expected message/rfc822 or a Mailgun form post",
+        None,
     ),
     "email json content type": (
         email_send(b"{}", content_type="application/json"),
-        400,
+        "malformed",
         "expected message/rfc822 or a Mailgun form post",
+        None,
     ),
     "email without From": (
         email_send(b"Subject: hi\r\n\r\nno sender\r\n"),
-        422,
-        "email has no From address",
+        "no_sender",
+        "email has no sender address (From, Reply-To, Sender)",
+        None,
     ),
     "email garbage bytes": (
         email_send(b"\x00\xff\xfe garbage \x80\x81\r\n\r\n\x00"),
-        422,
-        "email has no From address",
+        "no_sender",
+        "email has no sender address (From, Reply-To, Sender)",
+        None,
     ),
     "email multipart without boundary": (
         email_send(b"--x\r\n\r\n", content_type="multipart/form-data"),
-        400,
+        "malformed",
         "malformed multipart/form-data body",
+        None,
     ),
     "email multipart with a missing boundary": (
         email_send(b"no parts here", content_type="multipart/form-data; boundary=zzz"),
-        400,
+        "malformed",
         "malformed multipart/form-data body",
+        None,
     ),
     "email form invalid utf-8": (
         email_send(b"from=\xff\xfe", content_type=FORM),
-        400,
+        "malformed",
         "form body is not valid UTF-8",
+        None,
     ),
     "mailgun form without From": (
         mailgun_send({"body-plain": "who sent this", "message-headers": "[]"}),
-        422,
-        "email has no From address",
+        "no_sender",
+        "email has no sender address (From, Reply-To, Sender)",
+        None,
     ),
-    "telegram malformed json": (telegram_send(b"{not json"), 400, "malformed JSON: *"),
+    "telegram malformed json": (
+        telegram_send(b"{not json"),
+        "malformed",
+        "malformed JSON: *",
+        None,
+    ),
     "telegram wrong content type": (
         telegram_send(b"{}", "text/plain"),
-        400,
+        "malformed",
         "expected application/json",
+        None,
     ),
 }
 
@@ -436,24 +479,70 @@ async def test_refused_with_a_json_error_and_nothing_published(
     before = len(gateway.publisher.published)
     response = await send(gateway.client, channels)
     assert_refused(response, status)
-    error = response.json()["error"]
-    if reason.endswith("*"):  # the parser's own detail follows
-        assert error.startswith(reason[:-1]), error
-        assert len(error) > len(reason), error
-    else:
-        assert error == reason
+    assert_reason(response.json()["error"], reason)
     assert len(gateway.publisher.published) == before
 
 
-async def test_truncated_signed_whatsapp_bodies_are_400_never_500(
+def kept_since(gateway: Gateway, before: int) -> list[RawWebhook]:
+    return [r for r in gateway.publisher.published[before:] if isinstance(r, RawWebhook)]
+
+
+def assert_reason(reason: str, expected: str) -> None:
+    if expected.endswith("*"):  # the parser's own detail follows
+        assert reason.startswith(expected[:-1]), reason
+        assert len(reason) > len(expected), reason
+    else:
+        assert reason == expected
+
+
+@pytest.mark.parametrize("case", list(KEPT))
+async def test_authenticated_but_unprocessable_is_200_and_kept(
+    gateway: Gateway, channels: Channels, case: str
+) -> None:
+    send, kind, reason, element = KEPT[case]
+    before = len(gateway.publisher.published)
+    response = await send(gateway.client, channels)
+    assert response.status_code == 200, response.text
+    transport = case.split()[0].replace("mailgun", "email")
+    if transport == "sms":
+        assert response.headers["content-type"].startswith("application/xml")
+    else:
+        assert response.json() == {"ok": True}
+    [kept] = kept_since(gateway, before)
+    assert (kept.reason_kind, kept.element) == (kind, element)
+    assert_reason(kept.reason, reason)
+    channel = channels.of(transport)
+    assert (kept.channel_id, kept.tenant_id, kept.transport) == (
+        channel.channel_id,
+        channel.tenant_id,
+        transport,
+    )
+    assert kept.correlation_id == response.headers["x-correlation-id"]
+    body = kept.inline_bytes()
+    if element is None:
+        assert body == response.request.content  # the verified bytes, exactly
+    else:
+        assert body is not None
+        alone = json.loads(body)["entry"][0]["changes"][0]["value"]["messages"]
+        assert len(alone) == 1
+    others = len(gateway.publisher.published) - before - 1
+    # A batch's valid siblings are published beside it; anything else publishes only the record.
+    assert others == (4 if element and "batch" in case and "nobody" not in case else 0)
+
+
+async def test_truncated_signed_whatsapp_bodies_are_kept_never_refused(
     gateway: Gateway, channels: Channels
 ) -> None:
     before = len(gateway.publisher.published)
-    for cut in range(0, len(WA_TEXT) - 1, max(1, len(WA_TEXT) // 25)):
+    cuts = list(range(0, len(WA_TEXT) - 1, max(1, len(WA_TEXT) // 25)))
+    for cut in cuts:
         body = WA_TEXT[:cut].rstrip()
         response = await post_whatsapp(gateway, channels.whatsapp, body)
-        assert_refused(response, 400)
-    assert len(gateway.publisher.published) == before
+        assert response.status_code == 200, response.text
+    kept = kept_since(gateway, before)
+    assert len(gateway.publisher.published) - before == len(cuts)  # nothing but the records
+    assert [k.reason_kind for k in kept] == ["malformed"] * len(cuts)
+    assert [k.inline_bytes() for k in kept] == [WA_TEXT[:cut].rstrip() for cut in cuts]
 
 
 # --- 404 --------------------------------------------------------------------------------------

@@ -5,14 +5,15 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, get_args
 
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 
-from ingest.errors import WebhookRejected
-from ingest.events import decode_event, encode_event
-from ingest.transports.base import ParseContext, RawRequest, TransportAdapter, WebhookResult
+from ingest.errors import Unauthorized
+from ingest.events import ReasonKind, decode_event, encode_event
+from ingest.intake import Taken, take
+from ingest.transports.base import ParseContext, RawRequest, TransportAdapter
 
 FUZZ = settings(
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
@@ -80,23 +81,35 @@ def outcome(
     adapter: TransportAdapter,
     request: RawRequest,
     ctx: ParseContext,
-    allowed: tuple[type[WebhookRejected], ...],
-) -> WebhookResult | None:
-    """What the adapter makes of `request`: a result whose events survive the Kafka encoding
-    unchanged, or (None) a rejection of an `allowed` kind that briefly says why."""
+    *,
+    unverifiable: str | None = None,
+) -> Taken | None:
+    """What the gateway makes of an authenticated `request`: never a 4xx. Events that survive
+    the Kafka encoding unchanged, and whatever could not become events kept with a short reason
+    of a known kind (never "adapter_error": that would be a parser crash). The whole body, when
+    kept, is kept byte for byte.
+
+    Only a body the signature cannot be computed over may be refused (None), as unauthenticated,
+    and only when its reason contains `unverifiable`."""
     try:
-        result = adapter.handle(request, ctx)
-    except WebhookRejected as exc:
-        rejected: WebhookRejected | None = exc
+        verified = adapter.verify(request, ctx)
+    except Unauthorized as exc:
+        refused: Unauthorized | None = exc
     else:
-        rejected = None
-    if rejected is not None:
-        assert isinstance(rejected, allowed), rejected
-        assert rejected.status_code in {kind.status_code for kind in allowed}
-        assert 0 < len(rejected.reason) <= 200  # the short reason a 4xx body carries
-        event(f"rejected {rejected.status_code}")  # shown by --hypothesis-show-statistics
+        refused = None
+    if refused is not None:
+        assert unverifiable is not None, refused.reason
+        assert unverifiable in refused.reason, refused.reason
+        event("unverifiable 401")
         return None
-    assert isinstance(result, WebhookResult)
-    for ev in result.events:
+    taken = take(adapter, request, ctx, verified)
+    for ev in taken.events:
         assert decode_event(encode_event(ev)) == ev
-    return result
+    for kept in taken.kept:
+        assert kept.reason_kind in get_args(ReasonKind)
+        assert kept.reason_kind != "adapter_error", kept.reason
+        assert 0 < len(kept.reason) <= 500
+        if not kept.element:
+            assert kept.body == request.body
+        event(f"kept {kept.reason_kind}")  # shown by --hypothesis-show-statistics
+    return taken

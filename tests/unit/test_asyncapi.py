@@ -29,6 +29,14 @@ def test_payload_schemas_are_the_contract_models() -> None:
         "MessageUpdated",
         "ClientCreated",
         "ChatCreated",
+        "RawWebhook",
     ):
         assert model in schemas
     assert "schema_version" in schemas["MessageEvent"]["properties"]
+
+
+def test_kept_webhooks_are_documented_on_the_dead_letter_topic() -> None:
+    document = generate(DEFAULTS)
+    kept = document["components"]["schemas"]["RawWebhook"]
+    assert {"body", "body_ref", "reason", "reason_kind", "channel_id"} <= set(kept["properties"])
+    assert {"crm.inbound.dlq:publish-kept", "crm.inbound.dlq:consume"} <= set(document["channels"])

@@ -11,17 +11,21 @@ from typing import Any, ClassVar
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from ingest.config import Settings, Transport
-from ingest.errors import EventTooLarge, PublishUnavailable, Unauthorized
-from ingest.events import MessageEvent, Sender, conversation_key
+from ingest.errors import EventTooLarge, PublishUnavailable, Unauthorized, UnprocessablePayload
+from ingest.events import MessageEvent, RawWebhook, Sender, conversation_key
 from ingest.gateway import create_app
+from ingest.intake import ClaimCheck
 from ingest.transports.base import (
     Channel,
     Event,
+    KeptElement,
     ParseContext,
     RawRequest,
     TransportAdapter,
+    VerifyThenParse,
     WebhookResult,
 )
 
@@ -68,22 +72,32 @@ def make_event(ctx: ParseContext, n: int) -> MessageEvent:
     )
 
 
-class FakeAdapter:
-    """Body `{"n": <events>}`; header `x-secret` must match the channel's secret_token."""
+class FakeAdapter(VerifyThenParse):
+    """Body `{"n": <events>, "bad": <elements kept>}`; header `x-secret` must match the
+    channel's secret_token; `n` < 0 is refused as unprocessable."""
 
     transport: ClassVar[Transport] = "telegram"
 
     def __init__(self) -> None:
         self.seen: list[tuple[RawRequest, ParseContext]] = []
 
-    def handle(self, request: RawRequest, ctx: ParseContext) -> WebhookResult:
+    def verify(self, request: RawRequest, ctx: ParseContext) -> None:
         self.seen.append((request, ctx))
         if request.header("x-secret") != ctx.channel.config["secret_token"]:
             raise Unauthorized("bad secret")
-        n = json.loads(request.body)["n"]  # KeyError/ValueError: "unexpected" adapter failures
-        if n == 0:
+
+    def parse(self, request: RawRequest, ctx: ParseContext, verified: Any = None) -> WebhookResult:
+        doc = json.loads(request.body)  # KeyError/ValueError: "unexpected" adapter failures
+        n = doc["n"]
+        if n < 0:
+            raise UnprocessablePayload("n: must not be negative")
+        kept = [
+            KeptElement(b'{"el":%d}' % i, "application/json", f"bad.{i}", f"bad.{i}: broken")
+            for i in range(doc.get("bad", 0))
+        ]
+        if n == 0 and not kept:
             return WebhookResult(events=[], ignored="nothing to do")
-        return WebhookResult(events=[make_event(ctx, i) for i in range(n)])
+        return WebhookResult(events=[make_event(ctx, i) for i in range(n)], kept=kept)
 
     def channel_config(self, given: Mapping[str, str]) -> dict[str, Any]:
         return dict(given)
@@ -102,10 +116,13 @@ class FakePublisher:
         self.error: Exception | None = None
         self.ready = True
 
-    async def publish(self, events: Sequence[Event]) -> None:
+    async def publish(self, events: Sequence[Event | RawWebhook]) -> None:
         if self.error is not None:
             raise self.error
-        self.published.extend(events)
+        self.published.extend(events)  # type: ignore[arg-type]
+
+    def kept(self) -> list[RawWebhook]:
+        return [r for r in self.published if isinstance(r, RawWebhook)]
 
     async def ping(self) -> bool:
         return self.ready
@@ -132,10 +149,17 @@ class Env:
         self.publisher = FakePublisher()
         self.channels = FakeChannels(CHANNEL, DISABLED, SMS_CHANNEL)
         self.adapters: dict[Transport, TransportAdapter] = {"telegram": self.adapter}
+        self.claim_check: ClaimCheck | None = None
+        self.inline_max_bytes = 1024
 
     def client(self) -> httpx.AsyncClient:
         app = create_app(
-            SETTINGS, publisher=self.publisher, channels=self.channels, adapters=self.adapters
+            SETTINGS,
+            publisher=self.publisher,
+            channels=self.channels,
+            adapters=self.adapters,
+            claim_check=self.claim_check,
+            inline_max_bytes=self.inline_max_bytes,
         )
         return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
 
@@ -187,11 +211,124 @@ async def test_adapter_rejection_keeps_its_status_and_publishes_nothing(env: Env
     assert env.publisher.published == []
 
 
-async def test_unexpected_adapter_failure_is_400(env: Env) -> None:
+async def test_unexpected_parser_failure_is_kept_and_200(env: Env) -> None:
     async with env.client() as client:
-        response = await post(client, content=b"{}")
-    assert response.status_code == 400
-    assert response.json() == {"error": "unparseable request"}
+        response = await post(client, content=b"{}", headers={"content-type": "text/x-odd"})
+    assert response.status_code == 200
+    assert response.json() == {"ok": True}
+    [kept] = env.publisher.published
+    assert isinstance(kept, RawWebhook)
+    assert kept.inline_bytes() == b"{}"
+    assert (kept.reason_kind, kept.reason) == ("adapter_error", "the parser failed on this request")
+    assert kept.content_type == "text/x-odd"
+    assert kept.element is None
+    assert (kept.channel_id, kept.tenant_id, kept.transport) == (CHANNEL.id, TENANT, "telegram")
+    assert kept.correlation_id == response.headers["x-correlation-id"]
+
+
+class CrashingVerify(FakeAdapter):
+    def verify(self, request: RawRequest, ctx: ParseContext) -> None:
+        raise RuntimeError("bug in the signature check")
+
+
+async def test_unexpected_failure_while_authenticating_is_401_and_nothing_kept() -> None:
+    env = Env(CrashingVerify())
+    async with env.client() as client:
+        response = await post(client)
+    assert response.status_code == 401
+    assert response.json() == {"error": "request could not be authenticated"}
+    assert env.publisher.published == []
+
+
+async def test_unprocessable_body_is_kept_with_its_reason(env: Env) -> None:
+    async with env.client() as client:
+        response = await post(client, n=-1)
+    assert response.status_code == 200
+    [kept] = env.publisher.kept()
+    assert (kept.reason_kind, kept.reason) == ("unprocessable", "n: must not be negative")
+    assert kept.inline_bytes() == b'{"n": -1}'
+    assert kept.body_ref is None
+    assert kept.size_bytes == 9
+    assert "x-secret" not in kept.headers  # nothing secret travels with the kept body
+
+
+async def test_kept_elements_are_published_beside_the_events(env: Env) -> None:
+    with capture_logs() as logs:
+        async with env.client() as client:
+            response = await post(client, content=b'{"n": 2, "bad": 2}')
+    warnings = [line for line in logs if line["event"] == "webhook kept unprocessed"]
+    assert [(w["log_level"], w["reason"], w["reason_kind"]) for w in warnings] == [
+        ("warning", "bad.0: broken", "unprocessable"),
+        ("warning", "bad.1: broken", "unprocessable"),
+    ]
+    assert not any('{"el"' in str(value) for w in warnings for value in w.values())  # no body
+    assert response.status_code == 200
+    events = [e for e in env.publisher.published if isinstance(e, MessageEvent)]
+    kept = env.publisher.kept()
+    assert len(events) == 2
+    assert [(k.element, k.inline_bytes(), k.reason) for k in kept] == [
+        ("bad.0", b'{"el":0}', "bad.0: broken"),
+        ("bad.1", b'{"el":1}', "bad.1: broken"),
+    ]
+    assert len({k.record_id for k in kept}) == 2
+
+
+async def test_same_kept_body_has_the_same_record_id(env: Env) -> None:
+    async with env.client() as client:
+        await post(client, n=-1)
+        await post(client, n=-1)
+    first, second = env.publisher.kept()
+    assert first.record_id == second.record_id
+
+
+async def test_kept_publish_failure_is_503(env: Env) -> None:
+    env.publisher.error = PublishUnavailable("broker down")
+    async with env.client() as client:
+        response = await post(client, n=-1)
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "7"
+
+
+class MemoryClaimCheck:
+    def __init__(self, fail: bool = False) -> None:
+        self.objects: dict[str, tuple[bytes, str]] = {}
+        self.fail = fail
+
+    async def put(self, data: bytes, content_type: str) -> str:
+        if self.fail:
+            raise OSError("store down")
+        url = f"memory://{len(self.objects)}"
+        self.objects[url] = (data, content_type)
+        return url
+
+
+async def test_large_kept_body_goes_through_the_claim_check(env: Env) -> None:
+    env.claim_check = store = MemoryClaimCheck()
+    env.inline_max_bytes = 16
+    body = b'{"n": -1, "pad": "' + b"x" * 100 + b'"}'
+    async with env.client() as client:
+        response = await post(client, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 200
+    [kept] = env.publisher.kept()
+    assert kept.body is None
+    assert kept.body_ref is not None
+    assert store.objects[kept.body_ref] == (body, "application/json")
+
+
+@pytest.mark.parametrize("store", [None, MemoryClaimCheck(fail=True)])
+async def test_large_kept_body_without_a_working_store_is_503(
+    env: Env, store: MemoryClaimCheck | None
+) -> None:
+    env.claim_check = store
+    env.inline_max_bytes = 16
+    with capture_logs() as logs:
+        async with env.client() as client:
+            response = await post(client, content=b'{"n": -1, "pad": "' + b"x" * 100 + b'"}')
+    [warning] = [line for line in logs if line["event"] == "kept webhook not stored"]
+    assert warning["log_level"] == "warning"
+    assert ("no media store" if store is None else "claim check failed") in warning["reason"]
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "7"
     assert env.publisher.published == []
 
 
@@ -248,6 +385,7 @@ async def test_streamed_body_within_limit_is_read_whole(env: Env) -> None:
         response = await post(client, content=chunks())
     assert response.status_code == 200
     assert env.adapter.seen[0][0].body == b'{"n": 2}'
+    assert len(env.publisher.published) == 2
 
 
 async def test_invalid_content_length_is_400(env: Env) -> None:

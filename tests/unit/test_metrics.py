@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ingest import metrics
 from ingest.config import Settings, Transport
-from ingest.errors import PublishUnavailable, Unauthorized
+from ingest.errors import PublishUnavailable, Unauthorized, UnprocessablePayload
 from ingest.gateway import create_app
 from ingest.transports.base import (
     Channel,
@@ -26,6 +26,7 @@ from ingest.transports.base import (
     ParseContext,
     RawRequest,
     TransportAdapter,
+    VerifyThenParse,
     WebhookResult,
 )
 
@@ -38,15 +39,20 @@ CHANNEL = Channel(
 URL = f"/webhooks/telegram/{CHANNEL.id}"
 
 
-class CountingAdapter:
-    """Body `{"n": <events>}`; header `x-secret` must match. Events are opaque to the fakes."""
+class CountingAdapter(VerifyThenParse):
+    """Body `{"n": <events>}` (negative: unprocessable, kept); header `x-secret` must match.
+    Events are opaque to the fakes."""
 
     transport: ClassVar[Transport] = "telegram"
 
-    def handle(self, request: RawRequest, ctx: ParseContext) -> WebhookResult:
+    def verify(self, request: RawRequest, ctx: ParseContext) -> None:
         if request.header("x-secret") != ctx.channel.config["secret_token"]:
             raise Unauthorized("bad secret")
+
+    def parse(self, request: RawRequest, ctx: ParseContext, verified: Any = None) -> WebhookResult:
         n = int(json.loads(request.body)["n"])
+        if n < 0:
+            raise UnprocessablePayload("n is negative")
         events = [cast(Event, object()) for _ in range(n)]
         return WebhookResult(events=events, ignored=None if n else "nothing to do")
 
@@ -55,7 +61,7 @@ class FakePublisher:
     def __init__(self) -> None:
         self.error: Exception | None = None
 
-    async def publish(self, events: Sequence[Event]) -> None:
+    async def publish(self, events: Sequence[Any]) -> None:
         if self.error is not None:
             raise self.error
 
@@ -161,6 +167,22 @@ async def test_publish_is_timed_and_acknowledged_events_counted(gateway: Gateway
     inf = {"transport": "telegram", "le": "+Inf"}
     assert delta("crm_ingest_publish_seconds_bucket", **inf) == 2
     assert delta("crm_ingest_webhook_requests_total", transport="telegram", status="503") == 1
+
+
+async def test_kept_webhooks_are_counted_by_transport_and_reason_kind(gateway: Gateway) -> None:
+    name = "crm_ingest_webhooks_kept_total"
+    labels = {"transport": "telegram", "reason_kind": "unprocessable"}
+    before = await gateway.scrape()
+    assert await gateway.post(-1) == 200
+    assert await gateway.post(-2) == 200
+    assert await gateway.post(1) == 200
+    gateway.publisher.error = PublishUnavailable("broker down")
+    assert await gateway.post(-3) == 503  # not acknowledged: not kept
+    after = await gateway.scrape()
+    assert sample(after, name, **labels) - sample(before, name, **labels) == 2
+    published = "crm_ingest_published_events_total"
+    transport = {"transport": "telegram"}
+    assert sample(after, published, **transport) - sample(before, published, **transport) == 1
 
 
 def test_observe_batch_moves_the_consumer_series() -> None:

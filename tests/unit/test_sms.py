@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import pytest
 
-from ingest.errors import BadPayload, Unauthorized, UnprocessablePayload
+from ingest.errors import Unauthorized, UnprocessablePayload
 from ingest.events import Attachment, MessageEvent, Sender, StatusEvent, make_event_id
 from ingest.transports.base import ParseContext, RawRequest, WebhookResult
 from ingest.transports.sms import TWIML_EMPTY, TwilioSmsAdapter, compute_signature
@@ -194,8 +194,10 @@ def test_channel_without_a_token_accepts_nobody(config: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("content_type", [None, "application/json", "multipart/form-data"])
-def test_wrong_content_type_is_bad_payload(content_type: str | None) -> None:
-    with pytest.raises(BadPayload, match="expected application/x-www-form-urlencoded"):
+def test_wrong_content_type_cannot_be_verified(content_type: str | None) -> None:
+    # The signature covers form parameters: another body cannot be verified, so it is refused
+    # as unauthenticated (401), never kept.
+    with pytest.raises(Unauthorized, match="only application/x-www-form-urlencoded"):
         handle(raw("basic_text"), content_type=content_type)
 
 
@@ -203,8 +205,8 @@ def test_content_type_parameters_are_allowed() -> None:
     assert len(handle(raw("basic_text"), content_type=FORM + "; charset=utf-8").events) == 1
 
 
-def test_undecodable_body_is_bad_payload() -> None:
-    with pytest.raises(BadPayload, match="UTF-8"):
+def test_undecodable_body_cannot_be_verified() -> None:
+    with pytest.raises(Unauthorized, match="UTF-8"):
         handle(b"Body=\xff\xfe", signature="x")
 
 

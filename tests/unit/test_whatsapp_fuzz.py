@@ -1,10 +1,10 @@
-"""Property tests: whatever the (correctly signed) bytes, WhatsAppAdapter answers with a result
-or a 400/403/422, and any event it produces survives the Kafka encoding unchanged.
+"""Property tests: whatever the (correctly signed) bytes, no 4xx: events (surviving the Kafka
+encoding unchanged), and what cannot become events kept whole or element by element.
 
-The channel is bound to the samples' phone_number_id, so mutations of `metadata` reach the 403
-path too. A separate property checks that an unsigned or mis-signed body is always a 401. The
-properties every JSON webhook shares (random bytes, JSON values and documents, mutated and
-corrupted captures) run against `TARGET` in test_json_webhooks.py.
+The channel is bound to the samples' phone_number_id, so mutations of `metadata` reach the
+channel-mismatch path too. A separate property checks that an unsigned or mis-signed body is
+always a 401. The properties every JSON webhook shares (random bytes, JSON values and
+documents, mutated and corrupted captures) run against `TARGET` in test_json_webhooks.py.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from ingest.errors import BadPayload, Forbidden, Unauthorized, UnprocessablePayload
+from ingest.errors import Unauthorized
 from ingest.events import MessageEvent
-from ingest.transports.base import RawRequest, WebhookResult
+from ingest.intake import Taken
+from ingest.transports.base import RawRequest
 from ingest.transports.whatsapp import MAX_UPDATES, UNSUPPORTED, WhatsAppAdapter
 from tests.unit.adapters import PAYLOADS, channel, context, post
 from tests.unit.fuzzing import FUZZ, FUZZ_RECEIVED_AT, JsonFuzzTarget, mutate, outcome, paths
@@ -44,15 +45,18 @@ def signed(body: bytes) -> RawRequest:
     )
 
 
-def check(body: bytes) -> WebhookResult | None:
-    """The only allowed outcomes: a WebhookResult, or a 400/403/422 rejection."""
-    result = outcome(adapter, signed(body), CTX, (BadPayload, Forbidden, UnprocessablePayload))
-    if result is None:
-        return None
-    assert len(result.events) <= MAX_UPDATES
-    assert result.events or result.ignored
-    event("events" if result.events else "ignored")
-    for ev in result.events:
+def check(body: bytes) -> Taken:
+    """No 4xx after authentication: events, kept elements or the kept body, or ignored."""
+    taken = outcome(adapter, signed(body), CTX)
+    assert taken is not None
+    result = taken.result
+    assert len(taken.events) <= MAX_UPDATES
+    assert taken.events or result.ignored or taken.kept
+    if any(not k.element for k in taken.kept):
+        assert not taken.events
+        assert len(taken.kept) == 1
+    event("events" if taken.events else "kept" if taken.kept else "ignored")
+    for ev in taken.events:
         if isinstance(ev, MessageEvent):
             assert ev.sender.first_name.strip()
             assert ev.conversation_key.endswith(ev.sender.contact_value)
@@ -99,7 +103,7 @@ def test_odd_content_never_costs_the_message(name: str, data: st.DataObject) -> 
     if data.draw(st.booleans(), label="retype"):
         msg["type"] = data.draw(st.sampled_from(_KINDS), label="type")
     result = check(json.dumps(doc).encode())
-    assert result is not None
+    assert not result.kept
     [ev] = result.events
     assert isinstance(ev, MessageEvent)
     assert ev.sender.contact_value == "+" + msg["from"]
@@ -116,7 +120,7 @@ def test_odd_attachments_never_cost_the_message(name: str, data: st.DataObject) 
     kind = holder["type"]
     mutate(holder, data, REPLACEMENTS, within=[(kind, *p) for p in paths(holder[kind])] + [(kind,)])
     result = check(json.dumps(doc).encode())
-    assert result is not None
+    assert not result.kept
     [ev] = result.events
     assert isinstance(ev, MessageEvent)
     assert ev.text

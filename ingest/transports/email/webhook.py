@@ -10,6 +10,12 @@ Two ways in, both checked before anything in the message is used:
 Email is hostile input: the stdlib parser never raises on garbage, but reading its headers and
 parts can, so every access goes through a helper that degrades instead of failing. Attachments
 are described (name, type, size) but their bytes are not kept in the event nor stored.
+
+A real email is never refused for what can be recovered: a header block broken by one bad line
+is repaired, a missing From falls back to Reply-To, Sender (or Mailgun's `sender` field) and says
+so in `message_meta.sender_fallback`, a date before 1970 is kept. An email with no sender at all
+is `NoSender`, which the gateway keeps as a dead letter rather than answering 4xx (providers
+drop mail on a 4xx). Reasons name what is wrong with the email, never an internal field.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.message import EmailMessage, Message
+from email import errors as email_errors
+from email.message import EmailMessage, Message, MIMEPart
 from email.parser import BytesParser
 from email.policy import EmailPolicy
 from email.utils import parseaddr, parsedate_to_datetime
@@ -33,13 +40,20 @@ from urllib.parse import parse_qsl
 
 from pydantic import ValidationError
 
-from ingest.errors import BadPayload, Unauthorized, UnprocessablePayload
+from ingest.errors import (
+    BadPayload,
+    NoSender,
+    Unauthorized,
+    UnprocessablePayload,
+)
 from ingest.events import Attachment, MessageEvent, Sender
 from ingest.identity import normalize_email
 from ingest.transports.base import (
     Channel,
+    KeptElement,
     ParseContext,
     RawRequest,
+    VerifyThenParse,
     WebhookResult,
     matches_any,
     utf8,
@@ -57,7 +71,23 @@ _NAME_MAX = 255
 _MSGID_RE = re.compile(r"<([^<>]+)>")
 _TOKEN_RE = re.compile(r"[A-Za-z0-9._~+/=-]{1,512}")
 _TIMESTAMP_RE = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
-_KEPT = ("From", "Subject", "Message-ID", "Date", "In-Reply-To", "References", "To", "Cc")
+_KEPT = (
+    "From",
+    "Reply-To",
+    "Sender",
+    "Subject",
+    "Message-ID",
+    "Date",
+    "In-Reply-To",
+    "References",
+    "To",
+    "Cc",
+)
+# Who sent it when From is missing or unreadable, in this order (RFC 5322 3.6.2: Sender is the
+# agent that sent it on the author's behalf; Reply-To is where the author wants answers).
+_SENDER_FALLBACKS = ("Reply-To", "Sender")
+_HEADER_LINE_RE = re.compile(rb"^[\x21-\x39\x3b-\x7e]+:|^[ \t]")  # a field or a folded line
+_BLANK_LINE_RE = re.compile(rb"\r?\n\r?\n")
 _T = TypeVar("_T")
 # The stdlib header parser is superlinear (seconds for a 200 KB Subject of encoded words), and a
 # 25 MB body could hold one such header per MIME part: nothing beyond this is parsed.
@@ -194,6 +224,8 @@ class _Mail:
     files: list[_File] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    sender_field: str | None = None  # Mailgun's envelope `sender`, the last fallback
+    kept: list[KeptElement] = field(default_factory=list)  # attachments that cannot be read
 
 
 def _header(msg: Message, name: str) -> str | None:
@@ -224,8 +256,16 @@ def _mime_text(msg: EmailMessage) -> str:
     return html_to_text(_part_text(html)) if isinstance(html, EmailMessage) else ""
 
 
+def _parts(msg: EmailMessage) -> list[EmailMessage] | None:
+    """The attachment parts; an email that is only an attachment (one non-multipart part with
+    `Content-Disposition: attachment`) is its own one attachment."""
+    if not _safe(msg.is_multipart) and _safe(msg.get_content_disposition) == "attachment":
+        return [msg]
+    return _safe(lambda: list(islice(msg.iter_attachments(), MAX_ATTACHMENTS + 1)))
+
+
 def _mime_files(msg: EmailMessage, errors: list[str]) -> list[_File]:
-    parts = _safe(lambda: list(islice(msg.iter_attachments(), MAX_ATTACHMENTS + 1)))
+    parts = _parts(msg)
     if parts is None:
         errors.append("attachments: unreadable MIME structure")
         return []
@@ -250,13 +290,37 @@ def _mime_files(msg: EmailMessage, errors: list[str]) -> list[_File]:
     return files
 
 
-def _from_mime(raw: bytes, fmt: str) -> _Mail:
+def _parse_mime(raw: bytes) -> EmailMessage:
     try:
         msg = BytesParser(policy=_POLICY).parsebytes(raw)
     except Exception as exc:
         raise BadPayload("unparseable email message") from exc
     assert isinstance(msg, EmailMessage)  # what an EmailPolicy builds
+    return msg
+
+
+def _repaired(raw: bytes) -> bytes | None:
+    """The message without the lines that broke its header block, or None when there are none.
+
+    The stdlib ends the headers at the first line that is neither a field nor a folded line,
+    so one bad line above `From:` turns every header below it into body text."""
+    end = _BLANK_LINE_RE.search(raw)
+    head, rest = (raw[: end.start()], raw[end.start() :]) if end else (raw, b"")
+    lines = head.splitlines(keepends=True)
+    kept = [line for line in lines if _HEADER_LINE_RE.match(line)]
+    return b"".join(kept) + rest if len(kept) < len(lines) else None
+
+
+def _from_mime(raw: bytes, fmt: str) -> _Mail:
+    msg = _parse_mime(raw)
     errors: list[str] = []
+    broken = any(
+        isinstance(d, email_errors.MissingHeaderBodySeparatorDefect)
+        for d in _safe(lambda: msg.defects) or []
+    )
+    if broken and (repaired := _repaired(raw)) is not None:
+        msg = _parse_mime(repaired)
+        errors.append("headers: malformed lines skipped")
     return _Mail(
         format=fmt,
         headers={name: _header(msg, name) for name in _KEPT},
@@ -264,6 +328,16 @@ def _from_mime(raw: bytes, fmt: str) -> _Mail:
         fallback_id="sha256:" + hashlib.sha256(raw).hexdigest(),
         files=_mime_files(msg, errors),
         errors=errors,
+    )
+
+
+def _unreadable(part: MIMEPart, payload: object) -> bool:
+    defects = _safe(lambda: part.defects) or []
+    return not isinstance(payload, bytes) or any(
+        isinstance(
+            d, email_errors.InvalidBase64CharactersDefect | email_errors.InvalidBase64PaddingDefect
+        )
+        for d in defects
     )
 
 
@@ -275,6 +349,7 @@ class _Form:
     fields: dict[str, str]
     files: list[_File] = field(default_factory=list)
     mime: bytes | None = None  # `body-mime`, exactly as posted
+    kept: list[KeptElement] = field(default_factory=list)
 
 
 def _urlencoded(body: bytes) -> _Form:
@@ -315,12 +390,27 @@ def _multipart(content_type: str, body: bytes) -> _Form:
         if filename is not None:
             if len(form.files) < MAX_ATTACHMENTS:
                 mime = _safe(part.get_content_type)
-                form.files.append(_File(_clean(filename)[:_NAME_MAX] or None, mime, len(data)))
+                name_ = _clean(filename)[:_NAME_MAX] or None
+                if _unreadable(part, payload):
+                    form.kept.append(_kept_part(part, len(form.files) + len(form.kept), name_))
+                else:
+                    form.files.append(_File(name_, mime, len(data)))
         elif isinstance(name, str) and name not in form.fields:
             form.fields[_clean(name)] = _clean(data.decode("utf-8", "replace"))
             if name == "body-mime":
                 form.mime = data
     return form
+
+
+def _kept_part(part: MIMEPart, index: int, filename: str | None) -> KeptElement:
+    raw = _safe(part.as_bytes) or b""
+    return KeptElement(
+        body=raw,
+        content_type="application/octet-stream",
+        element=f"attachment.{index}",
+        reason=f"attachment {index} ({filename or 'unnamed'}) cannot be decoded",
+        reason_kind="unreadable_attachment",
+    )
 
 
 def _verify_mailgun(form: _Form, keys: Sequence[str], now: datetime) -> None:
@@ -364,7 +454,7 @@ def _from_mailgun(form: _Form) -> _Mail:
     digest = hashlib.sha256(json.dumps(stable).encode()).hexdigest()
     kept = {name: header(name) for name in _KEPT}
     # The top-level fields are Mailgun's decoded versions of the headers.
-    kept["From"] = fields.get("from") or kept["From"] or fields.get("sender")
+    kept["From"] = fields.get("from") or kept["From"]
     kept["Subject"] = fields.get("subject") or kept["Subject"]
     return _Mail(
         format="mailgun",
@@ -372,6 +462,7 @@ def _from_mailgun(form: _Form) -> _Mail:
         text=text or (html_to_text(html) if html else ""),
         fallback_id="sha256:" + digest,
         files=form.files,
+        sender_field=fields.get("sender"),
     )
 
 
@@ -390,12 +481,20 @@ def _check_bearer(given: str, channel: Channel) -> None:
         raise Unauthorized("invalid bearer token")
 
 
+def _sender(mail: _Mail) -> tuple[str, str, str | None]:
+    """(address, display name, the field it came from when not From)."""
+    candidates = [("From", mail.headers["From"])]
+    candidates += [(name, mail.headers[name]) for name in _SENDER_FALLBACKS]
+    candidates.append(("sender", mail.sender_field))  # Mailgun's envelope sender
+    for name, raw in candidates:
+        if (found := _address(raw)) is not None:
+            return found[0], found[1], None if name == "From" else name
+    raise NoSender("email has no sender address (From, Reply-To, Sender)")
+
+
 def _event(mail: _Mail, ctx: ParseContext) -> MessageEvent:
     headers = mail.headers
-    found = _address(headers["From"])
-    if found is None:
-        raise UnprocessablePayload("email has no From address")
-    address, display = found
+    address, display, fallback = _sender(mail)
     external_id = _message_id(headers["Message-ID"]) or mail.fallback_id
     if len(external_id) > _ID_MAX:
         external_id = "sha256:" + hashlib.sha256(external_id.encode()).hexdigest()
@@ -421,6 +520,7 @@ def _event(mail: _Mail, ctx: ParseContext) -> MessageEvent:
         "to": headers["To"],
         "cc": headers["Cc"],
         **mail.extra,
+        "sender_fallback": fallback,
         "attachment_errors": mail.errors,
     }
     sent = _date(headers["Date"])
@@ -437,7 +537,8 @@ def _event(mail: _Mail, ctx: ParseContext) -> MessageEvent:
         **ctx.envelope("email", address, external_id),
         event_type="message.received",
         external_message_id=external_id,
-        version=int(sent.timestamp() * 1000) if sent else 0,
+        # Versions order a member's meta and start at 0: an email dated before 1970 is 0.
+        version=max(0, int(sent.timestamp() * 1000)) if sent else 0,
         sent_at=sent or ctx.received_at,
         sender=Sender(
             contact_type="email",
@@ -452,41 +553,57 @@ def _event(mail: _Mail, ctx: ParseContext) -> MessageEvent:
     )
 
 
-class EmailAdapter:
+def _form(request: RawRequest) -> _Form:
+    if request.media_type == "multipart/form-data":
+        return _multipart(request.header("content-type") or "", request.body)
+    return _urlencoded(request.body)
+
+
+class EmailAdapter(VerifyThenParse):
     transport: ClassVar[Literal["email"]] = "email"
 
     def __init__(self, default_region: str | None = None) -> None:
         self.default_region = default_region  # unused by email; kept for a uniform constructor
 
-    def handle(self, request: RawRequest, ctx: ParseContext) -> WebhookResult:
-        media = request.media_type
+    def verify(self, request: RawRequest, ctx: ParseContext) -> _Form | None:
+        """The bearer token; or Mailgun's signature, whose fields are in the form (returned,
+        so that `parse` does not decode it twice)."""
         signing_keys = ctx.channel.secrets("signing_key")
         bearer = _bearer(request)
         if bearer is not None:
             _check_bearer(bearer, ctx.channel)
-        elif not (signing_keys and media in FORM_TYPES):
+            return None
+        if not (signing_keys and request.media_type in FORM_TYPES):
             raise Unauthorized("missing bearer token")
+        try:
+            form = _form(request)
+        except BadPayload as exc:
+            raise Unauthorized("missing Mailgun signature") from exc  # unverifiable
+        _verify_mailgun(form, signing_keys, ctx.received_at)
+        return form
+
+    def parse(self, request: RawRequest, ctx: ParseContext, verified: Any = None) -> WebhookResult:
+        media = request.media_type
+        kept: list[KeptElement] = []
         if media == RFC822:
             mail = _from_mime(request.body, "rfc822")
         elif media in FORM_TYPES:
-            if media == "multipart/form-data":
-                form = _multipart(request.header("content-type") or "", request.body)
-            else:
-                form = _urlencoded(request.body)
-            if bearer is None:
-                _verify_mailgun(form, signing_keys, ctx.received_at)
+            form = verified if isinstance(verified, _Form) else _form(request)
             mail = _from_mailgun(form) if form.mime is None else _from_mime(form.mime, "mailgun")
             mail.extra["recipient"] = form.fields.get("recipient")
+            mail.sender_field = mail.sender_field or form.fields.get("sender")
+            kept = form.kept
+            if kept:
+                mail.errors.append(f"attachments: {len(kept)} unreadable, kept as dead letters")
         else:
             raise BadPayload("expected message/rfc822 or a Mailgun form post")
         try:
             event = _event(mail, ctx)
         except ValidationError as exc:
-            # The helpers above should make this unreachable; it is the last translation point.
-            err = exc.errors(include_url=False, include_input=False)[0]
-            loc = ".".join(str(p) for p in err["loc"])
-            raise UnprocessablePayload(f"{loc}: {err['msg']}"[:200]) from exc
-        return WebhookResult(events=[event])
+            # The helpers above should make this unreachable; it is the last translation point,
+            # and its reason says what is wrong with the email, not which model field refused it.
+            raise UnprocessablePayload("email cannot be read as a message") from exc
+        return WebhookResult(events=[event], kept=kept)
 
     def channel_config(
         self, given: Mapping[str, str], current: Mapping[str, Any] | None = None

@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from pydantic import ValidationError
 
-from ingest.errors import BadPayload, Unauthorized, UnprocessablePayload
+from ingest.errors import Unauthorized, UnprocessablePayload
 from ingest.events import (
     Attachment,
     MessageEvent,
@@ -26,7 +26,14 @@ from ingest.events import (
     StatusEvent,
 )
 from ingest.identity import normalize_phone
-from ingest.transports.base import ParseContext, RawRequest, WebhookResult, matches_any, utf8
+from ingest.transports.base import (
+    ParseContext,
+    RawRequest,
+    VerifyThenParse,
+    WebhookResult,
+    matches_any,
+    utf8,
+)
 from ingest.transports.channel_keys import build_config
 from ingest.transports.sms.keys import CONFIG_KEYS
 
@@ -105,7 +112,9 @@ def _decode_form(body: bytes) -> list[tuple[str, str]]:
         text = body.decode("utf-8")
         return parse_qsl(text, keep_blank_values=True, strict_parsing=False)
     except (UnicodeDecodeError, ValueError) as exc:
-        raise BadPayload("form body is not valid UTF-8") from exc
+        # The signature covers the decoded parameters: a body that does not decode cannot be
+        # verified, so it is refused as unauthenticated (and never kept).
+        raise Unauthorized("invalid signature: form body is not valid UTF-8") from exc
 
 
 def _verify(request: RawRequest, ctx: ParseContext) -> list[tuple[str, str]]:
@@ -117,7 +126,7 @@ def _verify(request: RawRequest, ctx: ParseContext) -> list[tuple[str, str]]:
     if not tokens:
         raise Unauthorized("invalid signature")  # no secret configured: trust nobody
     if request.media_type != FORM_TYPE:
-        raise BadPayload(f"expected {FORM_TYPE}")
+        raise Unauthorized(f"invalid signature: only {FORM_TYPE} bodies can be verified")
     params = _decode_form(request.body)
     public_url = ctx.channel.config.get("public_url")
     url = public_url if isinstance(public_url, str) and public_url else request.url
@@ -186,14 +195,19 @@ def _required(fields: Mapping[str, str], name: str) -> str:
     return value
 
 
-class TwilioSmsAdapter:
+class TwilioSmsAdapter(VerifyThenParse):
     transport: ClassVar[Literal["sms"]] = "sms"
+    accepted_body: ClassVar[tuple[bytes, str]] = (TWIML_EMPTY, "application/xml")
 
     def __init__(self, default_region: str | None = None) -> None:
         self.default_region = default_region
 
-    def handle(self, request: RawRequest, ctx: ParseContext) -> WebhookResult:
-        params = _verify(request, ctx)
+    def verify(self, request: RawRequest, ctx: ParseContext) -> list[tuple[str, str]]:
+        return _verify(request, ctx)
+
+    def parse(self, request: RawRequest, ctx: ParseContext, verified: Any = None) -> WebhookResult:
+        # Replay passes no `verified`: the form is decoded again (it was verified at receipt).
+        params = verified if verified is not None else _decode_form(request.body)
         fields: dict[str, str] = {}
         for name, value in params:
             fields.setdefault(name, value)  # a repeated name: the first value counts

@@ -22,6 +22,7 @@ from ingest.events import (
 from ingest.transports.base import (
     ParseContext,
     RawRequest,
+    VerifyThenParse,
     WebhookResult,
     matches_any,
     parse_json_body,
@@ -338,11 +339,13 @@ def _message_meta(update_id: int, msg: _Message, errors: list[str]) -> dict[str,
     return meta
 
 
-class TelegramAdapter:
+class TelegramAdapter(VerifyThenParse):
     transport: ClassVar[Literal["telegram"]] = "telegram"
 
-    def handle(self, request: RawRequest, ctx: ParseContext) -> WebhookResult:
+    def verify(self, request: RawRequest, ctx: ParseContext) -> None:
         self._verify(request, ctx)
+
+    def parse(self, request: RawRequest, ctx: ParseContext, verified: Any = None) -> WebhookResult:
         if request.media_type != "application/json":
             raise BadPayload("expected application/json")
         update = _parse(request.body)

@@ -5,15 +5,18 @@ it is checked on the raw bytes, in constant time, before the body is parsed. A P
 1000 updates (entry -> changes -> value.messages[] / value.statuses[]); each becomes one event.
 The GET handshake echoes `hub.challenge` when `hub.verify_token` matches the channel's token.
 
-The envelope and the identifiers are strict (a broken one rejects the request with 422, so Meta
-retries it); what a message says is read leniently: odd content costs a placeholder and a note in
-`message_meta`, never the message.
+The envelope is strict (a broken one keeps the whole body as a dead letter); each element of a
+batch (a `messages[]` or `statuses[]` entry) is validated on its own, so a broken one is kept as
+a dead letter (its raw JSON inside a one-element envelope of its entry, replayable as a request
+of its own) and never costs its siblings. What a message says is read leniently: odd content
+costs a placeholder and a note in `message_meta`, never the message.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -24,7 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationErr
 
 from ingest.errors import (
     BadPayload,
+    ChannelMismatch,
     Forbidden,
+    NoSender,
     Unauthorized,
     UnprocessablePayload,
 )
@@ -40,8 +45,10 @@ from ingest.identity import normalize_phone
 from ingest.transports.base import (
     Channel,
     Event,
+    KeptElement,
     ParseContext,
     RawRequest,
+    VerifyThenParse,
     WebhookResult,
     matches_any,
     parse_json_body,
@@ -120,8 +127,9 @@ class _Metadata(_In):
 class _Value(_In):
     metadata: _Metadata
     contacts: Any = None  # only names the senders: an odd entry must not cost the messages
-    messages: list[_Message] = Field(default_factory=list)
-    statuses: list[_Status] = Field(default_factory=list)
+    # Raw here, validated one by one: a broken element is kept, its siblings go on.
+    messages: list[Any] = Field(default_factory=list)
+    statuses: list[Any] = Field(default_factory=list)
     errors: Any = None
 
 
@@ -353,7 +361,42 @@ def _status_meta(status: _Status) -> dict[str, Any]:
     return _some(meta)
 
 
-class WhatsAppAdapter:
+def _status_event(ctx: ParseContext, status: _Status, business: dict[str, Any]) -> StatusEvent:
+    who = _phone(status.recipient_id) or status.recipient_id or status.recipient_user_id
+    return StatusEvent(
+        **ctx.envelope("whatsapp", who or status.id, status.id, status.status, status.timestamp),
+        event_type="message.status",
+        external_message_id=status.id,
+        status=cast(MessageStatus, status.status),  # checked against _STATUSES
+        status_at=utc_from_unix(status.timestamp),
+        meta=_status_meta(status) | business,
+    )
+
+
+def _kept(
+    entry: _Entry, value: _Value, key: str, raw: Any, where: str, exc: UnprocessablePayload
+) -> KeptElement:
+    """A broken element as a request of its own: its raw JSON in a one-element envelope of its
+    entry (metadata and contacts included), so `dlq replay` parses it like any webhook."""
+    change_value = {
+        "metadata": value.metadata.model_dump(exclude_none=True),
+        **({"contacts": value.contacts} if value.contacts is not None else {}),
+        key: [raw],
+    }
+    doc = {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": entry.id, "changes": [{"field": "messages", "value": change_value}]}],
+    }
+    return KeptElement(
+        body=json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode(),
+        content_type="application/json",
+        element=where,
+        reason=exc.reason[:500],
+        reason_kind=exc.reason_kind,
+    )
+
+
+class WhatsAppAdapter(VerifyThenParse):
     transport: ClassVar[Literal["whatsapp"]] = "whatsapp"
 
     def __init__(self, default_region: str | None = None) -> None:
@@ -376,8 +419,10 @@ class WhatsAppAdapter:
             raise Forbidden("hub.challenge must be 1-256 printable characters")
         return challenge
 
-    def handle(self, request: RawRequest, ctx: ParseContext) -> WebhookResult:
+    def verify(self, request: RawRequest, ctx: ParseContext) -> None:
         self._verify(request, ctx.channel)
+
+    def parse(self, request: RawRequest, ctx: ParseContext, verified: Any = None) -> WebhookResult:
         if request.media_type != "application/json":
             raise BadPayload("expected application/json")
         envelope = _parse(request.body)
@@ -391,23 +436,20 @@ class WhatsAppAdapter:
                     values.append((f"entry.{i}.changes.{j}.value", entry, change.value))
         expected = ctx.channel.config.get("phone_number_id")
         if expected and any(v.metadata.phone_number_id != str(expected) for _, _, v in values):
-            raise Forbidden("payload for another phone number")
+            raise ChannelMismatch("payload for another phone number than the channel's")
         if sum(len(v.messages) + len(v.statuses) for _, _, v in values) > MAX_UPDATES:
             raise UnprocessablePayload(f"more than {MAX_UPDATES} updates in one request")
         events: list[Event] = []
+        kept: list[KeptElement] = []
         skipped: list[str] = []
-        try:
-            for where, entry, value in values:
-                events += self._events(ctx, where, entry, value, skipped)
-        except ValidationError as exc:
-            # Validation above should make this unreachable; it is the last translation point.
-            raise UnprocessablePayload(_reason(exc)) from exc
+        for where, entry, value in values:
+            events += self._events(ctx, where, entry, value, skipped, kept)
         notes = [f"changes of other fields {sorted(other_fields)}"] if other_fields else []
         if skipped:
             notes.append(f"{len(skipped)} status(es) of unsupported kind {sorted(set(skipped))}")
-        if not events and not notes:
+        if not events and not notes and not kept:
             notes.append("no messages or statuses")
-        return WebhookResult(events=events, ignored="; ".join(notes)[:500] or None)
+        return WebhookResult(events=events, ignored="; ".join(notes)[:500] or None, kept=kept)
 
     @staticmethod
     def _verify(request: RawRequest, channel: Channel) -> None:
@@ -423,33 +465,46 @@ class WhatsAppAdapter:
             raise Unauthorized("invalid signature")
 
     def _events(
-        self, ctx: ParseContext, where: str, entry: _Entry, value: _Value, skipped: list[str]
+        self,
+        ctx: ParseContext,
+        where: str,
+        entry: _Entry,
+        value: _Value,
+        skipped: list[str],
+        kept: list[KeptElement],
     ) -> list[Event]:
         md = value.metadata
         business = {"phone_number_id": md.phone_number_id, "waba_id": entry.id}
         business |= _some({"display_phone_number": md.display_phone_number})
         contacts, events = _contacts(value.contacts), list[Event]()
-        for k, msg in enumerate(value.messages):
-            if (found := _sender(msg, contacts)) is None:
-                raise UnprocessablePayload(f"{where}.messages.{k}: no sender (from / user_id)")
-            sender, member_meta = found
-            events.append(self._message(ctx, msg, value, sender, _some(member_meta) | business))
-        for status in value.statuses:
-            if status.status not in _STATUSES:
-                skipped.append(status.status[:50])
-                continue
-            who = _phone(status.recipient_id) or status.recipient_id or status.recipient_user_id
-            event = StatusEvent(
-                **ctx.envelope(
-                    "whatsapp", who or status.id, status.id, status.status, status.timestamp
-                ),
-                event_type="message.status",
-                external_message_id=status.id,
-                status=cast(MessageStatus, status.status),  # checked against _STATUSES
-                status_at=utc_from_unix(status.timestamp),
-                meta=_status_meta(status) | business,
-            )
-            events.append(event)
+
+        def keep(key: str, k: int, exc: UnprocessablePayload | ValidationError) -> None:
+            at = f"{where}.{key}.{k}"
+            if isinstance(exc, ValidationError):
+                exc = UnprocessablePayload(validation_reason(exc, "body", at))
+            else:
+                exc = type(exc)(f"{at}: {exc.reason}")
+            kept.append(_kept(entry, value, key, getattr(value, key)[k], at, exc))
+
+        for k, raw in enumerate(value.messages):
+            try:
+                msg = _Message.model_validate(raw)
+                if (found := _sender(msg, contacts)) is None:
+                    raise NoSender("message names no sender (from / user_id)")
+                sender, member_meta = found
+                member = _some(member_meta) | business
+                events.append(self._message(ctx, msg, value, sender, member))
+            except (ValidationError, UnprocessablePayload) as exc:
+                keep("messages", k, exc)
+        for k, raw in enumerate(value.statuses):
+            try:
+                status = _Status.model_validate(raw)
+                if status.status not in _STATUSES:
+                    skipped.append(status.status[:50])
+                    continue
+                events.append(_status_event(ctx, status, business))
+            except ValidationError as exc:
+                keep("statuses", k, exc)
         return events
 
     def _message(
