@@ -260,17 +260,23 @@ async def cmd_dlq_replay(settings: Settings, args: argparse.Namespace) -> None:
     from handlers.replay import replay_dead_letters
     from ingest.channels import ChannelDirectory
     from ingest.intake import Reparser
+    from ingest.objectstore import open_store
     from ingest.transports import load_adapters
 
-    # Kept webhooks are parsed again with this code, for their channel as it is now.
+    # Kept webhooks are parsed again with this code, for their channel as it is now; bodies and
+    # email files live in the media store.
     channels = ChannelDirectory(settings)
+    store = open_store(settings.media_store) if settings.media_store else None
     await channels.open()
     try:
-        reparse = Reparser(channels, load_adapters(settings.default_phone_region))
+        adapters = load_adapters(settings.default_phone_region)
+        reparse = Reparser(channels, adapters, store)
         ids = None if args.all else args.id
         _print_json(await replay_dead_letters(settings, ids, reparse=reparse))
     finally:
         await channels.close()
+        if store is not None:
+            await store.close()
 
 
 async def cmd_bench(settings: Settings, args: argparse.Namespace) -> None:

@@ -151,8 +151,11 @@ def sample_requests(transport: str, url: str, config: dict[str, Any]) -> list[st
 # Piped into the email curl: printf turns the \n escapes into the message's line breaks.
 SAMPLE_EMAIL = (
     r"From: Sheena Nelson <sheena@example.org>\nTo: support@example.com\nSubject: Hello\n"
-    r"Message-ID: <demo-1@example.org>\nDate: Thu, 12 Oct 2017 18:03:30 -0700\n\n"
-    r"Hello by email\n"
+    r"Message-ID: <demo-1@example.org>\nDate: Thu, 12 Oct 2017 18:03:30 -0700\n"
+    r"MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=demo\n\n"
+    r"--demo\nContent-Type: text/plain; charset=utf-8\n\nHello by email, invoice attached\n"
+    r"--demo\nContent-Type: text/plain; name=invoice.txt\n"
+    r"Content-Disposition: attachment; filename=invoice.txt\n\nInvoice 42: 10 EUR\n--demo--\n"
 )
 
 

@@ -37,9 +37,18 @@ from ingest.channels import ChannelDirectory
 from ingest.config import Settings, SettingsError, Transport
 from ingest.errors import ClaimCheckUnavailable, EventTooLarge, PublishUnavailable, WebhookRejected
 from ingest.events import RawWebhook
-from ingest.intake import INLINE_MAX_BYTES, ClaimCheck, Taken, kept_records, take
+from ingest.intake import (
+    INLINE_MAX_BYTES,
+    ClaimCheck,
+    StoreClaimCheck,
+    Taken,
+    kept_records,
+    store_blobs,
+    take,
+)
 from ingest.logs import get_logger
 from ingest.metrics import metrics_response, observe_kept, observe_publish, observe_request
+from ingest.objectstore import ObjectStore, open_store
 from ingest.openapi import openapi_document
 from ingest.process import settle_heap
 from ingest.publisher import EventPublisher
@@ -100,12 +109,18 @@ def create_app(
     channels: Channels,
     adapters: Mapping[Transport, TransportAdapter],
     lifespan: Any = None,
+    media_store: ObjectStore | None = None,
     claim_check: ClaimCheck | None = None,
     inline_max_bytes: int = INLINE_MAX_BYTES,
 ) -> Starlette:
-    """`claim_check` (the media store) takes kept bodies over `inline_max_bytes`; without one,
-    such a body is answered 503 (logged at WARNING), so the provider retries."""
-    gateway = _Gateway(settings, publisher, channels, adapters, claim_check, inline_max_bytes)
+    """`media_store` keeps the bytes only a webhook carries (email attachments and messages)
+    and, as the claim check, kept bodies over `inline_max_bytes`; without one, such a request
+    is answered 503 (logged at WARNING), so the provider retries."""
+    if claim_check is None and media_store is not None:
+        claim_check = StoreClaimCheck(media_store)
+    gateway = _Gateway(
+        settings, publisher, channels, adapters, claim_check, inline_max_bytes, media_store
+    )
     routes = [
         Route("/webhooks/{transport}/{channel_id}", gateway.webhook, methods=["GET", "POST"]),
         Route("/healthz", healthz, methods=["GET"]),
@@ -116,15 +131,16 @@ def create_app(
     return Starlette(routes=routes, lifespan=lifespan)
 
 
-def create_gateway(settings: Settings, claim_check: ClaimCheck | None = None) -> Starlette:
-    """The production app: real pool, channel directory, producer and adapters. `claim_check`
-    (the media store) takes kept bodies too large for a broker record; without it they get 503."""
+def create_gateway(settings: Settings) -> Starlette:
+    """The production app: real pool, channel directory, producer, adapters and, when
+    CRM_INGEST_MEDIA_STORE is set, the media store (else emails with files get 503)."""
     if not settings.database_url:
         raise SettingsError("DATABASE_URL is not set")
     if not settings.kafka_bootstrap_servers:
         raise SettingsError("KAFKA_BOOTSTRAP_SERVERS is not set")
     channels = ChannelDirectory(settings)
     publisher = EventPublisher(settings)
+    store = open_store(settings.media_store) if settings.media_store else None
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -135,12 +151,16 @@ def create_gateway(settings: Settings, claim_check: ClaimCheck | None = None) ->
             await publisher.start()
             if not await channels.ping():
                 log.warning("database not reachable at startup")
+            if store is None:
+                log.warning("no media store: emails with files are answered 503 until set")
             settle_heap()
             log.info("gateway started", transports=sorted(adapters))
             yield
         finally:
             await publisher.stop()
             await channels.close()
+            if store is not None:
+                await store.close()
             log.info("gateway stopped")
 
     adapters = load_adapters(settings.default_phone_region)
@@ -150,7 +170,7 @@ def create_gateway(settings: Settings, claim_check: ClaimCheck | None = None) ->
         channels=channels,
         adapters=adapters,
         lifespan=lifespan,
-        claim_check=claim_check,
+        media_store=store,
     )
 
 
@@ -176,8 +196,10 @@ class _Gateway:
         adapters: Mapping[Transport, TransportAdapter],
         claim_check: ClaimCheck | None = None,
         inline_max_bytes: int = INLINE_MAX_BYTES,
+        media_store: ObjectStore | None = None,
     ) -> None:
         self.settings = settings
+        self.media_store = media_store
         self.publisher = publisher
         self.channels = channels
         self.claim_check = claim_check
@@ -260,10 +282,11 @@ class _Gateway:
         taken: Taken = await _off_loop(take, raw, adapter, raw, ctx, verified)
         result, events = taken.result, taken.events
         try:
+            events = await store_blobs(events, result.blobs, self.media_store)
             kept = await kept_records(taken.kept, raw, ctx, self.claim_check, self.inline_max_bytes)
             await self._publish(transport, [*events, *kept])
         except ClaimCheckUnavailable as exc:
-            log.warning("kept webhook not stored", reason=str(exc), kept=len(taken.kept))
+            log.warning("webhook bytes not stored", reason=str(exc), kept=len(taken.kept))
             raise self._unavailable() from exc
         except EventTooLarge as exc:
             # Permanent: a retry would be refused the same way.

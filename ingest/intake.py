@@ -22,7 +22,14 @@ from ingest.config import Transport
 from ingest.errors import ClaimCheckUnavailable, WebhookRejected
 from ingest.events import MessageEvent, RawWebhook, raw_webhook_id, within_text_limit
 from ingest.logs import get_logger
+from ingest.objectstore import (
+    ObjectStore,
+    StoredObject,
+    StoreError,
+    content_addressed_key,
+)
 from ingest.transports.base import (
+    Blob,
     Channel,
     Event,
     KeptElement,
@@ -52,6 +59,63 @@ class ClaimCheck(Protocol):
 
 class ClaimCheckReader(Protocol):
     async def get(self, url: str) -> bytes: ...
+
+
+class StoreClaimCheck:
+    """The media object store as the claim check: content-addressed, so a provider's retry of
+    the same body stores nothing new."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self._store = store
+
+    async def put(self, data: bytes, content_type: str) -> str:
+        key = content_addressed_key(hashlib.sha256(data).hexdigest(), "webhooks")
+        return (await self._store.put_bytes(key, data, content_type or None)).url
+
+    async def get(self, url: str) -> bytes:
+        return b"".join([chunk async for chunk in self._store.get(url)])
+
+
+async def store_blobs(
+    events: Sequence[Event], blobs: Sequence[Blob], store: ObjectStore | None
+) -> list[Event]:
+    """Store the bytes only the webhook carries (email attachments, the raw message), then point
+    the events at the stored objects. Raises ClaimCheckUnavailable when they cannot be stored:
+    the provider gets a 503 and retries; nothing is published without its bytes."""
+    if not blobs:
+        return list(events)
+    if store is None:
+        raise ClaimCheckUnavailable(
+            "the webhook carries file bytes and no media store is configured "
+            "(CRM_INGEST_MEDIA_STORE)"
+        )
+    stored: dict[str, StoredObject] = {}
+    for blob in blobs:
+        key = content_addressed_key(hashlib.sha256(blob.data).hexdigest(), "email")
+        try:
+            stored[blob.ref] = await store.put_bytes(key, blob.data, blob.content_type)
+        except StoreError as exc:
+            raise ClaimCheckUnavailable(f"media store failed: {exc}"[:300]) from exc
+    return [_pointed(e, stored) if isinstance(e, MessageEvent) else e for e in events]
+
+
+def _pointed(event: MessageEvent, stored: Mapping[str, StoredObject]) -> MessageEvent:
+    attachments = [
+        a.model_copy(
+            update={
+                "provider_ref": found.url,
+                "size_bytes": found.size,
+                "meta": {**a.meta, "sha256": found.sha256},
+            }
+        )
+        if (found := stored.get(a.provider_ref)) is not None
+        else a
+        for a in event.attachments
+    ]
+    meta = dict(event.message_meta)
+    if (raw := stored.get(str(meta.get("raw_mime")))) is not None:
+        meta["raw_mime"] = raw.url
+    return event.model_copy(update={"attachments": attachments, "message_meta": meta})
 
 
 @dataclass(slots=True)
@@ -177,11 +241,12 @@ class Reparser:
         self,
         channels: ChannelLookup,
         adapters: Mapping[Transport, TransportAdapter],
-        reader: ClaimCheckReader | None = None,
+        store: ObjectStore | None = None,
     ) -> None:
         self._channels = channels
         self._adapters = adapters
-        self._reader = reader
+        self._store = store
+        self._reader = StoreClaimCheck(store) if store is not None else None
 
     async def __call__(self, record: RawWebhook) -> Reparsed:
         channel = await self._channels.get(str(record.channel_id))
@@ -197,7 +262,11 @@ class Reparser:
         ctx = ParseContext(channel, record.received_at, record.correlation_id)
         adapter = self._adapters[record.transport]
         taken = await asyncio.to_thread(take, adapter, request, ctx)
+        try:
+            events = await store_blobs(taken.events, taken.result.blobs, self._store)
+        except ClaimCheckUnavailable as exc:
+            return Reparsed([], (str(exc), "store_unavailable"))
         if not taken.kept:
-            return Reparsed(taken.events)
+            return Reparsed(events)
         first = taken.kept[0]
-        return Reparsed(taken.events, (first.reason, first.reason_kind))
+        return Reparsed(events, (first.reason, first.reason_kind))

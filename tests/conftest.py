@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import hypothesis
@@ -21,6 +23,11 @@ if TYPE_CHECKING:
 # One key for the whole run (channel secrets are sealed with it); subprocesses get it through
 # tests.support.cli_env. A key given in the environment (CI, a developer) is used as it is.
 os.environ.setdefault("CRM_INGEST_SECRETS_KEY", generate_key())
+# Likewise one media store (a directory of the run) for every gateway and consumer the tests
+# start: emails' files and raw messages are stored there before a webhook is answered.
+os.environ.setdefault(
+    "CRM_INGEST_MEDIA_STORE", Path(tempfile.mkdtemp(prefix="crm-ingest-media-")).as_uri()
+)
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import sql
 from ingest.config import Settings
+from ingest.objectstore import ObjectStore
 from sql.db import connect
 
 T = TypeVar("T")
@@ -86,6 +88,7 @@ def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
         "CRM_INGEST_METRICS_PORT": "0",
         "CRM_INGEST_LOG_FORMAT": "json",
         "CRM_INGEST_SECRETS_KEY": settings.secrets_key.get_secret_value(),
+        "CRM_INGEST_MEDIA_STORE": settings.media_store,
         **extra,
     }
 
@@ -153,3 +156,12 @@ class Processes:
             if service.proc.poll() is None:
                 service.proc.kill()
                 service.proc.wait(10)
+
+
+async def read_object(store: ObjectStore, url: str) -> bytes:
+    """An object's bytes, read back through the store (what the CRM would open)."""
+    return b"".join([chunk async for chunk in store.get(url)])
+
+
+def sha256(data: bytes | None) -> str:
+    return hashlib.sha256(data or b"").hexdigest()

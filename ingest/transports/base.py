@@ -107,6 +107,16 @@ class KeptElement:
 
 
 @dataclass(frozen=True, slots=True)
+class Blob:
+    """Bytes only the webhook carries (an email's attachments and raw MIME): the gateway stores
+    them before it publishes, and puts the stored object's URL wherever the event says `ref`."""
+
+    ref: str  # the placeholder the event carries (an attachment's provider_ref, a meta value)
+    data: bytes
+    content_type: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class WebhookResult:
     """What a verified request yields: events to publish, and the body the provider expects."""
 
@@ -115,6 +125,7 @@ class WebhookResult:
     media_type: str = "application/json"
     ignored: str | None = None  # why a valid request produced no events (logged)
     kept: list[KeptElement] = field(default_factory=list)  # elements for the dead-letter topic
+    blobs: list[Blob] = field(default_factory=list)  # bytes to store before publishing
 
 
 class TransportAdapter(Protocol):

@@ -69,6 +69,7 @@ async def env(services: ResolvedServices) -> dict[str, str]:
         "CRM_INGEST_LOG_FORMAT": "json",
         "CRM_INGEST_METRICS_PORT": "0",  # a free port: tests may run beside other consumers
         "CRM_INGEST_SECRETS_KEY": os.environ["CRM_INGEST_SECRETS_KEY"],
+        "CRM_INGEST_MEDIA_STORE": os.environ["CRM_INGEST_MEDIA_STORE"],
     }
 
 

@@ -15,6 +15,7 @@ from ingest.channels import ChannelDirectory
 from ingest.config import Settings, Transport
 from ingest.embedded import ResolvedServices
 from ingest.gateway import create_app
+from ingest.objectstore import open_store
 from ingest.transports import load_adapters
 from sql.db import create_pool
 from tests.integration.pipeline import Gateway, RecordingPublisher, TenantChannel, isolated_pipeline
@@ -44,7 +45,14 @@ async def gateway(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[Gatew
     publisher = RecordingPublisher(settings)
     await publisher.start()
     channels = ChannelDirectory(settings, pool)
-    app = create_app(settings, publisher=publisher, channels=channels, adapters=load_adapters())
+    store = open_store(settings.media_store)
+    app = create_app(
+        settings,
+        publisher=publisher,
+        channels=channels,
+        adapters=load_adapters(),
+        media_store=store,
+    )
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="https://gateway.test") as client:
         yield Gateway(client, publisher)

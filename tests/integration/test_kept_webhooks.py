@@ -7,15 +7,12 @@ code: still unprocessable, they stay with the same reason and nothing is duplica
 
 from __future__ import annotations
 
-import asyncio
 import copy
-import hashlib
 import json
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -27,7 +24,8 @@ from ingest.config import Settings
 from ingest.errors import UnprocessablePayload
 from ingest.events import decode_raw_webhook
 from ingest.gateway import create_app
-from ingest.intake import Reparser
+from ingest.intake import Reparser, StoreClaimCheck
+from ingest.objectstore import open_store
 from ingest.transports import load_adapters
 from ingest.transports.base import ParseContext, RawRequest, WebhookResult
 from ingest.transports.email import EmailAdapter
@@ -278,31 +276,10 @@ async def test_raw_email_kept_whole_keeps_its_bytes_and_content_type(
     assert kept.record_id != uuid.UUID(int=0)
 
 
-class DirectoryClaimCheck:
-    """The claim check on a real directory. It stands in for the media store, which provides
-    the real one, and follows the `ClaimCheck` and `ClaimCheckReader` protocols."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    async def put(self, data: bytes, content_type: str) -> str:
-        return await asyncio.to_thread(self._write, data)
-
-    def _write(self, data: bytes) -> str:
-        path = self.root / hashlib.sha256(data).hexdigest()
-        partial = path.with_suffix(".partial")
-        partial.write_bytes(data)
-        partial.rename(path)  # never half-written under its final name
-        return path.as_uri()
-
-    async def get(self, url: str) -> bytes:
-        return await asyncio.to_thread(Path(urlsplit(url).path).read_bytes)
-
-
 async def test_large_kept_body_goes_through_the_claim_check_and_replays_from_it(
     settings: Settings, pool: asyncpg.Pool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = DirectoryClaimCheck(tmp_path)
+    store = open_store(tmp_path.as_uri())
     publisher = RecordingPublisher(settings)
     await publisher.start()
     app = create_app(
@@ -310,7 +287,7 @@ async def test_large_kept_body_goes_through_the_claim_check_and_replays_from_it(
         publisher=publisher,
         channels=ChannelDirectory(settings, pool),
         adapters=load_adapters(),
-        claim_check=store,
+        media_store=store,
         inline_max_bytes=1024,
     )
     channel = await signed_channel(pool, "email")
@@ -336,7 +313,7 @@ async def test_large_kept_body_goes_through_the_claim_check_and_replays_from_it(
     kept = decode_raw_webhook(row["payload"])
     assert (kept.body, kept.size_bytes) == (None, len(body))
     assert kept.body_ref is not None
-    assert await store.get(kept.body_ref) == body
+    assert await StoreClaimCheck(store).get(kept.body_ref) == body
     assert len(row["payload"]) < len(body)  # the record carries the reference, not the bytes
 
     without_reader = await replay(settings, pool, row["id"])
@@ -344,7 +321,7 @@ async def test_large_kept_body_goes_through_the_claim_check_and_replays_from_it(
     [pending] = await pool.fetch(DEAD_LETTERS, channel.channel_id)
     assert pending["error_message"] == "its body is in the media store and no reader is set"
 
-    reparse = Reparser(ChannelDirectory(settings, pool), load_adapters(), reader=store)
+    reparse = Reparser(ChannelDirectory(settings, pool), load_adapters(), store)
     summary = await replay_dead_letters(settings, [row["id"]], reparse=reparse)
     assert (summary["replayed"], summary["created"]) == (1, 1)
     rows = await wait_messages(pool, channel, 1)

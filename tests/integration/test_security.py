@@ -659,6 +659,7 @@ async def gateway_process(
         "CRM_INGEST_LOG_FORMAT": "json",
         "CRM_INGEST_LOG_LEVEL": "DEBUG",
         "CRM_INGEST_SECRETS_KEY": os.environ["CRM_INGEST_SECRETS_KEY"],
+        "CRM_INGEST_MEDIA_STORE": os.environ["CRM_INGEST_MEDIA_STORE"],
     }
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -9,11 +9,15 @@ channel's signing key. Payloads: tests/payloads/{sms,email} (see their SOURCES.m
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from email import policy
+from email.parser import BytesParser
 
 import asyncpg
 import pytest
 
+from ingest.config import Settings
 from ingest.events import MAX_TEXT_CHARS
+from ingest.objectstore import open_store
 from tests.integration.pipeline import Gateway, TenantChannel
 from tests.integration.rows import (
     external_ids,
@@ -31,6 +35,7 @@ from tests.integration.signing import (
     signed_channel,
     sms_fields,
 )
+from tests.support import read_object, sha256
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("consumer")]
 
@@ -202,32 +207,34 @@ async def test_html_only_email_is_stored_as_text(
     assert rows["contacts"][0]["contact_value"] == "newsletter@example.com"
 
 
-async def test_email_attachments_are_described_as_uploads(
-    gateway: Gateway, pool: asyncpg.Pool, email: TenantChannel
+async def test_email_attachments_are_stored_uploads(
+    gateway: Gateway, pool: asyncpg.Pool, email: TenantChannel, settings: Settings
 ) -> None:
-    assert (await post_email(gateway, email, eml("attachment"))).status_code == 200
+    """The bytes only the webhook carries are in the media store before it is answered, and
+    core_uploads points at them: path, byte count and sha256 of the bytes."""
+    raw = eml("attachment")
+    assert (await post_email(gateway, email, raw)).status_code == 200
 
     rows = await wait_messages(pool, email, 1)
     [message] = rows["messages"]
     assert message["message"] == "See the receipt attached."
+    served = [
+        part.get_payload(decode=True)
+        for part in BytesParser(policy=policy.default).parsebytes(raw).iter_attachments()
+    ]
     assert [
         (a["message_id"], a["tenant_id"], a["name"], a["mimetype"], a["size"], a["hash"])
         for a in rows["attachments"]
     ] == [
-        (message["id"], email.tenant_id, "receipt.pdf", "application/pdf", 54, ""),
-        (message["id"], email.tenant_id, "föto.png", "image/png", 8, ""),
+        (message["id"], email.tenant_id, "receipt.pdf", "application/pdf", 54, sha256(served[0])),
+        (message["id"], email.tenant_id, "föto.png", "image/png", 8, sha256(served[1])),
     ]
-
-
-async def test_email_attachment_path_is_the_provider_reference(
-    gateway: Gateway, pool: asyncpg.Pool, email: TenantChannel
-) -> None:
-    assert (await post_email(gateway, email, eml("attachment"))).status_code == 200
-    rows = await wait_messages(pool, email, 1)
-    assert [a["path"] for a in rows["attachments"]] == [
-        "email:attach-42@mail.example.org#0",
-        "email:attach-42@mail.example.org#1",
-    ]
+    store = open_store(settings.media_store)
+    assert [await read_object(store, a["path"]) for a in rows["attachments"]] == served
+    assert all(a["path"].startswith(settings.media_store) for a in rows["attachments"])
+    # The message as received is kept too, beside its provider id.
+    meta = await message_meta(pool, message["id"])
+    assert await read_object(store, meta["raw_mime"]) == raw
 
 
 async def test_email_reply_is_stored_in_the_senders_chat(

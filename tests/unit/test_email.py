@@ -10,6 +10,8 @@ import hmac
 import json
 import uuid
 from datetime import UTC, datetime
+from email import policy
+from email.parser import BytesParser
 from typing import Any
 from urllib.parse import urlencode
 
@@ -163,8 +165,25 @@ def test_plain_message() -> None:
             "subject": "Order #41207 – wrong size",
             "to": "Support <support@shop.example.com>",
             "cc": "billing@shop.example.com",
+            # The message as received: the gateway stores it and puts its URL here.
+            "raw_mime": f"email:{mid}#raw",
         },
     )
+
+
+def test_the_bytes_only_the_webhook_carries_are_handed_to_the_gateway() -> None:
+    """Each attachment's decoded bytes and the raw message, under the references the event
+    holds (the gateway stores them before it publishes)."""
+    body = raw("attachment")
+    result = handle(body)
+    event = only_event(result, MessageEvent)
+    parsed = BytesParser(policy=policy.default).parsebytes(body)
+    served = [part.get_payload(decode=True) for part in parsed.iter_attachments()]
+    assert [(b.ref, b.data, b.content_type) for b in result.blobs] == [
+        (event.attachments[0].provider_ref, served[0], "application/pdf"),
+        (event.attachments[1].provider_ref, served[1], "image/png"),
+        (event.message_meta["raw_mime"], body, "message/rfc822"),
+    ]
 
 
 def test_crlf_line_endings_give_the_same_event_text() -> None:

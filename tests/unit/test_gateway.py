@@ -324,7 +324,7 @@ async def test_large_kept_body_without_a_working_store_is_503(
     with capture_logs() as logs:
         async with env.client() as client:
             response = await post(client, content=b'{"n": -1, "pad": "' + b"x" * 100 + b'"}')
-    [warning] = [line for line in logs if line["event"] == "kept webhook not stored"]
+    [warning] = [line for line in logs if line["event"] == "webhook bytes not stored"]
     assert warning["log_level"] == "warning"
     assert ("no media store" if store is None else "claim check failed") in warning["reason"]
     assert response.status_code == 503

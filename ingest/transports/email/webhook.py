@@ -49,6 +49,7 @@ from ingest.errors import (
 from ingest.events import Attachment, MessageEvent, Sender
 from ingest.identity import normalize_email
 from ingest.transports.base import (
+    Blob,
     Channel,
     KeptElement,
     ParseContext,
@@ -62,6 +63,7 @@ from ingest.transports.channel_keys import build_config
 from ingest.transports.email.keys import CONFIG_KEYS
 
 RFC822 = "message/rfc822"
+RAW_REF_PREFIX = "email:"  # placeholders the gateway replaces with stored objects' URLs
 FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 MAILGUN_MAX_AGE_S = 15 * 60
 MAX_ATTACHMENTS = 100
@@ -211,6 +213,7 @@ class _File:
     mime_type: str | None
     size: int | None
     meta: dict[str, Any] = field(default_factory=dict)
+    data: bytes | None = None  # decoded bytes: the gateway stores them (never dropped)
 
 
 @dataclass(slots=True)
@@ -225,6 +228,7 @@ class _Mail:
     errors: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     sender_field: str | None = None  # Mailgun's envelope `sender`, the last fallback
+    raw: bytes | None = None  # the whole RFC 5322 message, when the webhook carried it
     kept: list[KeptElement] = field(default_factory=list)  # attachments that cannot be read
 
 
@@ -285,6 +289,7 @@ def _mime_files(msg: EmailMessage, errors: list[str]) -> list[_File]:
                 mime_type=_safe(part.get_content_type),
                 size=len(payload) if isinstance(payload, bytes) else None,
                 meta=_drop_empty(meta),
+                data=payload if isinstance(payload, bytes) else None,
             )
         )
     return files
@@ -328,6 +333,7 @@ def _from_mime(raw: bytes, fmt: str) -> _Mail:
         fallback_id="sha256:" + hashlib.sha256(raw).hexdigest(),
         files=_mime_files(msg, errors),
         errors=errors,
+        raw=raw,
     )
 
 
@@ -382,10 +388,16 @@ def _multipart(content_type: str, body: bytes) -> _Form:
     if not parts:
         raise BadPayload("malformed multipart/form-data body")
     form = _Form(fields={})
-    for part in parts:
+    boundary = _safe(msg.get_boundary)
+    raw_parts = _raw_parts(body, boundary) if isinstance(boundary, str) else []
+    for index, part in enumerate(parts):
         name = _safe(_field_name, part)
         filename = _safe(part.get_filename)
         payload = _safe(part.get_payload, decode=True)
+        if payload is None and _safe(part.get_content_maintype) == "message":
+            # A forwarded message (message/rfc822) is parsed as a nested message, not bytes:
+            # its bytes are taken as posted.
+            payload = raw_parts[index] if index < len(raw_parts) else None
         data = payload if isinstance(payload, bytes) else b""
         if filename is not None:
             if len(form.files) < MAX_ATTACHMENTS:
@@ -394,12 +406,27 @@ def _multipart(content_type: str, body: bytes) -> _Form:
                 if _unreadable(part, payload):
                     form.kept.append(_kept_part(part, len(form.files) + len(form.kept), name_))
                 else:
-                    form.files.append(_File(name_, mime, len(data)))
+                    form.files.append(_File(name_, mime, len(data), data=data))
         elif isinstance(name, str) and name not in form.fields:
             form.fields[_clean(name)] = _clean(data.decode("utf-8", "replace"))
             if name == "body-mime":
                 form.mime = data
     return form
+
+
+def _raw_parts(body: bytes, boundary: str) -> list[bytes]:
+    """The bodies of a multipart's parts exactly as posted (their headers cut off)."""
+    delimiter = b"--" + boundary.encode("utf-8", "surrogateescape")
+    chunks = body.split(b"\r\n" + delimiter)
+    first = chunks[0]
+    chunks[0] = first[first.find(delimiter) + len(delimiter) :] if delimiter in first else b""
+    bodies = []
+    for chunk in chunks:
+        if chunk.startswith(b"--"):
+            break  # the closing delimiter
+        _, sep, content = chunk.partition(b"\r\n\r\n")
+        bodies.append(content if sep else b"")
+    return bodies
 
 
 def _kept_part(part: MIMEPart, index: int, filename: str | None) -> KeptElement:
@@ -492,6 +519,18 @@ def _sender(mail: _Mail) -> tuple[str, str, str | None]:
     raise NoSender("email has no sender address (From, Reply-To, Sender)")
 
 
+def _blobs(mail: _Mail, event: MessageEvent) -> list[Blob]:
+    """The bytes only this webhook carries, each under the reference its event holds."""
+    blobs = [
+        Blob(attachment.provider_ref, f.data, f.mime_type)
+        for attachment, f in zip(event.attachments, mail.files, strict=True)
+        if f.data is not None
+    ]
+    if mail.raw is not None:
+        blobs.append(Blob(event.message_meta["raw_mime"], mail.raw, RFC822))
+    return blobs
+
+
 def _event(mail: _Mail, ctx: ParseContext) -> MessageEvent:
     headers = mail.headers
     address, display, fallback = _sender(mail)
@@ -503,7 +542,7 @@ def _event(mail: _Mail, ctx: ParseContext) -> MessageEvent:
     attachments = [
         Attachment(
             kind="file",
-            provider_ref=f"email:{external_id}#{index}",
+            provider_ref=f"{RAW_REF_PREFIX}{external_id}#{index}",
             filename=f.filename,
             mime_type=f.mime_type,
             size_bytes=f.size,
@@ -522,6 +561,8 @@ def _event(mail: _Mail, ctx: ParseContext) -> MessageEvent:
         **mail.extra,
         "sender_fallback": fallback,
         "attachment_errors": mail.errors,
+        # The message as received, stored by the gateway (its URL replaces this reference).
+        "raw_mime": f"{RAW_REF_PREFIX}{external_id}#raw" if mail.raw is not None else None,
     }
     sent = _date(headers["Date"])
     # The member keeps the thread of the newest email (transport_meta merges newer versions
@@ -603,7 +644,7 @@ class EmailAdapter(VerifyThenParse):
             # The helpers above should make this unreachable; it is the last translation point,
             # and its reason says what is wrong with the email, not which model field refused it.
             raise UnprocessablePayload("email cannot be read as a message") from exc
-        return WebhookResult(events=[event], kept=kept)
+        return WebhookResult(events=[event], kept=kept, blobs=_blobs(mail, event))
 
     def channel_config(
         self, given: Mapping[str, str], current: Mapping[str, Any] | None = None
