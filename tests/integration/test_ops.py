@@ -26,21 +26,11 @@ from tests.integration.pipeline import (
     new_channel,
     read_topic,
 )
+from tests.integration.rows import table_hashes
 from tests.integration.signing import PAYLOADS, adapter_events, telegram_headers
 from tests.support import eventually
 
 pytestmark = pytest.mark.integration
-
-CRM_TABLES = (
-    "crm_clients",
-    "crm_client_contacts",
-    "crm_chats",
-    "crm_chat_members",
-    "crm_chat_messages",
-    "crm_chat_message_attachments",
-    "crm_message_templates",
-    "core_uploads",
-)
 
 
 def telegram_events(channel: TenantChannel, *names: str) -> list[Event]:
@@ -52,15 +42,6 @@ def telegram_events(channel: TenantChannel, *names: str) -> list[Event]:
             channel, "telegram", headers, (PAYLOADS / "telegram" / name).read_bytes()
         )
     ]
-
-
-async def table_hashes(pool: asyncpg.Pool) -> dict[str, str]:
-    return {
-        table: await pool.fetchval(
-            f"SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {table} t"
-        )
-        for table in CRM_TABLES
-    }
 
 
 @pytest.fixture

@@ -29,6 +29,8 @@ def test_payload_schemas_are_the_contract_models() -> None:
         "MessageUpdated",
         "ClientCreated",
         "ChatCreated",
+        "ClientUpdated",
+        "ClientIdentityConflict",
     ):
         assert model in schemas
     assert "schema_version" in schemas["MessageEvent"]["properties"]
