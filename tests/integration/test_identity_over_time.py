@@ -20,9 +20,12 @@ import asyncpg
 import pytest
 
 from handlers.app import running_consumer
+from handlers.identities import LostRace
 from handlers.replay import Range, replay_topic
+from handlers.store import write_messages
 from ingest.config import Settings
 from ingest.embedded import ResolvedServices
+from ingest.events import MessageEvent
 from ingest.publisher import EventPublisher
 from ingest.transports.base import Event
 from sql.db import create_pool
@@ -233,6 +236,90 @@ async def test_phone_and_user_id_of_two_clients_are_recorded_not_merged(
     )
     assert (announced["contact_value"], announced["linked_value"]) == (PHONE, user_id)
     assert announced["linked_client_id"] == by_user["id"]
+
+
+# --- two consumers at once ---------------------------------------------------------------------
+
+
+async def write_in_background(pool: asyncpg.Pool, events: list[Event]) -> tuple[Any, Any]:
+    """Start writing `events` in a transaction of its own; returns (task, connection) once the
+    write is underway (the caller finds it blocked on a lock, or finished)."""
+    conn = await pool.acquire()
+    transaction = conn.transaction()
+    await transaction.start()
+    messages = [e for e in events if isinstance(e, MessageEvent)]
+    task = asyncio.ensure_future(write_messages(conn, messages))
+    await asyncio.sleep(0.5)
+    return task, (conn, transaction)
+
+
+async def test_two_consumers_linking_one_user_make_one_client(pool: asyncpg.Pool) -> None:
+    """One consumer stores a username-only message (not yet committed) while another stores
+    the same user's message with phone: the second waits, loses the user id's claim, and its
+    retry (what the ingestor does on LostRace) files both under one client."""
+    whatsapp = await signed_channel(pool, "whatsapp")
+    user_id = "US.100000000000000005"
+    [username_only] = whatsapp_events(whatsapp, wa_from("a", T0, phone=None, user_id=user_id))
+    [with_phone] = whatsapp_events(whatsapp, wa_from("b", T0 + 1, user_id=user_id, name="Ann"))
+    assert isinstance(username_only, MessageEvent)
+    assert isinstance(with_phone, MessageEvent)
+
+    first = await pool.acquire()
+    try:
+        async with first.transaction():
+            await write_messages(first, [username_only])
+            second, (conn, transaction) = await write_in_background(pool, [with_phone])
+            assert not second.done()  # waiting for the first consumer's claim of the user id
+        with pytest.raises(LostRace):
+            await second
+        await transaction.rollback()
+        async with conn.transaction():  # the retry
+            await write_messages(conn, [with_phone])
+        await pool.release(conn)
+    finally:
+        await pool.release(first)
+
+    rows = await tenant_rows(pool, whatsapp.tenant_id)
+    [client], [chat] = rows["clients"], rows["chats"]
+    assert client["first_name"] == "Ann"
+    assert sorted(c["contact_value"] for c in rows["contacts"]) == [PHONE, user_id]
+    assert [m["chat_id"] for m in rows["messages"]] == [chat["id"]] * 2
+
+
+async def test_two_consumers_naming_one_client_rename_it_once(pool: asyncpg.Pool) -> None:
+    """WhatsApp and a Twilio profile name the same SMS client at once: the first rename
+    commits, the second sees the name is no longer the one crm-ingest wrote and keeps it."""
+    sms = await signed_channel(pool, "sms")
+    whatsapp = await signed_channel(pool, "whatsapp", tenant_id=sms.tenant_id)
+    tenant = sms.tenant_id
+
+    def sms_events(params: list[tuple[str, str]]) -> list[Event]:
+        return adapter_events(sms, "sms", sms_headers(sms, params), urlencode(params).encode())
+
+    placeholder = sms_events(sms_from(PHONE, "SM" + "5" * 32))
+    profile = sms_events(sms_fields("basic_text", From=PHONE, MessageSid="SM" + "6" * 32,
+                                    ProfileName="Sheena N."))  # fmt: skip
+    named = whatsapp_events(whatsapp, wa_from("a", T0, name="Sheena Nelson"))
+    async with pool.acquire() as conn, conn.transaction():
+        await write_messages(conn, [e for e in placeholder if isinstance(e, MessageEvent)])
+
+    first = await pool.acquire()
+    try:
+        async with first.transaction():
+            renamed = await write_messages(first, [e for e in named if isinstance(e, MessageEvent)])
+            second, (conn, transaction) = await write_in_background(pool, profile)
+            assert not second.done()  # waiting for the client row the first one renamed
+        outcome = await second
+        await transaction.commit()
+        await pool.release(conn)
+    finally:
+        await pool.release(first)
+
+    [client] = await clients(pool, tenant)
+    assert client["first_name"] == "Sheena Nelson"
+    kinds = [e["event_type"] for e, _ in renamed.chat_events + outcome.chat_events]
+    assert kinds.count("client.updated") == 1
+    assert outcome.messages_created == 1
 
 
 # --- replay -------------------------------------------------------------------------------------
