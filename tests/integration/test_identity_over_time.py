@@ -28,12 +28,11 @@ from ingest.embedded import ResolvedServices
 from ingest.events import MessageEvent
 from ingest.publisher import EventPublisher
 from ingest.transports.base import Event
-from sql.db import create_pool
 from tests.integration.pipeline import (
     OUTBOX_EVENTS,
     Gateway,
     TenantChannel,
-    isolated_pipeline,
+    pipeline_and_pool,
     read_topic,
 )
 from tests.integration.rows import CRM_TABLES, table_hashes, tenant_rows, wait_messages
@@ -328,10 +327,8 @@ async def test_two_consumers_naming_one_client_rename_it_once(pool: asyncpg.Pool
 @pytest.fixture
 async def history(services: ResolvedServices) -> AsyncIterator[tuple[Settings, asyncpg.Pool]]:
     """A pipeline of its own, so that replaying its whole topics replays only this history."""
-    settings = await isolated_pipeline(services, "identity", outbox_interval_s=0.2)
-    pool = await create_pool(settings.database_url)
-    yield settings, pool
-    await pool.close()
+    async with pipeline_and_pool(services, "identity", outbox_interval_s=0.2) as pipeline:
+        yield pipeline
 
 
 def whatsapp_events(channel: TenantChannel, body: dict[str, Any]) -> list[Event]:

@@ -17,13 +17,12 @@ from ingest.config import Settings
 from ingest.embedded import ResolvedServices
 from ingest.publisher import EventPublisher
 from ingest.transports.base import Event
-from sql.db import create_pool
 from tests.integration.pipeline import (
     OUTBOX_EVENTS,
     TenantChannel,
     event_record,
-    isolated_pipeline,
     new_channel,
+    pipeline_and_pool,
     read_topic,
 )
 from tests.integration.rows import table_hashes
@@ -46,10 +45,8 @@ def telegram_events(channel: TenantChannel, *names: str) -> list[Event]:
 
 @pytest.fixture
 async def ops(services: ResolvedServices) -> AsyncIterator[tuple[Settings, asyncpg.Pool]]:
-    settings = await isolated_pipeline(services, "ops", outbox_interval_s=0.2)
-    pool = await create_pool(settings.database_url)
-    yield settings, pool
-    await pool.close()
+    async with pipeline_and_pool(services, "ops", outbox_interval_s=0.2) as pipeline:
+        yield pipeline
 
 
 async def test_chat_events_scenario_replay_and_dead_letters(
