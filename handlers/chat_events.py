@@ -77,18 +77,32 @@ def client_created(
     }
 
 
+def client_updated(
+    tenant_id: UUID,
+    client_id: int,
+    chat_id: int,
+    at: datetime,
+    changes: Sequence[Payload],
+    *change_id: object,
+) -> Payload:
+    """client.updated; `change_id` tells this change of the client from its others."""
+    event_id = make_chat_event_id("client.updated", client_id, *change_id)
+    return {
+        **_base("client.updated", event_id, tenant_id, client_id, chat_id, at),
+        "changes": list(changes),
+    }
+
+
 def client_renamed(row: asyncpg.Record, chat_id: int, at: datetime) -> Payload:
-    """client.updated for a rename_clients row; the id names the client and the name's version."""
-    event_id = make_chat_event_id("client.updated", row["client_id"], "name", row["version"])
+    """client.updated for a rename_clients row (a name has one version per client)."""
     changes = [
         {"field": column, "old": row[f"old_{column}"], "new": row[column]}
         for column in ("first_name", "last_name")
         if row[f"old_{column}"] != row[column]
     ]
-    return {
-        **_base("client.updated", event_id, row["tenant_id"], row["client_id"], chat_id, at),
-        "changes": changes,
-    }
+    return client_updated(
+        row["tenant_id"], row["client_id"], chat_id, at, changes, "name", row["version"]
+    )
 
 
 def identity_conflict(row: asyncpg.Record, chat_id: int, at: datetime) -> Payload:

@@ -1,5 +1,6 @@
-"""What a batch changes about the clients its senders resolved to: a better name, and second
-identities found on another client. Both in one statement each per batch, never per event.
+"""What a batch changes about the clients its senders resolved to: a better name, a phone
+number learned by linking identities, and second identities found on another client. One
+statement each per batch (when there is anything to do), never per event.
 
 Names: crm-ingest records the name it wrote into each client it created (`ingest_client_names`).
 A real name from a later event replaces a made-up one (a number, an address, a username) on any
@@ -60,6 +61,32 @@ async def rename_clients(conn: asyncpg.Connection, placements: Sequence[Placemen
         _, chat_id, event = candidates[(row["client_id"], row["source"])]
         renamed.append((chat_events.client_renamed(row, chat_id, event.sent_at), event.event_id))
     return renamed
+
+
+async def fill_phones(
+    conn: asyncpg.Connection,
+    learned: Mapping[IdentityKey, tuple[int, str]],
+    events: Mapping[IdentityKey, MessageEvent],
+    chats: Mapping[tuple[UUID, int], int],
+) -> list[Queued]:
+    """A client known by a user id alone gets the phone its sender now brings, unless it has
+    one; a client.updated for each. `learned` maps each such sender to (client id, phone)."""
+    if not learned:
+        return []
+    causes = {learned[k][0]: k for k in sorted(learned, key=lambda k: (str(k[0]), k[1], k[2]))}
+    ids = sorted(causes)
+    phones = [learned[causes[i]][1] for i in ids]
+    filled: list[Queued] = []
+    for row in await conn.fetch(QUERIES["fill_client_phones"], ids, phones):
+        event = events[causes[row["client_id"]]]
+        chat_id = chats[(row["tenant_id"], row["client_id"])]
+        change = {"field": "phone_number", "old": None, "new": row["phone"]}
+        update = chat_events.client_updated(
+            row["tenant_id"], row["client_id"], chat_id, event.sent_at, [change],
+            "phone_number", row["phone"],
+        )  # fmt: skip
+        filled.append((update, event.event_id))
+    return filled
 
 
 async def record_conflicts(

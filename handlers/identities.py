@@ -48,6 +48,8 @@ class Resolved:
     ids: dict[IdentityKey, tuple[int, int]]  # (client id, contact id) per sender
     new_clients: set[int] = field(default_factory=set)
     conflicts: list[Conflict] = field(default_factory=list)
+    # Senders whose phone joined the client known by their user id: (client id, phone).
+    phones_learned: dict[IdentityKey, tuple[int, str]] = field(default_factory=dict)
 
 
 def identity_key(sender: Sender, tenant_id: UUID) -> IdentityKey:
@@ -100,6 +102,12 @@ async def resolve_identities(
         else:
             unclaimed[key] = (client_id, contact_id)
     linked, joins, conflicts = _link(links, known, senders, unclaimed)
+    learned = {
+        k: (client_id, phone)
+        for k, (client_id, _) in unclaimed.items()
+        if client_id is not None and k in links and known.get(k) is None
+        and (phone := senders[k].phone_e164) is not None
+    }  # fmt: skip
     if not unclaimed and not joins:
         return Resolved(found, conflicts=conflicts)
 
@@ -140,7 +148,7 @@ async def resolve_identities(
         )
         if len(joined) < len(order):
             raise LostRace("a linked identity was claimed concurrently")
-    return Resolved(found, {cid for cid, _ in new_clients}, conflicts)
+    return Resolved(found, {cid for cid, _ in new_clients}, conflicts, learned)
 
 
 def _link(

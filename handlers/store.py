@@ -31,7 +31,7 @@ import asyncpg
 
 from handlers import chat_events
 from handlers.chat_events import Queued
-from handlers.client_changes import record_conflicts, rename_clients
+from handlers.client_changes import fill_phones, record_conflicts, rename_clients
 from handlers.identities import LostRace, identity_key, resolve_identities
 from handlers.pg import naive_utc, pg_text
 from ingest.events import Attachment, MessageEvent
@@ -175,6 +175,7 @@ async def write_messages(conn: asyncpg.Connection, events: Sequence[MessageEvent
     await _store_messages(conn, latest, placed, members, outcome)
     placements = [(p.client_id, p.chat_id, p.event) for p in placed.values()]
     outcome.chat_events += await rename_clients(conn, placements)
+    outcome.chat_events += await fill_phones(conn, resolved.phones_learned, newest, chats)
     outcome.chat_events += await record_conflicts(conn, resolved.conflicts, newest, chats)
     await _advance_chats(conn, placed.values())
     return outcome

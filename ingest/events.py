@@ -238,14 +238,15 @@ class ChatCreated(_ChatEvent):
 
 
 class FieldChange(_Model):
-    field: Literal["first_name", "last_name"]
+    field: Literal["first_name", "last_name", "phone_number"]
     old: str | None
     new: str | None
 
 
 class ClientUpdated(_ChatEvent):
     """crm-ingest renamed a client it had named (a placeholder, or its own older name from the
-    same transport) with a newer real name; `changes` lists each changed field."""
+    same transport) with a newer real name, or gave a client without a phone number the phone
+    a linked identity brought; `changes` lists each changed field."""
 
     event_type: Literal["client.updated"] = "client.updated"
     changes: list[FieldChange]

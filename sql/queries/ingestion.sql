@@ -108,6 +108,13 @@ WHERE n.client_id = r.id
 RETURNING r.id AS client_id, r.tenant_id, r.old_first_name, r.old_last_name, r.first_name,
           r.last_name, r.source, r.version;
 
+-- fill_client_phones --
+-- Give clients without a phone number the one their newly linked identity brought
+UPDATE crm_clients AS c SET phone_number = k.phone, updated_at = NOW()
+FROM unnest($1::int[], $2::text[]) AS k(id, phone)
+WHERE c.id = k.id AND c.phone_number IS NULL
+RETURNING c.id AS client_id, c.tenant_id, k.phone;
+
 -- record_identity_conflicts --
 -- Keep each identity pair found on two clients once; returns the pairs not recorded before
 INSERT INTO ingest_identity_conflicts

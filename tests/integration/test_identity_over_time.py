@@ -178,6 +178,12 @@ async def test_username_only_then_the_same_user_with_phone_is_one_client(
     rows = await wait_messages(pool, tenant, 3)
     [client], [chat] = rows["clients"], rows["chats"]
     assert client["first_name"] == "Sheena Nelson"  # the profile name replaced the username
+    assert client["phone_number"] == PHONE  # the client had none
+    updates = await chat_events(pool, tenant, "client.updated")
+    assert sorted((c for e in updates for c in e["changes"]), key=lambda c: c["field"]) == [
+        {"field": "first_name", "old": "@sheena", "new": "Sheena Nelson"},
+        {"field": "phone_number", "old": None, "new": PHONE},
+    ]
     assert [m["chat_id"] for m in rows["messages"]] == [chat["id"]] * 3
     assert sorted((c["contact_type"], c["contact_value"]) for c in rows["contacts"]) == [
         ("whatsapp", PHONE),
@@ -370,6 +376,7 @@ async def test_replaying_the_whole_history_changes_nothing(
         await publisher.stop()
     [named, other] = await clients(pool, tenant)
     assert (named["first_name"], other["first_name"]) == ("Sheena Nelson", "X")
+    assert other["phone_number"] == "+16505550000"  # the phone its user id was linked to
     assert (
         await pool.fetchval(
             "SELECT count(DISTINCT client_id) FROM ingest_identities WHERE contact_value = ANY($1)",
@@ -395,5 +402,5 @@ async def test_replaying_the_whole_history_changes_nothing(
     assert await table_hashes(pool, INGEST_TABLES) == before
     assert await pool.fetch(OUTBOX_EVENTS) == outbox_before
     updated = [r["event"]["event_type"] for r in outbox_before]
-    assert updated.count("client.updated") == 2
+    assert updated.count("client.updated") == 3  # two names, one phone
     assert updated.count("client.identity_conflict") == 1

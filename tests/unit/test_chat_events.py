@@ -49,6 +49,15 @@ PAYLOADS = {
         9,
         AT,
     ),
+    "client.updated phone": chat_events.client_updated(
+        TENANT,
+        7,
+        9,
+        AT,
+        [{"field": "phone_number", "old": None, "new": "+15555550100"}],
+        "phone_number",
+        "+15555550100",
+    ),
     "client.identity_conflict": chat_events.identity_conflict(
         row(
             tenant_id=TENANT,
