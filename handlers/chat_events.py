@@ -20,7 +20,8 @@ from sql import QUERIES
 log = structlog.stdlib.get_logger("crm_ingest.outbox")
 
 # A chat event as the JSON object the contract models in ingest/events.py serialize to
-# (MessageCreated, MessageUpdated, ClientCreated, ChatCreated), built directly: this is the
+# (MessageCreated, MessageUpdated, ClientCreated, ChatCreated, ClientUpdated,
+# ClientIdentityConflict), built directly: this is the
 # consumer's hot path, and a unit test holds every builder to its model.
 Payload = dict[str, Any]
 # (payload, inbound event id that caused it)
@@ -73,6 +74,56 @@ def client_created(
         "last_name": last_name,
         "phone_number": phone_number,
         "email": email,
+    }
+
+
+def client_updated(
+    tenant_id: UUID,
+    client_id: int,
+    chat_id: int,
+    at: datetime,
+    changes: Sequence[Payload],
+    *change_id: object,
+) -> Payload:
+    """client.updated; `change_id` tells this change of the client from its others."""
+    event_id = make_chat_event_id("client.updated", client_id, *change_id)
+    return {
+        **_base("client.updated", event_id, tenant_id, client_id, chat_id, at),
+        "changes": list(changes),
+    }
+
+
+def client_renamed(row: asyncpg.Record, chat_id: int, at: datetime) -> Payload:
+    """client.updated for a rename_clients row (a name has one version per client)."""
+    changes = [
+        {"field": column, "old": row[f"old_{column}"], "new": row[column]}
+        for column in ("first_name", "last_name")
+        if row[f"old_{column}"] != row[column]
+    ]
+    return client_updated(
+        row["tenant_id"], row["client_id"], chat_id, at, changes, "name", row["version"]
+    )
+
+
+def identity_conflict(row: asyncpg.Record, chat_id: int, at: datetime) -> Payload:
+    """client.identity_conflict for a record_identity_conflicts row."""
+    event_id = make_chat_event_id(
+        "client.identity_conflict",
+        row["tenant_id"],
+        row["contact_type"],
+        row["contact_value"],
+        row["linked_value"],
+        row["client_id"],
+        row["linked_client_id"],
+    )
+    return {
+        **_base(
+            "client.identity_conflict", event_id, row["tenant_id"], row["client_id"], chat_id, at
+        ),
+        "contact_type": row["contact_type"],
+        "contact_value": row["contact_value"],
+        "linked_value": row["linked_value"],
+        "linked_client_id": row["linked_client_id"],
     }
 
 

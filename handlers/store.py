@@ -12,6 +12,8 @@ concurrent writer won a race). Business outcomes are decided by database constra
 4. messages: `ingest_message_refs` (channel, provider message id) dedupes; a higher version
    (a newer edit) updates the text, anything else is already present.
 5. last_message_at only moves forward.
+6. names and identity conflicts (`handlers.client_changes`): a real name replaces the one
+   crm-ingest gave a client unless the host changed it; two clients of one sender are recorded.
 
 Events arrive sanitized for PostgreSQL (no NUL anywhere: `handlers.pg.without_nul` runs on
 every record before it is decoded).
@@ -29,6 +31,7 @@ import asyncpg
 
 from handlers import chat_events
 from handlers.chat_events import Queued
+from handlers.client_changes import fill_phones, record_conflicts, rename_clients
 from handlers.identities import LostRace, identity_key, resolve_identities
 from handlers.pg import naive_utc, pg_text
 from ingest.events import Attachment, MessageEvent
@@ -142,8 +145,10 @@ async def write_messages(conn: asyncpg.Connection, events: Sequence[MessageEvent
 
     by_version = sorted(latest, key=lambda e: e.version)
     # The newest sender details win for new clients.
-    senders = {identity_key(e.sender, e.tenant_id): e.sender for e in by_version}
-    resolved = await resolve_identities(conn, senders)
+    newest = {identity_key(e.sender, e.tenant_id): e for e in by_version}
+    resolved = await resolve_identities(
+        conn, {k: e.sender for k, e in newest.items()}, {k: e.version for k, e in newest.items()}
+    )
     identities = resolved.ids
     outcome.new_clients = resolved.new_clients
     outcome.clients_created = len(resolved.new_clients)
@@ -168,6 +173,10 @@ async def write_messages(conn: asyncpg.Connection, events: Sequence[MessageEvent
 
     _announce_clients_and_chats(placed.values(), outcome)
     await _store_messages(conn, latest, placed, members, outcome)
+    placements = [(p.client_id, p.chat_id, p.event) for p in placed.values()]
+    outcome.chat_events += await rename_clients(conn, placements)
+    outcome.chat_events += await fill_phones(conn, resolved.phones_learned, newest, chats)
+    outcome.chat_events += await record_conflicts(conn, resolved.conflicts, newest, chats)
     await _advance_chats(conn, placed.values())
     return outcome
 

@@ -74,6 +74,13 @@ class Sender(_Model):
     # Normalized cross-channel identifiers, when the provider gives them.
     phone_e164: str | None = Field(default=None, max_length=20)
     email: str | None = Field(default=None, max_length=255)
+    # A second stable identity of the same person and contact type: the WhatsApp business-scoped
+    # user id (BSUID), given beside the phone since 2026 and alone for username-only users.
+    user_id: str | None = Field(default=None, max_length=255)
+    # True when the adapter made `first_name` up (a number, an address, a username, "Telegram
+    # user 42"): a later real name replaces it. Older producers leave it False; the core also
+    # treats a name equal to one of the identifiers above as made up.
+    name_is_placeholder: bool = False
 
 
 class _InboundEvent(_Model):
@@ -321,9 +328,40 @@ class ChatCreated(_ChatEvent):
     event_type: Literal["chat.created"] = "chat.created"
 
 
-ChatEvent = Annotated[
-    MessageCreated | MessageUpdated | ClientCreated | ChatCreated, Field(discriminator="event_type")
-]
-chat_event_adapter: TypeAdapter[MessageCreated | MessageUpdated | ClientCreated | ChatCreated] = (
-    TypeAdapter(ChatEvent)
+class FieldChange(_Model):
+    field: Literal["first_name", "last_name", "phone_number"]
+    old: str | None
+    new: str | None
+
+
+class ClientUpdated(_ChatEvent):
+    """crm-ingest renamed a client it had named (a placeholder, or its own older name from the
+    same transport) with a newer real name, or gave a client without a phone number the phone
+    a linked identity brought; `changes` lists each changed field."""
+
+    event_type: Literal["client.updated"] = "client.updated"
+    changes: list[FieldChange]
+
+
+class ClientIdentityConflict(_ChatEvent):
+    """A sender's two identities belong to two clients: messages of `contact_value` stay with
+    `client_id`, its `linked_value` (WhatsApp user id) is `linked_client_id`'s. Nothing is
+    merged; the host decides (see ingest_identity_conflicts)."""
+
+    event_type: Literal["client.identity_conflict"] = "client.identity_conflict"
+    contact_type: ContactType
+    contact_value: str
+    linked_value: str
+    linked_client_id: int
+
+
+AnyChatEvent = (
+    MessageCreated
+    | MessageUpdated
+    | ClientCreated
+    | ChatCreated
+    | ClientUpdated
+    | ClientIdentityConflict
 )
+ChatEvent = Annotated[AnyChatEvent, Field(discriminator="event_type")]
+chat_event_adapter: TypeAdapter[AnyChatEvent] = TypeAdapter(ChatEvent)

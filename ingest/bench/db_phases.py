@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 
+from handlers.identities import is_placeholder
 from handlers.ingestor import Backoff, Ingestor, Record
 from handlers.pg import naive_utc, pg_text
 from handlers.replay import StoredRecord
@@ -145,6 +146,9 @@ _FIND_CONTACT = """SELECT cc.id, cc.client_id FROM crm_client_contacts cc
     WHERE c.tenant_id = $1 AND cc.contact_type = $2 AND cc.contact_value = $3 LIMIT 1"""
 _INSERT_CLIENT = """INSERT INTO crm_clients (tenant_id, first_name, last_name, phone_number, email)
     VALUES ($1, $2, $3, $4, $5) RETURNING id"""
+_INSERT_NAME = """INSERT INTO ingest_client_names
+    (client_id, first_name, last_name, placeholder, source, version)
+    VALUES ($1, $2, $3, $4, $5, $6)"""
 _INSERT_CONTACT = """INSERT INTO crm_client_contacts (client_id, contact_type, contact_value)
     VALUES ($1, $2, $3) RETURNING id"""
 _INSERT_IDENTITY = """INSERT INTO ingest_identities
@@ -177,6 +181,8 @@ async def _per_event(conn: asyncpg.Connection, e: MessageEvent) -> None:
             client_id = await conn.fetchval(
                 _INSERT_CLIENT, e.tenant_id, s.first_name, s.last_name, s.phone_e164, s.email
             )
+            named = (s.first_name, s.last_name, is_placeholder(s), s.contact_type, e.version)
+            await conn.execute(_INSERT_NAME, client_id, *named)
             contact_id = await conn.fetchval(
                 _INSERT_CONTACT, client_id, s.contact_type, s.contact_value
             )

@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 
+from handlers.identities import is_placeholder
 from handlers.pg import naive_utc, pg_text
 from handlers.store import upload_row
 from ingest.bench.measure import BenchError
@@ -19,6 +20,7 @@ from ingest.events import MessageEvent, make_chat_event_id
 OUTBOX = "ingest_outbox"
 COLUMNS = {  # what the COPY of phase b writes
     "crm_clients": "id tenant_id first_name last_name phone_number email",
+    "ingest_client_names": "client_id first_name last_name placeholder source version",
     "crm_client_contacts": "id client_id contact_type contact_value",
     "ingest_identities": "tenant_id contact_type contact_value client_id contact_id meta_version",
     "crm_chats": "id tenant_id client_id last_message_at",
@@ -86,7 +88,7 @@ def final_rows(
     senders: dict[int, list[MessageEvent]] = {}
     for i, event in enumerate(workload.events):
         senders.setdefault(workload.sender_of[i], []).append(event)
-    clients, contacts, identities, chats, members = [], [], [], [], []
+    clients, names, contacts, identities, chats, members = [], [], [], [], [], []
     member_of: dict[int, uuid.UUID] = {}
     for sender, events in senders.items():
         newest = max(events, key=lambda e: e.version)
@@ -94,6 +96,8 @@ def final_rows(
         tenant = workload.channels[workload.sender_tenant[sender]].tenant_id
         s = newest.sender
         clients.append((cid, tenant, s.first_name, s.last_name, s.phone_e164, s.email))
+        placeholder = is_placeholder(s)
+        names.append((cid, s.first_name, s.last_name, placeholder, s.contact_type, newest.version))
         contacts.append((cid, cid, s.contact_type, s.contact_value))
         identities.append((tenant, s.contact_type, s.contact_value, cid, cid, newest.version))
         chats.append((cid, tenant, cid, max(naive_utc(e.sent_at) for e in events)))
@@ -122,6 +126,7 @@ def final_rows(
                 events_out.append(_outbox_row(first, kind, sender, None, None))
     data: dict[str, list[tuple[Any, ...]]] = {
         "crm_clients": clients,
+        "ingest_client_names": names,
         "crm_client_contacts": contacts,
         "ingest_identities": identities,
         "crm_chats": chats,

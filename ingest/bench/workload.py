@@ -65,13 +65,14 @@ class Expected:
 
     deliveries: int
     events: int  # distinct events among them
-    senders: int  # = clients = contacts = identities = chats = members
+    senders: int  # = clients = their names = contacts = identities = chats = members
     attachments: int  # = uploads
 
     def rows(self) -> dict[str, int]:
         s = self.senders
         return {
             "crm_clients": s,
+            "ingest_client_names": s,
             "crm_client_contacts": s,
             "ingest_identities": s,
             "crm_chats": s,

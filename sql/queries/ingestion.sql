@@ -59,9 +59,73 @@ RETURNING tenant_id, contact_type, contact_value, client_id, contact_id;
 SELECT nextval('crm_clients_id_seq')::int AS id FROM generate_series(1, $1);
 
 -- insert_clients --
--- Create the clients of newly claimed identities with their pre-allocated ids
-INSERT INTO crm_clients (id, tenant_id, first_name, last_name, phone_number, email)
-SELECT * FROM unnest($1::int[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[]);
+-- Create the clients of newly claimed identities with their pre-allocated ids, recording the names given
+WITH k AS (
+    SELECT * FROM unnest($1::int[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
+                         $7::bool[], $8::text[], $9::bigint[])
+         AS k(id, tenant_id, first_name, last_name, phone_number, email, placeholder, source, version)
+),
+clients AS (
+    INSERT INTO crm_clients (id, tenant_id, first_name, last_name, phone_number, email)
+    SELECT id, tenant_id, first_name, last_name, phone_number, email FROM k
+)
+INSERT INTO ingest_client_names (client_id, first_name, last_name, placeholder, source, version)
+SELECT id, first_name, last_name, placeholder, source, version FROM k;
+
+-- rename_clients --
+-- Give clients crm-ingest named a newer real name, unless the host has renamed them since
+WITH k AS (
+    SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::bigint[])
+         AS k(client_id, source, first_name, last_name, version)
+),
+chosen AS (
+    -- A placeholder yields to the earliest real name (the same transport's first); a real name
+    -- only to a newer one from the transport that gave it, so two transports never alternate.
+    SELECT DISTINCT ON (k.client_id) k.*, n.first_name AS old_first_name,
+           n.last_name AS old_last_name
+    FROM k
+    JOIN ingest_client_names AS n ON n.client_id = k.client_id
+    WHERE (n.placeholder OR (n.source = k.source AND n.version < k.version))
+      AND (n.first_name, n.last_name) IS DISTINCT FROM (k.first_name, k.last_name)
+    ORDER BY k.client_id, k.source = n.source DESC, k.version
+),
+renamed AS (
+    -- Only while the client still bears the name crm-ingest wrote: otherwise the host set it.
+    -- A concurrent writer's change is seen here (the row is re-read once its lock is free).
+    UPDATE crm_clients AS c
+    SET first_name = ch.first_name, last_name = ch.last_name, updated_at = NOW()
+    FROM chosen AS ch
+    WHERE c.id = ch.client_id
+      AND c.first_name = ch.old_first_name AND c.last_name IS NOT DISTINCT FROM ch.old_last_name
+    RETURNING c.id, c.tenant_id, ch.old_first_name, ch.old_last_name, c.first_name, c.last_name,
+              ch.source, ch.version
+)
+UPDATE ingest_client_names AS n
+SET first_name = r.first_name, last_name = r.last_name, placeholder = FALSE, source = r.source,
+    version = r.version, updated_at = NOW()
+FROM renamed AS r
+WHERE n.client_id = r.id
+RETURNING r.id AS client_id, r.tenant_id, r.old_first_name, r.old_last_name, r.first_name,
+          r.last_name, r.source, r.version;
+
+-- fill_client_phones --
+-- Give clients without a phone number the one their newly linked identity brought
+UPDATE crm_clients AS c SET phone_number = k.phone, updated_at = NOW()
+FROM unnest($1::int[], $2::text[]) AS k(id, phone)
+WHERE c.id = k.id AND c.phone_number IS NULL
+RETURNING c.id AS client_id, c.tenant_id, k.phone;
+
+-- record_identity_conflicts --
+-- Keep each identity pair found on two clients once; returns the pairs not recorded before
+INSERT INTO ingest_identity_conflicts
+    (tenant_id, contact_type, contact_value, linked_value, client_id, linked_client_id,
+     source_event_id)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::int[],
+                     $7::uuid[])
+ORDER BY 1, 2, 3, 4
+ON CONFLICT (tenant_id, contact_type, contact_value, linked_value) DO NOTHING
+RETURNING tenant_id, contact_type, contact_value, linked_value, client_id, linked_client_id,
+          source_event_id;
 
 -- insert_contacts --
 -- Create the contacts of newly claimed identities with their pre-allocated ids

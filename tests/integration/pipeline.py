@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +22,7 @@ from ingest.embedded import ResolvedServices
 from ingest.events import MessageEvent, StatusEvent, encode_event, event_headers
 from ingest.publisher import EventPublisher
 from ingest.topics import ensure_topics
+from sql.db import create_pool
 from tests.support import migrated_database
 
 
@@ -41,6 +44,19 @@ def pipeline_settings(services: ResolvedServices, database_url: str, **overrides
     }
     values.update(overrides)
     return load_settings(**values)
+
+
+@asynccontextmanager
+async def pipeline_and_pool(
+    services: ResolvedServices, prefix: str, **overrides: Any
+) -> AsyncIterator[tuple[Settings, asyncpg.Pool]]:
+    """An isolated pipeline (see isolated_pipeline) and a pool on its database, closed after."""
+    settings = await isolated_pipeline(services, prefix, **overrides)
+    pool = await create_pool(settings.database_url)
+    try:
+        yield settings, pool
+    finally:
+        await pool.close()
 
 
 async def isolated_pipeline(

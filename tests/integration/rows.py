@@ -12,6 +12,26 @@ from tests.integration.pipeline import TenantChannel
 from tests.support import eventually
 
 Rows = dict[str, list[asyncpg.Record]]
+CRM_TABLES = (
+    "crm_clients",
+    "crm_client_contacts",
+    "crm_chats",
+    "crm_chat_members",
+    "crm_chat_messages",
+    "crm_chat_message_attachments",
+    "crm_message_templates",
+    "core_uploads",
+)
+
+
+async def table_hashes(pool: asyncpg.Pool, tables: tuple[str, ...] = CRM_TABLES) -> dict[str, str]:
+    """A digest of every row of each table (a whole database's, not one tenant's)."""
+    return {
+        table: await pool.fetchval(
+            f"SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {table} t"
+        )
+        for table in tables
+    }
 
 
 async def tenant_rows(pool: asyncpg.Pool, tenant_id: uuid.UUID) -> Rows:

@@ -17,30 +17,19 @@ from ingest.config import Settings
 from ingest.embedded import ResolvedServices
 from ingest.publisher import EventPublisher
 from ingest.transports.base import Event
-from sql.db import create_pool
 from tests.integration.pipeline import (
     OUTBOX_EVENTS,
     TenantChannel,
     event_record,
-    isolated_pipeline,
     new_channel,
+    pipeline_and_pool,
     read_topic,
 )
+from tests.integration.rows import table_hashes
 from tests.integration.signing import PAYLOADS, adapter_events, telegram_headers
 from tests.support import eventually
 
 pytestmark = pytest.mark.integration
-
-CRM_TABLES = (
-    "crm_clients",
-    "crm_client_contacts",
-    "crm_chats",
-    "crm_chat_members",
-    "crm_chat_messages",
-    "crm_chat_message_attachments",
-    "crm_message_templates",
-    "core_uploads",
-)
 
 
 def telegram_events(channel: TenantChannel, *names: str) -> list[Event]:
@@ -54,21 +43,10 @@ def telegram_events(channel: TenantChannel, *names: str) -> list[Event]:
     ]
 
 
-async def table_hashes(pool: asyncpg.Pool) -> dict[str, str]:
-    return {
-        table: await pool.fetchval(
-            f"SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {table} t"
-        )
-        for table in CRM_TABLES
-    }
-
-
 @pytest.fixture
 async def ops(services: ResolvedServices) -> AsyncIterator[tuple[Settings, asyncpg.Pool]]:
-    settings = await isolated_pipeline(services, "ops", outbox_interval_s=0.2)
-    pool = await create_pool(settings.database_url)
-    yield settings, pool
-    await pool.close()
+    async with pipeline_and_pool(services, "ops", outbox_interval_s=0.2) as pipeline:
+        yield pipeline
 
 
 async def test_chat_events_scenario_replay_and_dead_letters(

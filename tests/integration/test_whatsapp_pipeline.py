@@ -373,10 +373,12 @@ async def test_batch_envelope_stores_every_message_and_status(
     ]
 
 
-def marker(sender: str, n: int) -> dict[str, Any]:
+def marker(sender: str, name: str, n: int) -> dict[str, Any]:
+    """A later message of `sender`, under the profile name it already has (a new profile name
+    would rename the client)."""
     return wa_message(
         wa_text(f"marker {n}", wamid=f"wamid.marker{n}", timestamp=1760000000, sender=sender),
-        contact={"profile": {"name": "Marker"}, "wa_id": sender},
+        contact={"profile": {"name": name}, "wa_id": sender},
     )
 
 
@@ -393,8 +395,9 @@ async def test_batch_delivered_twice_adds_no_rows(
     assert (await post_whatsapp(gateway, whatsapp, wa_raw("batch.json"))).status_code == 200
     # One later message per sender: each is on its sender's partition behind the redelivered
     # batch, so once both are stored the redelivery has been consumed.
-    for n, sender in enumerate(("16505551234", "972987654321")):
-        assert (await post_whatsapp(gateway, whatsapp, marker(sender, n))).status_code == 200
+    senders = (("16505551234", "Sheena Nelson"), ("972987654321", "Test Name"))
+    for n, (sender, name) in enumerate(senders):
+        assert (await post_whatsapp(gateway, whatsapp, marker(sender, name, n))).status_code == 200
     second = await eventually(
         lambda: tenant_counts(pool, whatsapp), lambda c: c["crm_chat_messages"] >= 5
     )

@@ -112,3 +112,57 @@ async def test_plaintext_channel_secrets_are_encrypted_once(database_url: str) -
         assert again == stored
     finally:
         await conn.close()
+
+
+async def test_clients_named_by_an_identifier_get_a_placeholder_name_record(
+    database_url: str,
+) -> None:
+    conn = await connect(await create_database(database_url, "names_0012"))
+    try:
+        await _migrate_until(conn, "0012")
+        tenant = uuid.uuid4()
+        await conn.execute("INSERT INTO tenants (id, name) VALUES ($1, 't')", tenant)
+        clients = {}
+        for first_name, phone, value in [
+            ("+15550001111", "+15550001111", "+15550001111"),  # SMS: named by its number
+            ("US.1", None, "US.1"),  # username-only WhatsApp: named by its user id
+            ("Ann", "+15550002222", "+15550002222"),  # a real name: ours or the host's
+            ("+15550003333", "+15550003333", None),  # the host's client, no identity
+        ]:
+            client_id = await conn.fetchval(
+                "INSERT INTO crm_clients (tenant_id, first_name, phone_number)"
+                " VALUES ($1, $2, $3) RETURNING id",
+                tenant,
+                first_name,
+                phone,
+            )
+            clients[first_name] = client_id
+            if value is not None:
+                contact_id = await conn.fetchval(
+                    "INSERT INTO crm_client_contacts (client_id, contact_type, contact_value)"
+                    " VALUES ($1, 'whatsapp', $2) RETURNING id",
+                    client_id,
+                    value,
+                )
+                await conn.execute(
+                    "INSERT INTO ingest_identities"
+                    " (tenant_id, contact_type, contact_value, client_id, contact_id)"
+                    " VALUES ($1, 'whatsapp', $2, $3, $4)",
+                    tenant,
+                    value,
+                    client_id,
+                    contact_id,
+                )
+
+        assert (await sql.migrate(conn))[0] == "0012"
+
+        rows = await conn.fetch(
+            "SELECT client_id, first_name, placeholder, source, version"
+            " FROM ingest_client_names ORDER BY client_id"
+        )
+        assert [tuple(r.values()) for r in rows] == [
+            (clients["+15550001111"], "+15550001111", True, "whatsapp", 0),
+            (clients["US.1"], "US.1", True, "whatsapp", 0),
+        ]
+    finally:
+        await conn.close()

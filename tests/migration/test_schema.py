@@ -196,3 +196,86 @@ async def test_changed_migration_is_refused(database_url: str) -> None:
             await sql.migrate(conn)
     finally:
         await conn.close()
+
+
+# crm-ingest's own tables of identity over time (migration 0012; README, "Identity over time"):
+# column -> (data type, max length, nullable); foreign keys -> (column, referenced table, ON
+# DELETE rule, deferred).
+INGEST_IDENTITY_TABLES = {
+    "ingest_client_names": {
+        "client_id": ("integer", None, False),
+        "first_name": ("character varying", 255, False),
+        "last_name": ("character varying", 255, True),
+        "placeholder": ("boolean", None, False),
+        "source": ("character varying", 50, False),
+        "version": ("bigint", None, False),
+        "updated_at": ("timestamp without time zone", None, False),
+    },
+    "ingest_identity_conflicts": {
+        "tenant_id": ("uuid", None, False),
+        "contact_type": ("character varying", 50, False),
+        "contact_value": ("character varying", 255, False),
+        "linked_value": ("character varying", 255, False),
+        "client_id": ("integer", None, False),
+        "linked_client_id": ("integer", None, False),
+        "source_event_id": ("uuid", None, False),
+        "detected_at": ("timestamp without time zone", None, False),
+    },
+}
+INGEST_IDENTITY_KEYS = {
+    "ingest_client_names": {("client_id", "crm_clients", "CASCADE", True)},
+    "ingest_identity_conflicts": {
+        ("tenant_id", "tenants", "CASCADE", False),
+        ("client_id", "crm_clients", "CASCADE", False),
+        ("linked_client_id", "crm_clients", "CASCADE", False),
+    },
+}
+INGEST_IDENTITY_PRIMARY_KEYS = {
+    "ingest_client_names": "client_id",
+    "ingest_identity_conflicts": "tenant_id,contact_type,contact_value,linked_value",
+}
+
+
+@pytest.mark.parametrize("table", sorted(INGEST_IDENTITY_TABLES))
+async def test_identity_over_time_tables(migrated_url: str, table: str) -> None:
+    conn = await connect(migrated_url)
+    try:
+        columns = await conn.fetch(
+            """SELECT column_name, data_type, character_maximum_length, is_nullable
+               FROM information_schema.columns WHERE table_schema = 'public' AND table_name = $1""",
+            table,
+        )
+        keys = await conn.fetch(
+            """SELECT a.attname AS column, dst.relname AS ref, con.confdeltype::text AS rule,
+                      con.condeferred AS deferred
+               FROM pg_constraint con
+               JOIN pg_class src ON src.oid = con.conrelid
+               JOIN pg_class dst ON dst.oid = con.confrelid
+               JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = con.conkey[1]
+               WHERE con.contype = 'f' AND src.relname = $1""",
+            table,
+        )
+        primary = await conn.fetchval(
+            """SELECT pg_get_indexdef(ix.indexrelid) FROM pg_index ix
+               JOIN pg_class t ON t.oid = ix.indrelid
+               WHERE t.relname = $1 AND ix.indisprimary""",
+            table,
+        )
+    finally:
+        await conn.close()
+    assert {
+        r["column_name"]: (
+            r["data_type"],
+            r["character_maximum_length"],
+            r["is_nullable"] == "YES",
+        )
+        for r in columns
+    } == INGEST_IDENTITY_TABLES[table]
+    rules = {"c": "CASCADE", "n": "SET NULL", "r": "RESTRICT", "a": "NO ACTION"}
+    assert {
+        (r["column"], r["ref"], rules[r["rule"]], r["deferred"]) for r in keys
+    } == INGEST_IDENTITY_KEYS[table]
+    assert (
+        re.search(r"\(([^)]*)\)", primary).group(1).replace(" ", "")
+        == (INGEST_IDENTITY_PRIMARY_KEYS[table])
+    )

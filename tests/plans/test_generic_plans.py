@@ -56,6 +56,7 @@ ENTRIES_PER_ROW = 4
 # Every statement the batch path runs: the batch must reach all of them.
 HOT = {
     "find_identities",
+    "rename_clients",
     "allocate_client_ids",
     "claim_identities",
     "insert_clients",

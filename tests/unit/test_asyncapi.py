@@ -30,6 +30,8 @@ def test_payload_schemas_are_the_contract_models() -> None:
         "ClientCreated",
         "ChatCreated",
         "RawWebhook",
+        "ClientUpdated",
+        "ClientIdentityConflict",
     ):
         assert model in schemas
     assert "schema_version" in schemas["MessageEvent"]["properties"]

@@ -36,6 +36,40 @@ PAYLOADS = {
         email=None,
     ),
     "chat.created": chat_events.chat_created(TENANT, 7, 9, AT),
+    "client.updated": chat_events.client_renamed(
+        row(
+            client_id=7,
+            tenant_id=TENANT,
+            old_first_name="+15555550100",
+            old_last_name=None,
+            first_name="Ирина",
+            last_name="Киселёва",
+            version=1715671267000,
+        ),
+        9,
+        AT,
+    ),
+    "client.updated phone": chat_events.client_updated(
+        TENANT,
+        7,
+        9,
+        AT,
+        [{"field": "phone_number", "old": None, "new": "+15555550100"}],
+        "phone_number",
+        "+15555550100",
+    ),
+    "client.identity_conflict": chat_events.identity_conflict(
+        row(
+            tenant_id=TENANT,
+            contact_type="whatsapp",
+            contact_value="+15555550100",
+            linked_value="US.13491208655302741918",
+            client_id=7,
+            linked_client_id=8,
+        ),
+        9,
+        AT,
+    ),
     "message.created": chat_events.message_created(
         tenant_id=TENANT,
         client_id=7,
@@ -104,3 +138,25 @@ def test_timestamps_are_written_as_pydantic_writes_them(moment: datetime) -> Non
 @given(namespace=st.uuids(), name=st.text())
 def test_chat_event_ids_are_uuid5(namespace: uuid.UUID, name: str) -> None:
     assert uuid5_text(namespace, name) == str(uuid.uuid5(namespace, name))
+
+
+def test_client_updated_lists_only_the_fields_that_changed() -> None:
+    assert PAYLOADS["client.updated"]["changes"] == [
+        {"field": "first_name", "old": "+15555550100", "new": "Ирина"},
+        {"field": "last_name", "old": None, "new": "Киселёва"},
+    ]
+    same_last = chat_events.client_renamed(
+        row(
+            client_id=7,
+            tenant_id=TENANT,
+            old_first_name="Ira",
+            old_last_name="K",
+            first_name="Irina",
+            last_name="K",
+            version=1715671268000,
+        ),
+        9,
+        AT,
+    )
+    assert same_last["changes"] == [{"field": "first_name", "old": "Ira", "new": "Irina"}]
+    assert same_last["event_id"] != PAYLOADS["client.updated"]["event_id"]

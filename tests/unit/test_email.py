@@ -197,6 +197,7 @@ def test_multipart_alternative_prefers_the_plain_part() -> None:
     assert event.text == "It's a body…"
     assert event.external_message_id == "CAEPk3RKEx@mail.example.org"
     assert event.sender.first_name == "A tester"
+    assert not event.sender.name_is_placeholder
     assert event.sent_at == datetime(2017, 10, 13, 1, 3, 30, tzinfo=UTC)
 
 
@@ -204,6 +205,7 @@ def test_html_only_message_is_converted_to_text() -> None:
     event = one(raw("html_only"))
     assert event.text == "Hello José,\n\nYour invoice is ready.\nTotal: 10 € & VAT"
     assert event.sender.first_name == "newsletter"  # no display name: the local part
+    assert event.sender.name_is_placeholder
 
 
 @pytest.mark.parametrize(

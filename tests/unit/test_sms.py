@@ -85,6 +85,7 @@ def phone_sender(number: str, first_name: str | None = None) -> Sender:
         contact_value=number,
         first_name=first_name or number,
         phone_e164=number,
+        name_is_placeholder=first_name is None,
     )
 
 

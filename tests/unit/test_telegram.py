@@ -371,6 +371,8 @@ def test_odd_reply_context_does_not_reject() -> None:
 def test_user_first_name_is_never_empty(user: dict[str, Any], first_name: str) -> None:
     event = one_event(message_with(text="hi", **{"from": user}))
     assert event.sender.first_name == first_name
+    # Only a real first name counts as a name; a later one replaces a made-up one.
+    assert event.sender.name_is_placeholder == (not user.get("first_name", "").strip())
     assert event.sender.contact_value == "9"
     assert event.member_meta["username"] == user.get("username")
 

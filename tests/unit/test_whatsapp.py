@@ -128,6 +128,7 @@ TEST_NAME = Sender(
     contact_value="+972987654321",
     first_name="Test Name",
     phone_e164="+972987654321",
+    user_id="US.13491208655302741918",
 )
 TEST_NAME_META = {
     "wa_id": "972987654321",
@@ -625,7 +626,9 @@ def test_bsuid_only_sender() -> None:
     ann = {"profile": {"name": "Ann", "username": "@ann"}, "user_id": "US.1"}
     value_of(doc)["contacts"] = [ann]
     event = one_message(doc)
-    assert event.sender == Sender(contact_type="whatsapp", contact_value="US.1", first_name="Ann")
+    assert event.sender == Sender(
+        contact_type="whatsapp", contact_value="US.1", first_name="Ann", user_id="US.1"
+    )
     assert event.member_meta == {"user_id": "US.1", "username": "@ann", **BUSINESS}
     assert event.conversation_key == f"{TENANT_ID}:whatsapp:US.1"
 
@@ -673,6 +676,8 @@ def test_no_matching_contact_among_several_falls_back_to_the_number() -> None:
 def test_first_name_is_never_empty(contacts: object, first_name: str) -> None:
     event = one_message(reply_with_contacts(contacts))
     assert event.sender.first_name == first_name
+    # Only a profile name counts as a name; a later one replaces a number or a username.
+    assert event.sender.name_is_placeholder == (first_name in ("+972987654321", "@nick"))
     assert event.sender.contact_value == "+972987654321"
 
 

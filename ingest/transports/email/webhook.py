@@ -586,6 +586,7 @@ def _event(mail: _Mail, ctx: ParseContext) -> MessageEvent:
             contact_value=address,
             first_name=(display.strip() or address.split("@")[0] or address)[:_NAME_MAX],
             email=address,
+            name_is_placeholder=not display.strip(),
         ),
         text=text,
         attachments=attachments,

@@ -244,6 +244,7 @@ class TwilioSmsAdapter(VerifyThenParse):
             contact_value=identity,
             first_name=profile[:_NAME_MAX] or identity,
             phone_e164=e164,
+            name_is_placeholder=not profile,
         )
         member_meta = _drop_empty(
             {

@@ -295,11 +295,12 @@ def _sender(kind: str, msg: _Message) -> tuple[Sender, dict[str, Any]]:
     if kind in _CHANNEL_KINDS or msg.sender_chat is not None or msg.from_ is None:
         who = msg.sender_chat or chat
         label = "channel" if who.type == "channel" else "chat"
-        first = _name(who.title) or _name(who.first_name) or _name(who.username)
+        first = _name(who.title) or _name(who.first_name)
         sender = Sender(
             contact_type="telegram",
             contact_value=str(who.id),
-            first_name=first or f"Telegram {label} {who.id}",
+            first_name=first or _name(who.username) or f"Telegram {label} {who.id}",
+            name_is_placeholder=first is None,
         )
         meta = {"user_id": who.id, "username": who.username}
     else:
@@ -309,6 +310,7 @@ def _sender(kind: str, msg: _Message) -> tuple[Sender, dict[str, Any]]:
             contact_value=str(user.id),
             first_name=_name(user.first_name) or _name(user.username) or f"Telegram user {user.id}",
             last_name=_name(user.last_name),
+            name_is_placeholder=_name(user.first_name) is None,
         )
         meta = {"user_id": user.id, "username": user.username}
         if user.language_code:

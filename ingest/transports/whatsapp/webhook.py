@@ -337,9 +337,14 @@ def _sender(msg: _Message, contacts: list[dict[str, str]]) -> tuple[Sender, dict
     phone = _phone(wa_id)
     if not (identity := phone or wa_id or user_id):
         return None
-    first = _name(c.get("name")) or _name(c.get("username")) or identity
+    profile = _name(c.get("name"))
     sender = Sender(
-        contact_type="whatsapp", contact_value=identity, first_name=first, phone_e164=phone
+        contact_type="whatsapp",
+        contact_value=identity,
+        first_name=profile or _name(c.get("username")) or identity,
+        phone_e164=phone,
+        user_id=user_id,
+        name_is_placeholder=profile is None,
     )
     meta = {"wa_id": wa_id, "user_id": user_id, "parent_user_id": c.get("parent_user_id")}
     return sender, meta | {"username": c.get("username"), "phone": phone}
