@@ -34,6 +34,7 @@ from ingest.bench.rows import OUTBOX, final_rows, verify_rows
 from ingest.bench.services import count_rows, seed_channels, table_exists
 from ingest.bench.workload import Workload
 from ingest.config import Settings
+from ingest.credentials import Keyring
 from ingest.events import MessageEvent, decode_event
 from ingest.process import settle_heap
 from sql.db import connect, create_pool, pooled
@@ -74,7 +75,9 @@ def _unprefixed(skip: int, data: bytes) -> str:
     return data[skip:].decode()
 
 
-async def db_ceiling(url: str, workload: Workload, batch_records: int) -> PhaseResult:
+async def db_ceiling(
+    url: str, workload: Workload, batch_records: int, keys: Keyring
+) -> PhaseResult:
     """COPY of the final rows into same-shaped tables (indexes, defaults, FKs) in one
     transaction on one connection: what PostgreSQL alone can absorb on this machine. Chat
     events fill one outbox row per consumer batch of `batch_records`, as the consumer's do."""
@@ -107,7 +110,7 @@ async def db_ceiling(url: str, workload: Workload, batch_records: int) -> PhaseR
                 [(i + 1, *r[1:]) for i, r in enumerate(rows[OUTBOX][1])],
             )
         await _scratch_schema(conn, ["tenants", "ingest_channels", *rows])
-        await seed_channels(conn, workload.channels, SCRATCH)
+        await seed_channels(conn, workload.channels, keys, SCRATCH)
         before = cpu_snapshot()
         started = time.perf_counter()
         async with conn.transaction():

@@ -19,10 +19,13 @@ if TYPE_CHECKING:
 
 async def run_bench(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     """Run every phase on fresh databases and topics; print the table and the JSON line."""
+    from pydantic import SecretStr
+
     from ingest.bench import db_phases, gateway_phase, kafka_phases
     from ingest.bench import services as svc
     from ingest.bench.report import build_report, machine_info, print_report
     from ingest.bench.workload import generate
+    from ingest.credentials import generate_key, keyring
     from ingest.embedded import resolve_services
 
     # httpx logs every request at INFO: in the load generator that would be the bottleneck.
@@ -39,7 +42,10 @@ async def run_bench(settings: Settings, args: argparse.Namespace) -> dict[str, A
             topic_prefix=f"bench{tag}.",
             partitions=args.partitions,
             consumer_group=f"crm-ingest-bench-{tag}",
+            # The bench's own channels: sealed with the configured key, or one made for the run.
+            secrets_key=SecretStr(settings.secrets_key.get_secret_value() or generate_key()),
         )
+        keys = keyring(run)
         server = services.database_url
         phases = ("copy", "baseline", "sql", "consumer")
         names = {phase: f"bench_{tag}_{phase}" for phase in phases}
@@ -47,14 +53,14 @@ async def run_bench(settings: Settings, args: argparse.Namespace) -> dict[str, A
         try:
             urls = {}
             for phase, name in names.items():
-                urls[phase] = await svc.prepare_database(server, name, workload.channels)
+                urls[phase] = await svc.prepare_database(server, name, workload.channels, keys)
                 made.append(name)
             results["load"] = await kafka_phases.load_topic(run, workload)
             results["kafka_ceiling"] = await kafka_phases.kafka_ceiling(
                 run, len(workload.deliveries)
             )
             results["db_ceiling"] = await db_phases.db_ceiling(
-                urls["copy"], workload, run.batch_max_records
+                urls["copy"], workload, run.batch_max_records, keys
             )
             sample = max(1, round(len(workload.deliveries) * args.baseline_sample))
             results["baseline"] = await db_phases.baseline(urls["baseline"], workload, sample)

@@ -11,6 +11,7 @@ import asyncpg
 import sql
 from ingest.bench.workload import BenchChannel
 from ingest.config import Settings
+from ingest.credentials import Keyring, seal_config
 from sql.db import connect
 
 
@@ -35,21 +36,27 @@ async def drop_database(server_url: str, name: str) -> None:
     await _on_server(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-async def prepare_database(server_url: str, name: str, channels: Sequence[BenchChannel]) -> str:
+async def prepare_database(
+    server_url: str, name: str, channels: Sequence[BenchChannel], keys: Keyring
+) -> str:
     """A fresh, migrated database holding the workload's tenants and channels."""
     url = await create_database(server_url, name)
     conn = await connect(url)
     try:
         await sql.migrate(conn)
-        await seed_channels(conn, channels)
+        await seed_channels(conn, channels, keys)
     finally:
         await conn.close()
     return url
 
 
 async def seed_channels(
-    conn: asyncpg.Connection, channels: Sequence[BenchChannel], schema: str = "public"
+    conn: asyncpg.Connection,
+    channels: Sequence[BenchChannel],
+    keys: Keyring,
+    schema: str = "public",
 ) -> None:
+    """Tenants and their Telegram channels, secrets sealed as `channel add` stores them."""
     for ch in channels:
         await conn.execute(
             f"INSERT INTO {schema}.tenants (id, name) VALUES ($1, 'bench')", ch.tenant_id
@@ -59,7 +66,7 @@ async def seed_channels(
             " VALUES ($1, $2, 'telegram', 'bench', $3::text::jsonb)",
             ch.channel_id,
             ch.tenant_id,
-            json.dumps({"secret_token": ch.secret}),
+            json.dumps(seal_config(keys, "telegram", ch.channel_id, {"secret_token": ch.secret})),
         )
 
 
