@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ingest.objectstore.urls import parse_store_url
+
 Transport = Literal["telegram", "whatsapp", "sms", "email"]
 TRANSPORTS: tuple[Transport, ...] = ("telegram", "whatsapp", "sms", "email")
 
@@ -111,6 +113,12 @@ class Settings(BaseSettings):
     # Identity
     default_phone_region: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
 
+    # Media: where attachment bytes are stored (file:///abs/dir or s3://bucket[/prefix]; S3
+    # credentials, region and endpoint from the standard AWS_* variables). Empty: not
+    # configured (`crm-ingest dev` then uses a directory in its data dir).
+    media_store: str = ""
+    media_max_bytes: int = Field(default=104_857_600, ge=1)
+
     # Logging and local state
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -129,6 +137,13 @@ class Settings(BaseSettings):
     @classmethod
     def _base_url(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @field_validator("media_store")
+    @classmethod
+    def _media_store_url(cls, value: str) -> str:
+        if value:
+            parse_store_url(value)
+        return value
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
