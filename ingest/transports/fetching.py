@@ -97,6 +97,21 @@ class FetchPermanent(FetchError):
     expired, host not allowed, checksum mismatch."""
 
 
+def require_key(config: Mapping[str, Any], key: str) -> str:
+    """A credential from the channel's config, or a permanent failure saying how to set it."""
+    value = config.get(key)
+    if isinstance(value, str) and value:
+        return value
+    raise FetchPermanent(
+        f"channel has no {key}: run crm-ingest channel set <channel id> --config {key}=…"
+    )
+
+
+def strip_prefix(ref: MediaRef) -> str:
+    """The provider's id from a `<transport>:<id>` reference."""
+    return ref.reference.removeprefix(f"{ref.transport}:")
+
+
 # --- the one safe HTTP download -----------------------------------------------------------------
 
 USER_AGENT = "crm-ingest media fetcher"  # Meta's CDN has refused downloads without one
@@ -362,6 +377,10 @@ class SafeDownloader:
     ) -> AsyncIterator[HttpDownload]:
         """The response body, open. A size declared by the provider or by Content-Length over
         the cap is refused here, before a byte of the body is read."""
+        if declared_size is not None and declared_size > self.max_bytes:
+            raise FetchPermanent(
+                f"{what}: too large ({declared_size} bytes, the limit is {self.max_bytes})"
+            )
         deadline = asyncio.get_running_loop().time() + self._deadline_s
         try:
             async with asyncio.timeout_at(deadline):
@@ -370,12 +389,11 @@ class SafeDownloader:
             raise FetchTransient(f"{what}: timed out") from exc
         try:
             length = _content_length(response)
+            if length is not None and length > self.max_bytes:
+                raise FetchPermanent(
+                    f"{what}: too large ({length} bytes, the limit is {self.max_bytes})"
+                )
             size = declared_size if declared_size is not None else length
-            for claimed in (declared_size, length):
-                if claimed is not None and claimed > self.max_bytes:
-                    raise FetchPermanent(
-                        f"{what}: too large ({claimed} bytes, the limit is {self.max_bytes})"
-                    )
             yield HttpDownload(
                 response,
                 what=what,

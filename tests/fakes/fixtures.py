@@ -6,10 +6,15 @@ recorded requests left from another test). `fake_provider_settings` points crm-i
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
 
+import httpx
 import pytest
 
+from ingest.config import Transport, load_settings
+from ingest.transports.fetching import MediaDownload, MediaRef, MediaSource, load_media_sources
 from tests.fakes.harness import FakeServer
 from tests.fakes.telegram import TelegramFake
 from tests.fakes.twilio import TwilioFake
@@ -97,3 +102,24 @@ def provider_settings(
     telegram_api: TelegramFake, whatsapp_api: WhatsAppFake, twilio_api: TwilioFake
 ) -> dict[str, str]:
     return fake_provider_settings(telegram_api, whatsapp_api, twilio_api)
+
+
+@asynccontextmanager
+async def media_sources(
+    overrides: dict[str, Any], **settings: Any
+) -> AsyncIterator[dict[Transport, MediaSource]]:
+    """The product's media sources, configured for the fakes, on a client of their own."""
+    async with httpx.AsyncClient() as client:
+        yield load_media_sources(load_settings(**overrides, **settings), client)
+
+
+async def read_all(
+    source: MediaSource, ref: MediaRef, config: dict[str, Any], into: list[bytes] | None = None
+) -> tuple[MediaDownload, bytes]:
+    """Opens and reads one download to its end, as the worker would; `into` keeps the chunks
+    received before a failure."""
+    chunks = [] if into is None else into
+    async with source.open(ref, config) as download:
+        async for chunk in download.chunks():
+            chunks.append(chunk)
+    return download, b"".join(chunks)
