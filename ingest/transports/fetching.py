@@ -262,6 +262,10 @@ class HttpDownload:
             received += len(chunk)
             if received > self._max_bytes:
                 raise FetchPermanent(f"{self._what}: too large (over {self._max_bytes} bytes)")
+            if self._expected_size is not None and received > self._expected_size:
+                raise FetchPermanent(
+                    f"{self._what}: size mismatch (over the declared {self._expected_size} bytes)"
+                )
             digest.update(chunk)
             yield chunk
         if self._expected_size is not None and received != self._expected_size:
