@@ -17,8 +17,8 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -116,7 +116,7 @@ def strip_prefix(ref: MediaRef) -> str:
 
 USER_AGENT = "crm-ingest media fetcher"  # Meta's CDN has refused downloads without one
 MAX_REDIRECTS = 5
-ERROR_BODY_MAX = 64 * 1024  # enough for any provider's error envelope
+ERROR_BODY_MAX = 64 * 1024  # enough for any provider's error envelope or lookup answer
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -341,27 +341,19 @@ class SafeDownloader:
                 continue
             if response.is_success:
                 return response
-            try:
-                body = await _capped_body(response)
-            except httpx.HTTPError as exc:
-                raise _translate(exc, what) from exc
-            finally:
-                await response.aclose()
-            raise classify(ErrorResponse(response.status_code, response.headers, body))
+            raise classify(await _small_answer(response, what))
         raise FetchPermanent(f"{what}: too many redirects")
 
     async def get_json(
         self, url: str, *, what: str, classify: Classifier, headers: Mapping[str, str] = {}
     ) -> dict[str, Any]:
         """A provider API call answering JSON (Telegram getFile, the Graph media lookup)."""
-        response = await self._send(url, headers, what, classify)
         try:
-            body = await _capped_body(response)
-        except httpx.HTTPError as exc:
-            raise _translate(exc, what) from exc
-        finally:
-            await response.aclose()
-        data = ErrorResponse(response.status_code, response.headers, body).json()
+            async with asyncio.timeout(self._deadline_s):
+                response = await self._send(url, headers, what, classify)
+                data = (await _small_answer(response, what)).json()
+        except TimeoutError as exc:
+            raise FetchTransient(f"{what}: timed out") from exc
         if not data:
             raise FetchTransient(f"{what}: answer is not a JSON object")
         return data
@@ -412,13 +404,19 @@ class SafeDownloader:
             await response.aclose()
 
 
-async def _capped_body(response: httpx.Response) -> bytes:
+async def _small_answer(response: httpx.Response, what: str) -> ErrorResponse:
+    """An error envelope or an API answer: read up to ERROR_BODY_MAX, then closed."""
     body = bytearray()
-    async for chunk in response.aiter_bytes():
-        body += chunk
-        if len(body) >= ERROR_BODY_MAX:
-            break
-    return bytes(body[:ERROR_BODY_MAX])
+    try:
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) >= ERROR_BODY_MAX:
+                break
+    except httpx.HTTPError as exc:
+        raise _translate(exc, what) from exc
+    finally:
+        await response.aclose()
+    return ErrorResponse(response.status_code, response.headers, bytes(body[:ERROR_BODY_MAX]))
 
 
 def _content_length(response: httpx.Response) -> int | None:
@@ -429,6 +427,28 @@ def _content_length(response: httpx.Response) -> int | None:
 def _mime(response: httpx.Response) -> str | None:
     value = response.headers.get("content-type", "").split(";")[0].strip().lower()
     return value or None
+
+
+class LinkExpired(FetchTransient):
+    """A short-lived download link has expired; a fresh lookup gives a new one."""
+
+
+@asynccontextmanager
+async def with_fresh_link(
+    open_link: Callable[[], Awaitable[AbstractAsyncContextManager[HttpDownload]]],
+) -> AsyncIterator[HttpDownload]:
+    """Telegram and Meta hand out short-lived links: `open_link` looks one up and returns its
+    download; when the link turns out expired it is looked up once more, at once."""
+    async with AsyncExitStack() as stack:
+        for attempt in range(2):
+            link = await open_link()
+            try:
+                download = await stack.enter_async_context(link)
+                break
+            except LinkExpired:
+                if attempt:
+                    raise
+        yield download
 
 
 def safe_downloader(settings: Settings, client: httpx.AsyncClient) -> SafeDownloader:

@@ -7,7 +7,7 @@ recorded requests left from another test). `fake_provider_settings` points crm-i
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import httpx
@@ -21,41 +21,44 @@ from tests.fakes.twilio import TwilioFake
 from tests.fakes.whatsapp import WhatsAppFake
 
 
+@contextmanager
+def serving(*servers: FakeServer) -> Iterator[None]:
+    for server in servers:
+        server.start()
+    try:
+        yield
+    finally:
+        for server in servers:
+            server.stop()
+
+
 @pytest.fixture(scope="session")
 def _telegram_fake() -> Iterator[TelegramFake]:
     fake = TelegramFake()
-    fake.server.start()
-    yield fake
-    fake.server.stop()
+    with serving(fake.server):
+        yield fake
 
 
 @pytest.fixture(scope="session")
 def _whatsapp_fake() -> Iterator[WhatsAppFake]:
     fake = WhatsAppFake()
-    for server in fake.servers:
-        server.start()
-    yield fake
-    for server in fake.servers:
-        server.stop()
+    with serving(*fake.servers):
+        yield fake
 
 
 @pytest.fixture(scope="session")
 def _twilio_fake() -> Iterator[TwilioFake]:
     fake = TwilioFake()
-    for server in fake.servers:
-        server.start()
-    yield fake
-    for server in fake.servers:
-        server.stop()
+    with serving(*fake.servers):
+        yield fake
 
 
 @pytest.fixture(scope="session")
 def _internal_server() -> Iterator[FakeServer]:
     # 127.0.0.2 is loopback too: a forged URL pointing here must be refused before any request.
     server = FakeServer("internal", host="127.0.0.2")
-    server.start()
-    yield server
-    server.stop()
+    with serving(server):
+        yield server
 
 
 @pytest.fixture
