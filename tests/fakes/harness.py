@@ -5,7 +5,7 @@ responses first.
 Each provider module (telegram.py, whatsapp.py, twilio.py) builds its routes on one or more
 `FakeServer`s: separate servers are separate origins, which is what cross-origin redirects need.
 Routes are named; `script(name, ...)` queues answers that the named route gives before its
-normal behaviour, so a test says "429 then success" as `script("getFile", Scripted(429, ...))`.
+normal behaviour, so a test says "429 then success" as `script("api", Scripted(429, ...))`.
 Send endpoints can be added to the same modules as more named routes.
 """
 
@@ -146,7 +146,11 @@ class FakeServer:
         sock.bind((self.host, 0))
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
-            Starlette(routes=self._routes), log_level="warning", lifespan="off", access_log=False
+            Starlette(routes=self._routes),
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            timeout_graceful_shutdown=2,  # a stalled body must not hold the session's end
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(

@@ -7,7 +7,8 @@
   `Bad Request: invalid file_id`.
 - File links expire `link_ttl_s` after their getFile (real: at least an hour) → 404; a new
   getFile revalidates.
-- Scriptable routes: "getFile", "file".
+- `local_mode`: absolute `file_path`s and no size cap, as `telegram-bot-api --local`.
+- Scriptable routes: "api" (every method), "file".
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class TelegramFake:
     server: FakeServer = field(default_factory=lambda: FakeServer("telegram"))
     clock: Clock = field(default_factory=Clock)
     link_ttl_s: float = 3600.0
+    local_mode: bool = False  # a local Bot API server: absolute file_path, no 20 MB cap
     tokens: set[str] = field(default_factory=set)
     files: dict[str, TelegramFile] = field(default_factory=dict)
     issued: dict[tuple[str, str], float] = field(default_factory=dict)  # (token, path) → when
@@ -82,6 +84,7 @@ class TelegramFake:
         self.server.reset()
         self.clock.offset = 0.0
         self.link_ttl_s = 3600.0
+        self.local_mode = False
         self.tokens.clear()
         self.files.clear()
         self.issued.clear()
@@ -108,6 +111,9 @@ class TelegramFake:
             "file_unique_id": found.file_unique_id,
             "file_size": found.file_size,
         }
+        if self.local_mode:
+            result["file_path"] = f"/var/lib/telegram-bot-api/{token}/{found.file_path}"
+            return JSONResponse({"ok": True, "result": result})
         if found.file_size > MAX_DOWNLOAD:
             return error(400, "Bad Request: file is too big")
         result["file_path"] = found.file_path

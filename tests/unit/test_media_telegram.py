@@ -196,3 +196,51 @@ async def test_the_token_never_reaches_a_log_line(
     assert lines, "the refused host is logged"
     assert TOKEN not in repr(lines)
     assert TOKEN not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("description", "error"),
+    [
+        ("Bad Request: wrong file_id or the file is temporarily unavailable", FetchTransient),
+        ("Bad Request: invalid file_id", FetchPermanent),
+    ],
+)
+async def test_getfile_400s_by_description(
+    bot: TelegramFake,
+    provider_settings: dict[str, str],
+    description: str,
+    error: type[Exception],
+) -> None:
+    answer = {"ok": False, "error_code": 400, "description": description}
+    bot.server.script("api", Scripted(400, json=answer))
+    async with media_sources(provider_settings) as sources:
+        with pytest.raises(error, match=description.removeprefix("Bad Request: ")):
+            await read_all(sources["telegram"], ref(), {"bot_token": TOKEN})
+
+
+async def test_an_unknown_file_id_from_the_fake_is_permanent(
+    bot: TelegramFake, provider_settings: dict[str, str]
+) -> None:
+    async with media_sources(provider_settings) as sources:
+        with pytest.raises(FetchPermanent, match="invalid file_id"):
+            await read_all(sources["telegram"], ref("nope"), {"bot_token": TOKEN})
+
+
+async def test_a_local_bot_api_servers_absolute_path_is_refused(
+    bot: TelegramFake, provider_settings: dict[str, str]
+) -> None:
+    bot.local_mode = True
+    async with media_sources(provider_settings) as sources:
+        with pytest.raises(FetchPermanent, match="local Bot API server") as failure:
+            await read_all(sources["telegram"], ref(), {"bot_token": TOKEN})
+    assert TOKEN not in failure.value.reason
+    assert [r.route for r in bot.server.requests] == ["api"]
+
+
+async def test_a_body_shorter_than_its_content_length_is_transient(
+    bot: TelegramFake, provider_settings: dict[str, str]
+) -> None:
+    bot.add_file("cut", DATA, claimed_length=len(DATA) + 1000)
+    async with media_sources(provider_settings) as sources:
+        with pytest.raises(FetchTransient, match="connection failed"):
+            await read_all(sources["telegram"], ref("cut"), {"bot_token": TOKEN})
