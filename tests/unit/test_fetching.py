@@ -13,13 +13,15 @@ import pytest
 
 from ingest.config import SettingsError, load_settings
 from ingest.transports.fetching import (
-    AllowedHosts,
     FetchPermanent,
     MediaRef,
-    normalize_sha256,
     require_key,
-    retry_after_seconds,
     strip_prefix,
+)
+from ingest.transports.http_download import (
+    AllowedHosts,
+    normalize_sha256,
+    retry_after_seconds,
 )
 
 DEFAULTS = AllowedHosts(load_settings().media_allowed_hosts)

@@ -19,15 +19,17 @@ import httpx
 
 from ingest.config import Settings, Transport
 from ingest.transports.fetching import (
-    ErrorResponse,
     FetchError,
     FetchPermanent,
     FetchTransient,
     MediaDownload,
     MediaRef,
+    require_key,
+)
+from ingest.transports.http_download import (
+    ErrorResponse,
     SafeDownloader,
     classify_http,
-    require_key,
 )
 
 MEDIA_PATH = re.compile(

@@ -16,17 +16,19 @@ from urllib.parse import quote
 
 from ingest.config import Settings, Transport
 from ingest.transports.fetching import (
-    ErrorResponse,
     FetchError,
     FetchPermanent,
     FetchTransient,
-    HttpDownload,
-    LinkExpired,
     MediaDownload,
     MediaRef,
-    SafeDownloader,
     require_key,
     strip_prefix,
+)
+from ingest.transports.http_download import (
+    ErrorResponse,
+    HttpDownload,
+    LinkExpired,
+    SafeDownloader,
     with_fresh_link,
 )
 

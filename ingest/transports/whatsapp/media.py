@@ -16,19 +16,21 @@ from urllib.parse import quote
 
 from ingest.config import Settings, Transport
 from ingest.transports.fetching import (
-    ErrorResponse,
     FetchError,
     FetchPermanent,
     FetchTransient,
-    HttpDownload,
-    LinkExpired,
     MediaDownload,
     MediaRef,
+    require_key,
+    strip_prefix,
+)
+from ingest.transports.http_download import (
+    ErrorResponse,
+    HttpDownload,
+    LinkExpired,
     SafeDownloader,
     classify_http,
     normalize_sha256,
-    require_key,
-    strip_prefix,
     with_fresh_link,
 )
 
