@@ -15,6 +15,7 @@ from ingest.config import SettingsError, load_settings
 from ingest.transports.fetching import (
     FetchPermanent,
     MediaRef,
+    load_media_sources,
     require_key,
     strip_prefix,
 )
@@ -122,3 +123,13 @@ def test_references_lose_only_their_own_transport_prefix() -> None:
     assert strip_prefix(MediaRef("telegram", "telegram:AgAC:x")) == "AgAC:x"
     assert strip_prefix(MediaRef("whatsapp", "whatsapp:123")) == "123"
     assert strip_prefix(MediaRef("whatsapp", "123")) == "123"
+
+
+async def test_every_provider_with_hosted_media_has_one_source() -> None:
+    async with httpx.AsyncClient() as client:
+        sources = load_media_sources(load_settings(), client)
+    assert {t: s.transport for t, s in sources.items()} == {
+        "telegram": "telegram",
+        "whatsapp": "whatsapp",
+        "sms": "sms",
+    }  # email's bytes come inside the webhook
