@@ -141,7 +141,9 @@ class FakeServer:
         self._scripts.clear()
 
     def start(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP, or asyncio leaves TCP_NODELAY off and every reused connection waits ~40 ms
+        # on a delayed ACK (asyncio `_set_nodelay` checks the socket's proto).
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, 0))
         self.port = sock.getsockname()[1]
