@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
 import httpx
@@ -370,6 +371,14 @@ async def with_fresh_link(
                 if attempt:
                     raise
         yield download
+
+
+def media_http_client() -> httpx.AsyncClient:
+    """The client to hand to `load_media_sources`: it keeps no cookies, so nothing one
+    provider answer sets (for one tenant) rides along on another request. Timeouts, redirects
+    and headers are per request, set by SafeDownloader."""
+    no_cookies = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+    return httpx.AsyncClient(cookies=no_cookies)  # the jar itself: httpx.Cookies() would copy it
 
 
 def safe_downloader(settings: Settings, client: httpx.AsyncClient) -> SafeDownloader:

@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
-import httpx
 import pytest
 
 from ingest.config import Transport, load_settings
 from ingest.transports.fetching import MediaDownload, MediaRef, MediaSource, load_media_sources
+from ingest.transports.http_download import media_http_client
 from tests.fakes.harness import FakeServer
 from tests.fakes.telegram import TelegramFake
 from tests.fakes.twilio import TwilioFake
@@ -112,7 +112,7 @@ async def media_sources(
     overrides: dict[str, Any], **settings: Any
 ) -> AsyncIterator[dict[Transport, MediaSource]]:
     """The product's media sources, configured for the fakes, on a client of their own."""
-    async with httpx.AsyncClient() as client:
+    async with media_http_client() as client:
         yield load_media_sources(load_settings(**overrides, **settings), client)
 
 

@@ -244,3 +244,17 @@ async def test_a_body_shorter_than_its_content_length_is_transient(
     async with media_sources(provider_settings) as sources:
         with pytest.raises(FetchTransient, match="connection failed"):
             await read_all(sources["telegram"], ref("cut"), {"bot_token": TOKEN})
+
+
+async def test_a_cookie_set_by_one_answer_is_never_sent_with_the_next(
+    bot: TelegramFake, provider_settings: dict[str, str]
+) -> None:
+    found = {"file_id": "x", "file_unique_id": "u", "file_size": len(DATA)}
+    answer = {"ok": True, "result": found | {"file_path": "documents/file_1.bin"}}
+    bot.server.script("api", Scripted(200, json=answer, headers={"set-cookie": "sid=tenant-a"}))
+    async with media_sources(provider_settings) as sources:
+        await read_all(sources["telegram"], ref(), {"bot_token": TOKEN})
+        await read_all(sources["telegram"], ref(), {"bot_token": TOKEN})
+    # The scripted getFile issued no link: the first file request 404s and getFile runs again.
+    assert [r.route for r in bot.server.requests] == ["api", "file", "api", "file", "api", "file"]
+    assert all("cookie" not in r.headers for r in bot.server.requests)
