@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import socket
+import traceback
 
 import pytest
 import structlog
@@ -258,3 +260,19 @@ async def test_a_cookie_set_by_one_answer_is_never_sent_with_the_next(
     # The scripted getFile issued no link: the first file request 404s and getFile runs again.
     assert [r.route for r in bot.server.requests] == ["api", "file", "api", "file", "api", "file"]
     assert all("cookie" not in r.headers for r in bot.server.requests)
+
+
+async def test_a_refused_connection_is_transient_and_its_traceback_holds_no_token(
+    bot: TelegramFake, provider_settings: dict[str, str]
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{probe.getsockname()[1]}"
+    settings = provider_settings | {
+        "telegram_api_url": f"http://{closed}",
+        "media_allowed_hosts": f"{provider_settings['media_allowed_hosts']},{closed}",
+    }
+    async with media_sources(settings) as sources:
+        with pytest.raises(FetchTransient, match=r"connection failed \(ConnectError\)") as failure:
+            await read_all(sources["telegram"], ref(), {"bot_token": TOKEN})
+    assert TOKEN not in "".join(traceback.format_exception(failure.value))
