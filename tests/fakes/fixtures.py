@@ -100,6 +100,11 @@ def fake_provider_settings(
     }
 
 
+def as_env(overrides: dict[str, str]) -> dict[str, str]:
+    """Settings overrides as the environment of a `crm-ingest` process."""
+    return {f"CRM_INGEST_{name.upper()}": value for name, value in overrides.items()}
+
+
 @pytest.fixture
 def provider_settings(
     telegram_api: TelegramFake, whatsapp_api: WhatsAppFake, twilio_api: TwilioFake

@@ -6,6 +6,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from ingest.config import load_settings
+from tests.fakes.fixtures import as_env
 from tests.fakes.telegram import TelegramFake
 from tests.fakes.twilio import TwilioFake
 from tests.fakes.whatsapp import WhatsAppFake
@@ -50,3 +52,11 @@ def test_twilio_media_json_is_the_media_resource(twilio_api: TwilioFake) -> None
     assert resource["content_type"] == "image/gif"
     assert resource["parent_sid"] == "MM1"
     assert httpx.get(url, auth=("AC1", "wrong")).json()["code"] == 20003
+
+
+def test_provider_settings_as_a_process_environment_load_as_the_same_settings(
+    provider_settings: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in as_env(provider_settings).items():
+        monkeypatch.setenv(name, value)
+    assert load_settings().model_dump(include=set(provider_settings)) == provider_settings
