@@ -107,10 +107,11 @@ def load_media_sources(
     from ingest.transports.telegram.media import TelegramMediaSource
     from ingest.transports.whatsapp.media import WhatsAppMediaSource
 
-    downloader = safe_downloader(settings, client)
     sources: list[MediaSource] = [
-        TelegramMediaSource(settings, downloader),
-        WhatsAppMediaSource(settings, downloader),
-        TwilioMediaSource(settings, downloader),
+        TelegramMediaSource(settings, safe_downloader(settings, client, settings.telegram_api_url)),
+        WhatsAppMediaSource(
+            settings, safe_downloader(settings, client, settings.whatsapp_graph_url)
+        ),
+        TwilioMediaSource(settings, safe_downloader(settings, client, settings.twilio_api_url)),
     ]
     return {source.transport: source for source in sources}

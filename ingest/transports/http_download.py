@@ -46,7 +46,10 @@ class AllowedHosts:
     """CRM_INGEST_MEDIA_ALLOWED_HOSTS: `host` (https on 443), `host:port` (http or https on that
     port), `*.domain` (any subdomain, https on 443)."""
 
-    def __init__(self, setting: str) -> None:
+    def __init__(self, setting: str, origins: tuple[str, ...] = ()) -> None:
+        # A configured API base is allowed as it is: naming a local Bot API server in
+        # CRM_INGEST_TELEGRAM_API_URL is intent enough.
+        self.origins = {_origin(httpx.URL(url)) for url in origins}
         self.exact: set[tuple[str, int]] = set()
         self.any_scheme: set[tuple[str, int]] = set()
         self.suffixes: list[str] = []
@@ -65,6 +68,8 @@ class AllowedHosts:
     def allows(self, url: httpx.URL) -> bool:
         if url.scheme not in _DEFAULT_PORTS or url.userinfo:
             return False
+        if _origin(url) in self.origins:
+            return True
         host = url.host.lower()
         port = url.port or _DEFAULT_PORTS[url.scheme]
         if (host, port) in self.any_scheme:
@@ -381,10 +386,12 @@ def media_http_client() -> httpx.AsyncClient:
     return httpx.AsyncClient(cookies=no_cookies)  # the jar itself: httpx.Cookies() would copy it
 
 
-def safe_downloader(settings: Settings, client: httpx.AsyncClient) -> SafeDownloader:
+def safe_downloader(settings: Settings, client: httpx.AsyncClient, api_base: str) -> SafeDownloader:
+    """One provider's downloader: the allowed hosts plus that provider's own API base (and not
+    another provider's, so a forged Twilio URL cannot reach a local Bot API server)."""
     return SafeDownloader(
         client,
-        AllowedHosts(settings.media_allowed_hosts),
+        AllowedHosts(settings.media_allowed_hosts, (api_base,)),
         max_bytes=settings.media_max_bytes,
         timeout_s=settings.media_http_timeout_s,
         deadline_s=settings.media_download_deadline_s,

@@ -71,6 +71,15 @@ def test_host_port_entries_allow_plain_http_on_exactly_that_port() -> None:
     assert not allowed.allows(httpx.URL("http://127.0.0.2:8081/"))
 
 
+def test_configured_api_origins_are_allowed_exactly() -> None:
+    allowed = AllowedHosts("", ("http://10.0.0.5:8081", "https://graph.facebook.com/v25.0"))
+    assert allowed.allows(httpx.URL("http://10.0.0.5:8081/bot1:x/getFile"))
+    assert allowed.allows(httpx.URL("https://graph.facebook.com/v25.0/1"))
+    assert not allowed.allows(httpx.URL("https://10.0.0.5:8081/"))  # another scheme
+    assert not allowed.allows(httpx.URL("http://10.0.0.5:8082/"))
+    assert not allowed.allows(httpx.URL("https://lookaside.fbsbx.com/"))
+
+
 def test_a_bad_allowed_hosts_setting_names_the_variable() -> None:
     with pytest.raises(SettingsError, match="CRM_INGEST_MEDIA_ALLOWED_HOSTS"):
         load_settings(media_allowed_hosts="https://api.telegram.org/")

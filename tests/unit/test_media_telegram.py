@@ -167,11 +167,20 @@ async def test_a_trickling_body_is_cut_at_the_deadline(
             await read_all(sources["telegram"], ref("trickle"), {"bot_token": TOKEN})
 
 
-async def test_an_api_url_outside_the_allowed_hosts_is_refused_without_a_request(
+async def test_the_configured_api_base_is_allowed_without_listing_it(
+    bot: TelegramFake, provider_settings: dict[str, str]
+) -> None:
+    unlisted = provider_settings | {"media_allowed_hosts": "api.telegram.org"}
+    async with media_sources(unlisted) as sources:
+        _, body = await read_all(sources["telegram"], ref(), {"bot_token": TOKEN})
+    assert body == DATA
+
+
+async def test_a_redirect_to_a_host_not_allowed_is_refused_without_a_request(
     bot: TelegramFake, provider_settings: dict[str, str], internal_server: FakeServer
 ) -> None:
-    settings = provider_settings | {"telegram_api_url": internal_server.url}
-    async with media_sources(settings) as sources:
+    bot.server.script("file", Scripted(302, headers={"location": f"{internal_server.url}/x"}))
+    async with media_sources(provider_settings) as sources:
         with pytest.raises(FetchPermanent, match=r"host not allowed \(127\.0\.0\.2:"):
             await read_all(sources["telegram"], ref(), {"bot_token": TOKEN})
     assert internal_server.requests == []
@@ -190,8 +199,9 @@ async def test_the_token_never_reaches_a_log_line(
             with pytest.raises(FetchTransient):
                 await read_all(sources["telegram"], ref(), {"bot_token": TOKEN})
             _, body = await read_all(sources["telegram"], ref(), {"bot_token": TOKEN})
-        denied = provider_settings | {"telegram_api_url": internal_server.url}
-        async with media_sources(denied) as sources:
+        redirect = {"location": f"{internal_server.url}/x"}
+        bot.server.script("file", Scripted(302, headers=redirect))
+        async with media_sources(provider_settings) as sources:
             with pytest.raises(FetchPermanent):
                 await read_all(sources["telegram"], ref(), {"bot_token": TOKEN})
     assert hashlib.sha256(body).digest() == hashlib.sha256(DATA).digest()

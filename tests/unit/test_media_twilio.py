@@ -249,3 +249,15 @@ async def test_credentials_never_reach_a_reason_or_a_log_line(
     assert lines
     for secret in (AUTH_TOKEN, KEY_SECRET, basic(KEY_SID, KEY_SECRET)):
         assert secret not in text
+
+
+async def test_another_providers_api_base_is_not_allowed_for_twilio(
+    twilio: TwilioFake, provider_settings: dict[str, str], internal_server: FakeServer
+) -> None:
+    # A local Bot API server inside the network is allowed for Telegram only.
+    settings = provider_settings | {"telegram_api_url": internal_server.url}
+    forged = f"{internal_server.url}/2010-04-01/Accounts/{ACCOUNT}/Messages/MM1/Media/ME1"
+    async with media_sources(settings) as sources:
+        with pytest.raises(FetchPermanent, match="host not allowed"):
+            await read_all(sources["sms"], ref(forged), CONFIG)
+    assert internal_server.requests == []
