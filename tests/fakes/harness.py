@@ -5,7 +5,7 @@ responses first.
 Each provider module (telegram.py, whatsapp.py, twilio.py) builds its routes on one or more
 `FakeServer`s: separate servers are separate origins, which is what cross-origin redirects need.
 Routes are named; `script(name, ...)` queues answers that the named route gives before its
-normal behaviour, so a test says "429 then success" as `script("api", Scripted(429, ...))`.
+normal behaviour, so a test says "429 then success" as `script("getfile", Scripted(429, ...))`.
 Send endpoints can be added to the same modules as more named routes.
 """
 
@@ -107,12 +107,24 @@ class FakeServer:
         """The entry CRM_INGEST_MEDIA_ALLOWED_HOSTS needs for this origin."""
         return f"{self.host}:{self.port}"
 
-    def route(self, path: str, name: str, handler: Handler, methods: list[str]) -> None:
+    def route(
+        self,
+        path: str,
+        name: str,
+        handler: Handler,
+        methods: list[str],
+        *,
+        key: Callable[[Request], str] | None = None,
+    ) -> None:
+        """`key` names a request for recording and scripting when one path serves several
+        operations (Telegram's `/bot<token>/<method>`: the method, lower-cased)."""
+
         async def recorded(request: Request) -> Response:
             body = await request.body()
+            label = name if key is None else key(request)
             self.requests.append(
                 Recorded(
-                    route=name,
+                    route=label,
                     method=request.method,
                     path=request.url.path,
                     query=dict(request.query_params),
@@ -120,7 +132,7 @@ class FakeServer:
                     body=body,
                 )
             )
-            queued = self._scripts[name]
+            queued = self._scripts[label]
             if queued:
                 scripted = queued.popleft()
                 if scripted.delay_s:

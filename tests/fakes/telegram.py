@@ -8,13 +8,14 @@
 - File links expire `link_ttl_s` after their getFile (real: at least an hour) → 404; a new
   getFile revalidates.
 - `local_mode`: absolute `file_path`s and no size cap, as `telegram-bot-api --local`.
-- Scriptable routes: "api" (every method), "file".
+- Requests are recorded and scripted by method name, lower-cased ("getfile"), and "file".
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -24,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 
 from tests.fakes.harness import Body, Clock, FakeServer
 
+Method = Callable[[str, dict[str, Any]], Awaitable[Response]]  # (token, params) → answer
 TOKEN = re.compile(r"[0-9]{1,20}:[A-Za-z0-9_-]{20,100}")
 MAX_DOWNLOAD = 20 << 20
 
@@ -53,9 +55,14 @@ class TelegramFake:
     tokens: set[str] = field(default_factory=set)
     files: dict[str, TelegramFile] = field(default_factory=dict)
     issued: dict[tuple[str, str], float] = field(default_factory=dict)  # (token, path) → when
+    # Bot API methods by lower-cased name (methods are case-insensitive); send methods join here.
+    methods: dict[str, Method] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.server.route("/bot{token}/{method}", "api", self._api, ["GET", "POST"])
+        self.methods["getfile"] = self._get_file
+        self.server.route(
+            "/bot{token}/{method}", "api", self._api, ["GET", "POST"], key=_method_name
+        )
         self.server.route("/file/bot{token}/{path:path}", "file", self._file, ["GET"])
 
     @property
@@ -100,9 +107,13 @@ class TelegramFake:
         token = request.path_params["token"]
         if (refused := self._auth(token)) is not None:
             return refused
-        if request.path_params["method"].lower() != "getfile":
+        method = self.methods.get(_method_name(request))
+        if method is None:
             return error(404, "Not Found: method not found")
         params = dict(request.query_params) | await _body_params(request)
+        return await method(token, params)
+
+    async def _get_file(self, token: str, params: dict[str, Any]) -> Response:
         found = self.files.get(str(params.get("file_id", "")))
         if found is None:
             return error(400, "Bad Request: invalid file_id")
@@ -129,6 +140,10 @@ class TelegramFake:
         if found is None or issued is None or self.clock.now() - issued > self.link_ttl_s:
             return error(404, "Not Found")
         return found.body.response()
+
+
+def _method_name(request: Request) -> str:
+    return str(request.path_params.get("method", "")).lower()
 
 
 async def _body_params(request: Request) -> dict[str, Any]:

@@ -40,7 +40,7 @@ async def test_getfile_then_the_file_link_gives_the_bytes(
     assert download.content_type == "image/jpeg"  # the webhook's, getFile has no MIME type
     assert download.declared_size == len(DATA)
     assert download.expected_sha256 is None
-    assert [r.route for r in bot.server.requests] == ["api", "file"]
+    assert [r.route for r in bot.server.requests] == ["getfile", "file"]
     assert bot.server.requests[0].query == {"file_id": "AgACAgIAAxkBAAMEZ"}
 
 
@@ -78,7 +78,7 @@ async def test_429_is_transient_with_its_retry_after_and_the_next_try_succeeds(
         "description": "Too Many Requests: retry after 7",
         "parameters": {"retry_after": 7},
     }
-    bot.server.script("api", Scripted(429, json=flood, headers={"retry-after": "7"}))
+    bot.server.script("getfile", Scripted(429, json=flood, headers={"retry-after": "7"}))
     async with media_sources(provider_settings) as sources:
         with pytest.raises(FetchTransient) as failure:
             await read_all(sources["telegram"], ref(), {"bot_token": TOKEN})
@@ -105,7 +105,7 @@ async def test_an_expired_link_gets_one_fresh_getfile(
     async with media_sources(provider_settings) as sources:
         _, body = await read_all(sources["telegram"], ref(), {"bot_token": TOKEN})
     assert body == DATA
-    assert [r.route for r in bot.server.requests] == ["api", "file", "api", "file"]
+    assert [r.route for r in bot.server.requests] == ["getfile", "file", "getfile", "file"]
 
 
 async def test_links_that_keep_expiring_are_transient(
@@ -115,7 +115,7 @@ async def test_links_that_keep_expiring_are_transient(
     async with media_sources(provider_settings) as sources:
         with pytest.raises(FetchTransient, match="link expired"):
             await read_all(sources["telegram"], ref(), {"bot_token": TOKEN})
-    assert [r.route for r in bot.server.requests] == ["api", "file", "api", "file"]
+    assert [r.route for r in bot.server.requests] == ["getfile", "file", "getfile", "file"]
 
 
 async def test_over_20_mb_is_permanent_too_large(
@@ -125,7 +125,7 @@ async def test_over_20_mb_is_permanent_too_large(
     async with media_sources(provider_settings) as sources:
         with pytest.raises(FetchPermanent, match="too large"):
             await read_all(sources["telegram"], ref("big"), {"bot_token": TOKEN})
-    assert [r.route for r in bot.server.requests] == ["api"]
+    assert [r.route for r in bot.server.requests] == ["getfile"]
 
 
 async def test_a_declared_size_over_the_cap_is_refused_before_downloading(
@@ -134,7 +134,7 @@ async def test_a_declared_size_over_the_cap_is_refused_before_downloading(
     async with media_sources(provider_settings, media_max_bytes=1000) as sources:
         with pytest.raises(FetchPermanent, match="too large"):
             await read_all(sources["telegram"], ref(), {"bot_token": TOKEN})
-    assert [r.route for r in bot.server.requests] == ["api"]
+    assert [r.route for r in bot.server.requests] == ["getfile"]
 
 
 async def test_an_undeclared_body_over_the_cap_stops_streaming(
@@ -224,7 +224,7 @@ async def test_getfile_400s_by_description(
     error: type[Exception],
 ) -> None:
     answer = {"ok": False, "error_code": 400, "description": description}
-    bot.server.script("api", Scripted(400, json=answer))
+    bot.server.script("getfile", Scripted(400, json=answer))
     async with media_sources(provider_settings) as sources:
         with pytest.raises(error, match=description.removeprefix("Bad Request: ")):
             await read_all(sources["telegram"], ref(), {"bot_token": TOKEN})
@@ -246,7 +246,7 @@ async def test_a_local_bot_api_servers_absolute_path_is_refused(
         with pytest.raises(FetchPermanent, match="local Bot API server") as failure:
             await read_all(sources["telegram"], ref(), {"bot_token": TOKEN})
     assert TOKEN not in failure.value.reason
-    assert [r.route for r in bot.server.requests] == ["api"]
+    assert [r.route for r in bot.server.requests] == ["getfile"]
 
 
 async def test_a_body_shorter_than_its_content_length_is_transient(
@@ -263,12 +263,19 @@ async def test_a_cookie_set_by_one_answer_is_never_sent_with_the_next(
 ) -> None:
     found = {"file_id": "x", "file_unique_id": "u", "file_size": len(DATA)}
     answer = {"ok": True, "result": found | {"file_path": "documents/file_1.bin"}}
-    bot.server.script("api", Scripted(200, json=answer, headers={"set-cookie": "sid=tenant-a"}))
+    bot.server.script("getfile", Scripted(200, json=answer, headers={"set-cookie": "sid=tenant-a"}))
     async with media_sources(provider_settings) as sources:
         await read_all(sources["telegram"], ref(), {"bot_token": TOKEN})
         await read_all(sources["telegram"], ref(), {"bot_token": TOKEN})
     # The scripted getFile issued no link: the first file request 404s and getFile runs again.
-    assert [r.route for r in bot.server.requests] == ["api", "file", "api", "file", "api", "file"]
+    assert [r.route for r in bot.server.requests] == [
+        "getfile",
+        "file",
+        "getfile",
+        "file",
+        "getfile",
+        "file",
+    ]
     assert all("cookie" not in r.headers for r in bot.server.requests)
 
 
