@@ -18,6 +18,7 @@ from ingest.transports.fetching import MediaDownload, MediaRef, MediaSource, loa
 from ingest.transports.http_download import media_http_client
 from ingest.transports.sending import MessageSender, OutboundAttachment, load_senders
 from tests.fakes.harness import FakeServer
+from tests.fakes.smtp import _smtp_fake, smtp_server  # noqa: F401 (fixtures, registered here)
 from tests.fakes.telegram import TelegramFake
 from tests.fakes.twilio import TwilioFake
 from tests.fakes.whatsapp import WhatsAppFake
