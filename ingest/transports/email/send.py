@@ -30,6 +30,7 @@ from ingest.transports.sending import (
     SendRejected,
     SendResult,
     SendTransient,
+    check_shape,
     require_key,
 )
 
@@ -85,14 +86,7 @@ class EmailSender:
     def check(self, message: OutboundMessage, config: Mapping[str, Any]) -> None:
         smtp_settings(require_key(config, "smtp_url"))
         require_key(config, "from_address")
-        if message.whatsapp_template is not None:
-            raise SendRejected("unsupported", "a WhatsApp template cannot go out by email")
-        if not (message.text or "").strip() and not message.attachments:
-            raise SendRejected("empty", "nothing to send: no text and no attachment")
-        if len(message.attachments) > MAX_ATTACHMENTS:
-            raise SendRejected(
-                "too_many_attachments", f"at most {MAX_ATTACHMENTS} attachments per email"
-            )
+        check_shape(message, provider="email", max_attachments=MAX_ATTACHMENTS, max_bytes=None)
         if sum(a.size or 0 for a in message.attachments) > ATTACHMENTS_MAX:
             raise SendRejected("attachment_too_large", "attachments are over 25 MB in all")
 

@@ -32,6 +32,7 @@ from ingest.transports.sending import (
     SendRejected,
     SendResult,
     SendTransient,
+    check_shape,
     require_key,
 )
 from ingest.transports.textparts import split_text, text_length
@@ -100,20 +101,9 @@ class TelegramSender:
 
     def check(self, message: OutboundMessage, config: Mapping[str, Any]) -> None:
         require_key(config, "bot_token")
-        if message.whatsapp_template is not None:
-            raise SendRejected("unsupported", "a WhatsApp template cannot go out on Telegram")
-        if not (message.text or "").strip() and not message.attachments:
-            raise SendRejected("empty", "nothing to send: no text and no attachment")
-        if len(message.attachments) > MAX_ATTACHMENTS:
-            raise SendRejected(
-                "too_many_attachments", f"at most {MAX_ATTACHMENTS} attachments per reply"
-            )
-        for attachment in message.attachments:
-            if attachment.size is not None and attachment.size > DOCUMENT_MAX:
-                raise SendRejected(
-                    "attachment_too_large",
-                    f"attachment {attachment.upload_id} is over Telegram's 50 MB upload limit",
-                )
+        check_shape(
+            message, provider="Telegram", max_attachments=MAX_ATTACHMENTS, max_bytes=DOCUMENT_MAX
+        )
 
     def plan(self, message: OutboundMessage) -> list[_Call]:
         """The Bot API calls of one reply, in order."""

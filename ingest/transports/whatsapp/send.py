@@ -25,6 +25,7 @@ from ingest.transports.sending import (
     SendRejected,
     SendResult,
     SendTransient,
+    check_shape,
     require_key,
 )
 from ingest.transports.textparts import split_text, text_length
@@ -90,18 +91,13 @@ class WhatsAppSender:
         template = message.whatsapp_template
         if template is not None and (message.text or message.attachments):
             raise SendRejected("unsupported", "a template goes out alone: no text or attachments")
-        if template is None and not (message.text or "").strip() and not message.attachments:
-            raise SendRejected("empty", "nothing to send: no text, template or attachment")
-        if len(message.attachments) > MAX_ATTACHMENTS:
-            raise SendRejected(
-                "too_many_attachments", f"at most {MAX_ATTACHMENTS} attachments per reply"
-            )
-        for attachment in message.attachments:
-            if attachment.size is not None and attachment.size > DOCUMENT_MAX:
-                raise SendRejected(
-                    "attachment_too_large",
-                    f"attachment {attachment.upload_id} is over WhatsApp's 100 MB limit",
-                )
+        check_shape(
+            message,
+            provider="WhatsApp",
+            max_attachments=MAX_ATTACHMENTS,
+            max_bytes=DOCUMENT_MAX,
+            templates=True,
+        )
 
     async def send(self, message: OutboundMessage, config: Mapping[str, Any]) -> SendResult:
         self.check(message, config)
