@@ -6,11 +6,13 @@ recorded requests left from another test). `fake_provider_settings` points crm-i
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import pytest
+import structlog
 
 from ingest.config import Transport, load_settings
 from ingest.objectstore import ObjectStore, open_store
@@ -161,3 +163,15 @@ async def stored_attachment(
     """Bytes put in the store as an upload would be, described as the dispatcher does."""
     stored = await store.put_bytes(f"uploads/{upload_id}", data, mimetype)
     return OutboundAttachment(upload_id, stored.url, name, mimetype, stored.size)
+
+
+@contextmanager
+def logged(caplog: pytest.LogCaptureFixture) -> Iterator[list[str]]:
+    """Every log line of the block as text, structlog's and the stdlib's (httpx, aiosmtplib),
+    filled in when the block ends."""
+    caplog.set_level(logging.DEBUG)
+    lines: list[str] = []
+    with structlog.testing.capture_logs() as captured:
+        yield lines
+    lines.extend(repr(line) for line in captured)
+    lines.append(caplog.text)

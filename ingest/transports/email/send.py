@@ -22,6 +22,7 @@ from urllib.parse import unquote, urlsplit
 import aiosmtplib
 
 from ingest.config import Transport
+from ingest.logs import get_logger
 from ingest.transports.http_send import filename, stored_bytes
 from ingest.transports.sending import (
     OutboundMessage,
@@ -37,6 +38,8 @@ from ingest.transports.sending import (
 if TYPE_CHECKING:
     from ingest.config import Settings
     from ingest.objectstore import ObjectStore
+
+log = get_logger(__name__)
 
 ATTACHMENTS_MAX = 25 * 1024 * 1024
 MAX_ATTACHMENTS = 20
@@ -66,6 +69,7 @@ def smtp_settings(smtp_url: str) -> dict[str, Any]:
 
 
 def _classify(exc: aiosmtplib.SMTPResponseException, stage: str) -> SendError:
+    log.info("smtp refused", stage=stage, code=exc.code)
     text = f"smtp {stage}: {exc.code} {exc.message}"[:300]
     if isinstance(exc, aiosmtplib.SMTPAuthenticationError) or exc.code == 535:
         return SendRejected(
