@@ -20,7 +20,13 @@ from ingest.transports.fetching import MediaDownload, MediaRef, MediaSource, loa
 from ingest.transports.http_download import media_http_client
 from ingest.transports.sending import MessageSender, OutboundAttachment, load_senders
 from tests.fakes.harness import FakeServer
-from tests.fakes.smtp import _smtp_fake, smtp_server  # noqa: F401 (fixtures, registered here)
+from tests.fakes.smtp import (  # noqa: F401 (fixtures, registered here)
+    _smtp_fake,
+    _smtp_tls_fakes,
+    smtp_server,
+    smtp_tls_servers,
+    tls_certificate,
+)
 from tests.fakes.telegram import TelegramFake
 from tests.fakes.twilio import TwilioFake
 from tests.fakes.whatsapp import WhatsAppFake

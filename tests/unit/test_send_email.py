@@ -178,3 +178,28 @@ async def test_check_names_missing_and_bad_keys(file_store: ObjectStore) -> None
             sender.check(message(), {"smtp_url": "smtp://h"})
         with pytest.raises(SendRejected, match="smtp:// or smtps://"):
             sender.check(message(), {"smtp_url": "http://h", "from_address": FROM})
+
+
+@pytest.mark.parametrize("mode", ["starttls", "implicit"])
+async def test_tls_starttls_when_offered_and_smtps(
+    mode: str, smtp_tls_servers: dict[str, SmtpFake], file_store: ObjectStore
+) -> None:
+    server = smtp_tls_servers[mode]
+    server.users["crm"] = "secret"  # the STARTTLS server takes AUTH only once TLS is up
+    config = {"smtp_url": server.url("crm", "secret"), "from_address": FROM}
+    result = await send(server, file_store, message(), config)
+    assert server.url().startswith("smtps://" if mode == "implicit" else "smtp://")
+    assert server.tls_sessions == 1
+    assert server.received[0].login == "crm"
+    assert result.provider_message_ids == (MESSAGE_ID,)
+
+
+async def test_an_untrusted_certificate_is_refused(
+    smtp_tls_servers: dict[str, SmtpFake], file_store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SSL_CERT_FILE")
+    server = smtp_tls_servers["implicit"]
+    with pytest.raises(SendRejected) as caught:
+        await send(server, file_store, message())
+    assert caught.value.code == "tls_certificate"
+    assert server.received == []

@@ -12,6 +12,7 @@ Message-ID and the server's DATA reply, which names the relay's own id when it r
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -147,10 +148,17 @@ class EmailSender:
             reply = await smtp.data(email.as_bytes())
         except aiosmtplib.SMTPResponseException as exc:
             raise _classify(exc, stage) from exc
-        except aiosmtplib.SMTPNotSupported as exc:  # e.g. AUTH or TLS the server lacks
-            raise SendRejected("smtp_unsupported", f"smtp {stage}: {exc}"[:300]) from exc
         except (aiosmtplib.SMTPException, OSError) as exc:
             kind = type(exc).__name__
+            if isinstance(exc.__cause__ or exc, ssl.SSLCertVerificationError):
+                raise SendRejected(
+                    "tls_certificate",
+                    "smtp: the server's TLS certificate is not trusted (wrong host in smtp_url, "
+                    "or a CA missing from the system's bundle)",
+                ) from exc
+            if stage != "DATA" and kind in ("SMTPException", "SMTPNotSupported"):
+                # The server lacks what smtp_url asks for (AUTH, a mechanism, STARTTLS).
+                raise SendRejected("smtp_unsupported", f"smtp {stage}: {exc}"[:300]) from exc
             if stage == "DATA":
                 raise SendOutcomeUnknown(
                     "outcome_unknown", f"smtp DATA: no complete answer ({kind})"
