@@ -232,3 +232,15 @@ async def test_check_names_missing_keys_and_rules(
         with pytest.raises(SendRejected, match="template goes out alone"):
             sender.check(message(whatsapp_template=template), CONFIG)
     assert graph.graph.requests == []
+
+
+async def test_a_failed_later_message_reports_those_already_accepted(
+    graph: WhatsAppFake, provider_settings: dict[str, str], file_store: ObjectStore
+) -> None:
+    graph.pair_burst = 1  # the second message to the same user hits the pair rate
+    photo = await stored_attachment(file_store, 9, b"\xff\xd8", "a.jpg", "image/jpeg")
+    with pytest.raises(SendTransient) as caught:
+        await send(provider_settings, file_store, message(text="t" * 2000, attachments=(photo,)))
+    (first,) = graph.sent
+    assert first.body["type"] == "text"  # too long for a caption: it went first, alone
+    assert caught.value.accepted_ids == (first.wamid,)
