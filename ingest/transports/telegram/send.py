@@ -35,7 +35,7 @@ from ingest.transports.sending import (
     check_shape,
     require_key,
 )
-from ingest.transports.textparts import split_text, text_length
+from ingest.transports.textparts import texts_and_caption
 
 if TYPE_CHECKING:
     import httpx
@@ -108,21 +108,17 @@ class TelegramSender:
     def plan(self, message: OutboundMessage) -> list[_Call]:
         """The Bot API calls of one reply, in order."""
         chat_id: int | str = int(message.to) if message.to.lstrip("-").isdigit() else message.to
-        text = message.text or ""
-        fits_caption = bool(message.attachments) and text_length(text) <= CAPTION_MAX
-        calls: list[_Call] = []
-        if text.strip() and not fits_caption:
-            calls += [
-                _Call("sendMessage", {"chat_id": chat_id, "text": p})
-                for p in split_text(text, TEXT_MAX)
-            ]
+        texts, caption = texts_and_caption(
+            message.text, bool(message.attachments), TEXT_MAX, CAPTION_MAX
+        )
+        calls = [_Call("sendMessage", {"chat_id": chat_id, "text": text}) for text in texts]
         for n, attachment in enumerate(message.attachments):
             method, field_name = (
                 ("sendPhoto", "photo") if _is_photo(attachment) else ("sendDocument", "document")
             )
             fields: dict[str, Any] = {"chat_id": chat_id}
-            if n == 0 and fits_caption and text.strip():
-                fields["caption"] = text
+            if n == 0 and caption is not None:
+                fields["caption"] = caption
             calls.append(_Call(method, fields, attachment, field_name))
         reply_to = (message.reply_to or "").rpartition(":")[2]
         if calls and reply_to.isdigit():

@@ -28,7 +28,7 @@ from ingest.transports.sending import (
     check_shape,
     require_key,
 )
-from ingest.transports.textparts import split_text, text_length
+from ingest.transports.textparts import texts_and_caption
 
 if TYPE_CHECKING:
     import httpx
@@ -142,22 +142,20 @@ class WhatsAppSender:
                 parameters = [{"type": "text", "text": p} for p in template.parameters]
                 spec["components"] = [{"type": "body", "parameters": parameters}]
             return [{"type": "template", "template": spec}]
-        text = message.text or ""
-        caption = bool(message.attachments) and text_length(text) <= CAPTION_MAX
-        bodies: list[dict[str, Any]] = []
-        if text.strip() and not caption:
-            bodies += [
-                {"type": "text", "text": {"preview_url": False, "body": part}}
-                for part in split_text(text, TEXT_MAX)
-            ]
+        texts, caption = texts_and_caption(
+            message.text, bool(message.attachments), TEXT_MAX, CAPTION_MAX
+        )
+        bodies: list[dict[str, Any]] = [
+            {"type": "text", "text": {"preview_url": False, "body": text}} for text in texts
+        ]
         for n, attachment in enumerate(message.attachments):
             media_id = await self._upload(attachment, number, auth)
             kind = "image" if _is_image(attachment) else "document"
             media: dict[str, Any] = {"id": media_id}
             if kind == "document" and attachment.name:
                 media["filename"] = attachment.name
-            if n == 0 and caption and text.strip():
-                media["caption"] = text
+            if n == 0 and caption is not None:
+                media["caption"] = caption
             bodies.append({"type": kind, kind: media})
         return bodies
 
