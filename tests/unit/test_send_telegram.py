@@ -200,7 +200,7 @@ async def test_server_error_is_transient_and_a_retry_succeeds(
     assert (await send(provider_settings, file_store, message())).provider_message_ids
 
 
-@pytest.mark.parametrize("token", [TOKEN.replace("ABC", "XYZ"), "not-a-token"])
+@pytest.mark.parametrize("token", [TOKEN.replace("ABC", "XYZ"), "not-a-token", f"{TOKEN}/../../x?"])
 async def test_refused_token_is_rejected_and_never_shown(
     token: str,
     telegram_api: TelegramFake,

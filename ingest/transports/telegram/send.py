@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import quote
 
 from ingest.config import Transport
 from ingest.transports.http_download import ErrorResponse
@@ -152,7 +153,8 @@ class TelegramSender:
         return SendResult(tuple(ids), detail)
 
     async def _call(self, token: str, call: _Call) -> dict[str, Any]:
-        url = f"{self._base}/bot{token}/{call.method}"
+        # Quoted: a token holding "/" or "?" must not reach another path of the API.
+        url = f"{self._base}/bot{quote(token, safe=':')}/{call.method}"
         what = f"telegram {call.method}"
         if call.attachment is None:
             answer = await self._http.post(url, what=what, classify=classify, json_body=call.fields)
