@@ -7,14 +7,39 @@ lives under the `CRM_INGEST_` prefix. Empty `DATABASE_URL` / `KAFKA_BOOTSTRAP_SE
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, ValidationError
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ingest.objectstore.urls import parse_store_url
 
 Transport = Literal["telegram", "whatsapp", "sms", "email"]
 TRANSPORTS: tuple[Transport, ...] = ("telegram", "whatsapp", "sms", "email")
+
+
+# The hosts the providers document for media (provider-apis.md §1.3, §2.2, §3.2). Meta's CDN
+# behind lookaside.fbsbx.com is unverified, hence its subdomain patterns; Twilio's unsecured
+# media lives on s3-external-1.amazonaws.com and its secured redirects on mms.twiliocdn.com.
+DEFAULT_MEDIA_ALLOWED_HOSTS = ",".join(
+    (
+        "api.telegram.org",
+        "graph.facebook.com",
+        "lookaside.fbsbx.com",
+        "*.fbsbx.com",
+        "*.fbcdn.net",
+        "api.twilio.com",
+        "media.twiliocdn.com",
+        "mms.twiliocdn.com",
+        "s3-external-1.amazonaws.com",
+    )
+)
+
+_ALLOWED_HOST = re.compile(
+    r"(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?|\[[0-9a-f:.]+\](:[0-9]{1,5})?"
+)
 
 
 class SettingsError(ValueError):
@@ -75,13 +100,50 @@ class Settings(BaseSettings):
     max_body_bytes_sms: int = Field(default=262_144, ge=1024)
     max_body_bytes_email: int = Field(default=26_214_400, ge=1024)
 
+    # Media fetching: providers' API bases (a local Bot API server, a test server) and the
+    # hosts downloads may touch. A host without a port means https on 443; `host:port` allows
+    # that port over http or https; `*.example.com` any subdomain (https, 443).
+    media_allowed_hosts: str = Field(default=DEFAULT_MEDIA_ALLOWED_HOSTS)
+    telegram_api_url: str = Field(default="https://api.telegram.org", pattern=r"^https?://[^\s]+$")
+    whatsapp_graph_url: str = Field(
+        default="https://graph.facebook.com/v25.0", pattern=r"^https?://[^\s]+$"
+    )
+    twilio_api_url: str = Field(default="https://api.twilio.com", pattern=r"^https?://[^\s]+$")
+
     # Identity
     default_phone_region: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
+
+    # Media: where attachment bytes are stored (file:///abs/dir or s3://bucket[/prefix]; S3
+    # credentials, region and endpoint from the standard AWS_* variables). Empty: not
+    # configured (`crm-ingest dev` then uses a directory in its data dir).
+    media_store: str = ""
+    media_max_bytes: int = Field(default=104_857_600, ge=1)
 
     # Logging and local state
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     data_dir: Path = Path(".crm-ingest")
+
+    @field_validator("media_allowed_hosts")
+    @classmethod
+    def _allowed_hosts(cls, value: str) -> str:
+        entries = [entry.strip().lower() for entry in value.split(",") if entry.strip()]
+        for entry in entries:
+            if not _ALLOWED_HOST.fullmatch(entry):
+                raise ValueError(f"{entry!r} is not a host, host:port or *.domain")
+        return ",".join(entries)
+
+    @field_validator("telegram_api_url", "whatsapp_graph_url", "twilio_api_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @field_validator("media_store")
+    @classmethod
+    def _media_store_url(cls, value: str) -> str:
+        if value:
+            parse_store_url(value)
+        return value
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
