@@ -195,7 +195,12 @@ def attachment_changed(row: asyncpg.Record, outcome: Payload) -> Payload:
     One id per upload, outcome and attempt: a retried upload's later outcome is a new event."""
     status = outcome["status"]
     event_id = make_chat_event_id(
-        "message.updated", row["message_id"], "attachment", row["upload_id"], status, row["attempts"]
+        "message.updated",
+        row["message_id"],
+        "attachment",
+        row["upload_id"],
+        status,
+        row["attempts"],
     )
     payload = _updated(
         event_id,

@@ -11,13 +11,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from uuid import UUID
 
 import asyncpg
 
 from handlers import chat_events
 from handlers.chat_events import Payload
+from ingest.config import Transport
 from ingest.events import MessageEvent
 from sql import QUERIES
 
@@ -47,7 +48,7 @@ class Job:
     message_id: int
     channel_id: UUID
     tenant_id: UUID
-    transport: str
+    transport: Transport
     attempts: int  # this attempt included
     lease: UUID
     queued_at: datetime
@@ -63,7 +64,7 @@ class Job:
             message_id=row["message_id"],
             channel_id=row["channel_id"],
             tenant_id=row["tenant_id"],
-            transport=row["transport"],
+            transport=cast(Transport, row["transport"]),
             attempts=row["attempts"],
             lease=row["lease"],
             queued_at=row["queued_at"],
@@ -131,7 +132,7 @@ async def complete_stored(pool: asyncpg.Pool, job: Job, stored: Stored) -> Paylo
             "error": None,
         }
         event = chat_events.attachment_changed(row, outcome)
-        await chat_events.enqueue(conn, [(event, _source_id(event))])
+        await chat_events.enqueue(cast(asyncpg.Connection, conn), [(event, _source_id(event))])
         return event
 
 
@@ -151,7 +152,7 @@ async def complete_failed(pool: asyncpg.Pool, job: Job, reason: str) -> Payload 
             "error": reason,
         }
         event = chat_events.attachment_changed(row, outcome)
-        await chat_events.enqueue(conn, [(event, _source_id(event))])
+        await chat_events.enqueue(cast(asyncpg.Connection, conn), [(event, _source_id(event))])
         return event
 
 
@@ -173,7 +174,9 @@ async def requeue(pool: asyncpg.Pool, upload_ids: Sequence[int] | None) -> int:
     return len(rows)
 
 
-async def list_jobs(pool: asyncpg.Pool, status: JobStatus | None, limit: int) -> list[dict[str, Any]]:
+async def list_jobs(
+    pool: asyncpg.Pool, status: JobStatus | None, limit: int
+) -> list[dict[str, Any]]:
     rows = await pool.fetch(QUERIES["list_media_jobs"], status, limit)
     return [
         {
@@ -192,4 +195,5 @@ async def list_jobs(pool: asyncpg.Pool, status: JobStatus | None, limit: int) ->
 async def queue_stats(pool: asyncpg.Pool) -> tuple[int, float]:
     """Pending jobs, and the age in seconds of the oldest one."""
     row = await pool.fetchrow(QUERIES["media_queue_stats"])
+    assert row is not None  # an aggregate always has its row
     return int(row["pending"]), float(row["oldest_age_s"])

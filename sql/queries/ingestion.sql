@@ -152,7 +152,7 @@ WITH k AS MATERIALIZED (
                 $8::uuid[], $9::text[], $10::bool[])
          WITH ORDINALITY
          AS k(message_id, tenant_id, hash, path, name, size, mimetype, channel_id, transport,
-              fetch, ord)
+              needs_fetch, ord)
 ),
 uploads AS (
     INSERT INTO core_uploads (id, tenant_id, hash, path, name, size, mimetype)
@@ -164,7 +164,7 @@ links AS (
 ),
 jobs AS (
     INSERT INTO ingest_media_jobs (upload_id, message_id, channel_id, tenant_id, transport)
-    SELECT upload_id, message_id, channel_id, tenant_id, transport FROM k WHERE fetch
+    SELECT upload_id, message_id, channel_id, tenant_id, transport FROM k WHERE needs_fetch
 )
 SELECT ord, upload_id FROM k ORDER BY ord;
 

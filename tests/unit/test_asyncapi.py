@@ -29,6 +29,7 @@ def test_payload_schemas_are_the_contract_models() -> None:
         "MessageUpdated",
         "ClientCreated",
         "ChatCreated",
+        "AttachmentOutcome",
     ):
         assert model in schemas
     assert "schema_version" in schemas["MessageEvent"]["properties"]
