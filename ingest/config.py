@@ -109,6 +109,8 @@ class Settings(BaseSettings):
         default="https://graph.facebook.com/v25.0", pattern=r"^https?://[^\s]+$"
     )
     twilio_api_url: str = Field(default="https://api.twilio.com", pattern=r"^https?://[^\s]+$")
+    media_http_timeout_s: float = Field(default=30.0, gt=0, le=600)  # connect, and each read
+    media_download_deadline_s: float = Field(default=900.0, gt=0, le=86_400)  # a whole download
 
     # Identity
     default_phone_region: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")

@@ -14,6 +14,9 @@ from ingest.config import load_settings
 from ingest.embedded import ResolvedServices, resolve_services
 from tests.support import Processes
 
+# The provider API fakes (tests/fakes/): telegram_api, whatsapp_api, twilio_api, ...
+pytest_plugins = ["tests.fakes.fixtures"]
+
 
 @pytest.fixture(scope="session")
 def services() -> Iterator[ResolvedServices]:
