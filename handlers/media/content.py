@@ -1,15 +1,9 @@
-"""What a fetched file is: its media type (declared, served or sniffed) and the sha256 digests
-it must match."""
+"""What a fetched file is: its media type, declared, served or sniffed from its first bytes."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
-
 GENERIC_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
 FALLBACK_TYPE = "application/octet-stream"
-_HEX_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 # Leading bytes of the types messaging apps carry (photos, voice notes, documents, videos).
 _SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
@@ -47,21 +41,3 @@ def choose_type(declared: str | None, served: str | None, head: bytes) -> str:
         if candidate not in GENERIC_TYPES:
             return candidate
     return sniff(head) or FALLBACK_TYPE
-
-
-def hex_sha256(value: str | None) -> str | None:
-    """A provider's sha256 as lower-case hex: Meta sends hex or base64 (unspecified which).
-    Anything that is neither is not a digest we can check (None)."""
-    if not value:
-        return None
-    value = value.strip()
-    if _HEX_SHA256.fullmatch(value):
-        return value.lower()
-    try:
-        raw = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        try:
-            raw = base64.urlsafe_b64decode(value)
-        except (binascii.Error, ValueError):
-            return None
-    return raw.hex() if len(raw) == 32 else None

@@ -19,11 +19,6 @@ from ingest.transports.fetching import load_media_sources
 
 log = get_logger("crm_ingest.media")
 
-# Connect and read timeouts of provider requests; a body that stalls longer is a transient
-# failure, retried later. No overall timeout: a 100 MB file may take minutes.
-PROVIDER_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
-USER_AGENT = "crm-ingest media fetcher"
-
 
 @contextlib.asynccontextmanager
 async def running_media_worker(
@@ -39,9 +34,8 @@ async def running_media_worker(
     # Credentials are read for every attempt, never cached: after `crm-ingest channel set`,
     # the next attempt uses the new ones.
     channels = ChannelDirectory(settings.model_copy(update={"channel_cache_ttl_s": 0.0}), pool)
-    client = httpx.AsyncClient(
-        timeout=PROVIDER_TIMEOUT, follow_redirects=False, headers={"User-Agent": USER_AGENT}
-    )
+    # Timeouts, redirects and headers are set per request by the sources' safe downloader.
+    client = httpx.AsyncClient()
     try:
         worker = MediaWorker(
             settings,

@@ -6,8 +6,9 @@ the outcome with its chat event.
 - A claimed job is leased for `media_lease_s` and the lease is renewed while it runs. A
   SIGKILLed worker stops renewing, and its job is claimed again once the lease runs out.
 - Bytes go to `media/<tenant>/<upload id>`: a retry writes the same key, and the store's atomic
-  put leaves either the whole object there or nothing. A digest mismatch is raised from inside
-  the stream, before the put completes, so a corrupt object never lands under its key.
+  put leaves either the whole object there or nothing. The download raises a size or digest
+  mismatch from inside the stream, before the put completes, so a corrupt object never lands
+  under its key.
 - FetchPermanent, or a file over CRM_INGEST_MEDIA_MAX_BYTES: the job fails with its short
   reason. FetchTransient, an unavailable store, or anything unexpected: the job is due again
   after an exponential backoff with jitter (at least the provider's retry-after), until the
@@ -17,7 +18,6 @@ the outcome with its chat event.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import asyncpg
 
 from handlers.media import jobs
-from handlers.media.content import choose_type, hex_sha256
+from handlers.media.content import choose_type
 from handlers.media.jobs import Job, Stored
 from ingest import metrics
 from ingest.config import Settings, Transport
@@ -204,8 +204,6 @@ class MediaWorker:
         source = self._sources.get(job.transport)
         if source is None:
             raise FetchPermanent(f"no media source for transport {job.transport}")
-        if job.declared_size is not None and job.declared_size > self._max_bytes:
-            raise ObjectTooLarge(self._max_bytes)
         ref = MediaRef(
             transport=source.transport,
             reference=job.reference,
@@ -213,23 +211,17 @@ class MediaWorker:
             declared_mimetype=job.declared_mimetype,
             declared_sha256=job.declared_sha256,
         )
+        # The download enforces the byte cap, the declared size and the provider's sha256 as
+        # its chunks are read, raising from inside the stream: the put then leaves nothing.
         async with source.open(ref, channel.config) as download:
-            if download.declared_size is not None and download.declared_size > self._max_bytes:
-                raise ObjectTooLarge(self._max_bytes)
-            expected = {
-                digest
-                for digest in (
-                    hex_sha256(download.expected_sha256),
-                    hex_sha256(job.declared_sha256),
-                )
-                if digest is not None
-            }
             body = download.chunks()
             head = await anext(body, b"")
             mimetype = choose_type(job.declared_mimetype, download.content_type, head)
-            checked = _verified(head, body, expected, job.attempts)
             obj = await self._store.put(
-                object_key(job), checked, content_type=mimetype, max_bytes=self._max_bytes
+                object_key(job),
+                _prepend(head, body),
+                content_type=mimetype,
+                max_bytes=self._max_bytes,
             )
         return Stored(obj.url, obj.size, obj.sha256, mimetype)
 
@@ -282,24 +274,12 @@ class MediaWorker:
             log.warning("media lease not released", upload_id=job.upload_id, error=repr(exc))
 
 
-async def _verified(
-    head: bytes, rest: AsyncIterator[bytes], expected: set[str], attempt: int
-) -> AsyncIterator[bytes]:
-    """The download as streamed, hashed on the way; a digest the provider gave that the bytes
-    do not match is raised after the last chunk, while the store can still discard the put.
-    The first mismatch is retried (a fresh download URL), a second one is final."""
-    digest = hashlib.sha256(head)
+async def _prepend(head: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The stream again with its first chunk, which was read to sniff the type."""
     if head:
         yield head
     async for chunk in rest:
-        digest.update(chunk)
         yield chunk
-    actual = digest.hexdigest()
-    if expected and actual not in expected:
-        reason = "checksum mismatch: the bytes do not match the provider's sha256"
-        if attempt < 2:
-            raise FetchTransient(reason, retry_after=0.0)
-        raise FetchPermanent(reason)
 
 
 def _duration(seconds: float) -> str:
