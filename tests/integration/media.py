@@ -3,19 +3,26 @@ real store, and reading back what the worker did (jobs, uploads, stored bytes, c
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
+from handlers.app import running_consumer
+from ingest.config import Settings
+from ingest.embedded import ResolvedServices
 from ingest.objectstore import open_store
+from sql.db import create_pool
 from tests.fakes.fixtures import fake_provider_settings
 from tests.fakes.telegram import TelegramFake
 from tests.fakes.twilio import TwilioFake
 from tests.fakes.whatsapp import WhatsAppFake
-from tests.integration.pipeline import OUTBOX_EVENTS
+from tests.integration.pipeline import OUTBOX_EVENTS, Gateway, isolated_pipeline, open_gateway
 from tests.support import eventually
 
 BOT_TOKEN = "7000000001:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
@@ -37,6 +44,28 @@ def media_overrides(
         "media_retry_backoff_max_s": 1.0,
         "outbox_interval_s": 0.2,
     }
+
+
+@dataclass
+class MediaPipeline:
+    settings: Settings
+    pool: asyncpg.Pool
+    gateway: Gateway
+
+
+@contextlib.asynccontextmanager
+async def media_pipeline(
+    services: ResolvedServices, prefix: str, **overrides: Any
+) -> AsyncIterator[MediaPipeline]:
+    """A pipeline of its own (database, topics, consumer with its fetch worker when
+    `media_store` is given) and the gateway in front of it."""
+    settings = await isolated_pipeline(services, prefix, **overrides)
+    pool = await create_pool(settings.database_url, max_size=4)
+    try:
+        async with running_consumer(settings), open_gateway(settings, pool) as gateway:
+            yield MediaPipeline(settings, pool, gateway)
+    finally:
+        await pool.close()
 
 
 def payload(size: int, seed: str, head: bytes = b"") -> bytes:

@@ -14,11 +14,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from handlers.app import running_consumer
 from ingest.config import Settings
 from ingest.embedded import ResolvedServices
 from ingest.events import chat_event_adapter
-from sql.db import create_pool
 from tests.fakes.harness import FakeServer, Scripted
 from tests.fakes.telegram import TelegramFake
 from tests.fakes.twilio import TwilioFake
@@ -28,14 +26,16 @@ from tests.integration.media import (
     ACCOUNT_SID,
     BOT_TOKEN,
     JPEG_HEAD,
+    MediaPipeline,
     attachment_events,
     media_overrides,
+    media_pipeline,
     payload,
     set_channel_keys,
     settled_jobs,
     stored_bytes,
 )
-from tests.integration.pipeline import Gateway, TenantChannel, isolated_pipeline, open_gateway
+from tests.integration.pipeline import Gateway, TenantChannel
 from tests.integration.signing import (
     AUTH_TOKEN,
     post_sms,
@@ -59,30 +59,31 @@ def store_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="module")
-async def media_settings(
+async def pipeline(
     services: ResolvedServices,
     store_url: str,
     _telegram_fake: TelegramFake,
     _whatsapp_fake: WhatsAppFake,
     _twilio_fake: TwilioFake,
-) -> Settings:
+) -> AsyncIterator[MediaPipeline]:
     overrides = media_overrides(_telegram_fake, _whatsapp_fake, _twilio_fake, store_url)
-    return await isolated_pipeline(services, "media", **overrides)
+    async with media_pipeline(services, "media", **overrides) as opened:
+        yield opened
 
 
 @pytest.fixture(scope="module")
-async def media_pool(media_settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(media_settings.database_url, max_size=4)
-    yield pool
-    await pool.close()
+def media_settings(pipeline: MediaPipeline) -> Settings:
+    return pipeline.settings
 
 
 @pytest.fixture(scope="module")
-async def media_gateway(
-    media_settings: Settings, media_pool: asyncpg.Pool
-) -> AsyncIterator[Gateway]:
-    async with running_consumer(media_settings), open_gateway(media_settings, media_pool) as gw:
-        yield gw
+def media_pool(pipeline: MediaPipeline) -> asyncpg.Pool:
+    return pipeline.pool
+
+
+@pytest.fixture(scope="module")
+def media_gateway(pipeline: MediaPipeline) -> Gateway:
+    return pipeline.gateway
 
 
 def tg_update(name: str, message_id: int, **media: Any) -> dict[str, Any]:
