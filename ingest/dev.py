@@ -168,8 +168,17 @@ async def ensure_demo_channels(database_url: str) -> list[dict[str, Any]]:
         await conn.close()
 
 
-def describe(channels: list[dict[str, Any]], base_url: str, database_url: str) -> str:
-    lines = ["", "crm-ingest dev is running.", f"  database: {database_url}", ""]
+def with_media_store(settings: Settings) -> Settings:
+    """Unset CRM_INGEST_MEDIA_STORE: attachment bytes go to `<data dir>/media`."""
+    if settings.media_store:
+        return settings
+    media = (settings.data_dir.resolve() / "media").as_uri()
+    return settings.model_copy(update={"media_store": media})
+
+
+def describe(channels: list[dict[str, Any]], base_url: str, settings: Settings) -> str:
+    lines = ["", "crm-ingest dev is running.", f"  database: {settings.database_url}"]
+    lines += [f"  media store: {settings.media_store}", ""]
     for channel in channels:
         url = base_url + channel["webhook_path"]
         lines.append(f"  {channel['transport']:<9} {url}")
@@ -192,7 +201,7 @@ async def run_dev(settings: Settings, stop: asyncio.Event, *, host: str, port: i
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with resolve_services(settings, data_dir=settings.data_dir) as services:
-        settings = services.apply(settings)
+        settings = with_media_store(services.apply(settings))
         await admin.migrate(settings.database_url)
         await ensure_topics(settings)
         channels = await ensure_demo_channels(settings.database_url)
@@ -203,9 +212,7 @@ async def run_dev(settings: Settings, stop: asyncio.Event, *, host: str, port: i
             # uvicorn exposes a flag, not an event: print the URLs only once it listens.
             while not server.started and not serving.done():  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
-            sys.stdout.write(
-                describe(channels, f"http://{host}:{http_port}", settings.database_url)
-            )
+            sys.stdout.write(describe(channels, f"http://{host}:{http_port}", settings))
             sys.stdout.flush()
             await until_stopped(stop, serving, on_stop=lambda: setattr(server, "should_exit", True))
         log.info("dev stack stopped")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hypothesis
 import pytest
@@ -16,6 +16,9 @@ from tests.support import Processes
 
 # The provider API fakes (tests/fakes/): telegram_api, whatsapp_api, twilio_api, ...
 pytest_plugins = ["tests.fakes.fixtures"]
+
+if TYPE_CHECKING:
+    from tests.fakes.s3 import S3Server
 
 
 @pytest.fixture(scope="session")
@@ -69,3 +72,23 @@ def processes() -> Iterator[Processes]:
     """`crm-ingest` subprocesses a test starts; whatever is left running is killed after it."""
     with Processes() as started:
         yield started
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A real S3-compatible HTTP server (moto's standalone server) on a free local port."""
+    from tests.fakes.s3 import running_s3_server  # moto loads only for tests that use it
+
+    with running_s3_server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_store_url(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
+    """`s3://<new bucket>/media` on `s3_server`, with the AWS_* variables pointing at it (also
+    for `crm-ingest` subprocesses started from this environment)."""
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return f"s3://{s3_server.create_bucket()}/media"

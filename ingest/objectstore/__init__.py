@@ -36,4 +36,6 @@ def open_store(url: str) -> ObjectStore:
         from ingest.objectstore.local import FileStore
 
         return FileStore(location)
-    raise StoreError("the s3:// backend is not built yet")  # next commit
+    from ingest.objectstore.s3 import S3Store
+
+    return S3Store(location)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ingest.objectstore.errors import ObjectTooLarge
+from ingest.objectstore.urls import validate_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,29 @@ class ObjectStore(Protocol):
     async def close(self) -> None: ...
 
 
+class UrlKeyedStore:
+    """What both backends share: object URLs are the store's URL plus the key."""
+
+    def __init__(self, base_url: str) -> None:
+        self._base_url = base_url
+
+    def url(self, key: str) -> str:
+        return f"{self._base_url}/{validate_key(key)}"
+
+    async def put(
+        self,
+        key: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        content_type: str | None,
+        max_bytes: int,
+    ) -> StoredObject:
+        raise NotImplementedError
+
+    async def put_bytes(self, key: str, data: bytes, content_type: str | None) -> StoredObject:
+        return await self.put(key, one_chunk(data), content_type=content_type, max_bytes=len(data))
+
+
 class Meter:
     """Counts and hashes a stream as it passes; raises ObjectTooLarge past `max_bytes`."""
 
@@ -94,7 +118,8 @@ async def rechunk(chunks: AsyncIterable[bytes], meter: Meter, size: int) -> Asyn
         meter.feed(chunk)
         buffer += chunk
         while len(buffer) >= size:
-            yield bytes(buffer[:size])
+            piece = bytes(memoryview(buffer)[:size])  # one copy, not two
             del buffer[:size]
+            yield piece
     if buffer:
         yield bytes(buffer)

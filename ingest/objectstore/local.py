@@ -15,9 +15,9 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ingest.objectstore.base import Meter, StoredObject, one_chunk, rechunk
+from ingest.objectstore.base import Meter, StoredObject, UrlKeyedStore, rechunk
 from ingest.objectstore.errors import ObjectNotFound, StoreError, StoreUnavailable
-from ingest.objectstore.urls import StoreLocation, key_of, validate_key
+from ingest.objectstore.urls import StoreLocation, key_of
 
 T = TypeVar("T")
 
@@ -25,13 +25,10 @@ T = TypeVar("T")
 PIECE_BYTES = 1 << 20
 
 
-class FileStore:
+class FileStore(UrlKeyedStore):
     def __init__(self, location: StoreLocation) -> None:
         self.root = Path(location.root)
-        self._base_url = location.url
-
-    def url(self, key: str) -> str:
-        return f"{self._base_url}/{validate_key(key)}"
+        super().__init__(location.url)
 
     def _path(self, key_or_url: str) -> Path:
         return self.root / key_of(key_or_url, self._base_url)
@@ -46,7 +43,7 @@ class FileStore:
     ) -> StoredObject:
         final = self._path(key)
         meter = Meter(max_bytes)
-        fd, created = await _io(_open_temp, final)
+        fd, created = await _io(_open_temp, self.root, final)
         temp: Path | None = created
         try:
             # Errors of the source stream (a provider hanging up) pass through untranslated;
@@ -64,9 +61,6 @@ class FileStore:
             if fd >= 0 or temp is not None:
                 await asyncio.shield(asyncio.to_thread(_discard, fd, temp))
         return StoredObject(key, self.url(key), meter.size, meter.sha256, content_type)
-
-    async def put_bytes(self, key: str, data: bytes, content_type: str | None) -> StoredObject:
-        return await self.put(key, one_chunk(data), content_type=content_type, max_bytes=len(data))
 
     async def get(self, key_or_url: str) -> AsyncIterator[bytes]:
         path = self._path(key_or_url)
@@ -103,8 +97,14 @@ async def _io(function: Callable[..., T], *args: Any) -> T:
         raise StoreUnavailable(f"file store: {exc.strerror or exc}") from exc
 
 
-def _open_temp(final: Path) -> tuple[int, Path]:
-    final.parent.mkdir(parents=True, exist_ok=True)
+def _open_temp(root: Path, final: Path) -> tuple[int, Path]:
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        if not root.is_dir():
+            raise  # the store's own directory cannot exist: unavailable until fixed
+        # S3 can hold both "a" and "a/b"; a directory cannot. Keys of fixed depth avoid it.
+        raise StoreError(f"{final.name}: a parent of the key is an object") from exc
     temp = final.with_name(f".{final.name}.{secrets.token_hex(8)}.tmp")
     return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644), temp
 

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from ingest.objectstore.errors import ObjectNotFound
 
@@ -34,7 +34,7 @@ class StoreLocation:
     @property
     def url(self) -> str:
         if self.scheme == "file":
-            return f"file://{self.root}"
+            return f"file://{quote(self.root)}"  # as Path.as_uri() writes it
         return f"s3://{self.root}/{self.prefix}".rstrip("/")
 
 
@@ -46,7 +46,7 @@ def parse_store_url(url: str) -> StoreLocation:
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise ValueError(f"file URL needs an absolute path (file:///abs/dir), got {url!r}")
-        path = PurePosixPath(parts.path)
+        path = PurePosixPath(unquote(parts.path))
         if not parts.path.startswith("/") or any(p in (".", "..") for p in path.parts):
             raise ValueError(f"file URL needs an absolute path (file:///abs/dir), got {url!r}")
         root = str(path)

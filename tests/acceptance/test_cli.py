@@ -219,6 +219,7 @@ def test_dev_runs_the_pasted_curl_and_stops_cleanly(tmp_path: Path) -> None:
     answer = subprocess.run(shlex.split(curl), capture_output=True, text=True, timeout=30)
     assert answer.stdout == '{"ok":true}'
     database = re.search(r"database: (\S+)", out).group(1)
+    assert f"media store: {(tmp_path / 'state' / 'media').as_uri()}\n" in out
 
     async def stored() -> str | None:
         conn = await connect(database)

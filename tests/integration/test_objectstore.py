@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
@@ -17,21 +20,32 @@ from ingest.objectstore import (
     ObjectNotFound,
     ObjectStore,
     ObjectTooLarge,
+    StoreError,
     StoreUnavailable,
     content_addressed_key,
     open_store,
 )
+from tests.fakes.s3 import S3Server, running_s3_server
 
 pytestmark = pytest.mark.integration
 
-BACKENDS = ["file"]
+BACKENDS = ["file", "s3"]
 
 
 @pytest.fixture(params=BACKENDS)
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "file":
-        return f"file://{tmp_path}/media"
+        return (tmp_path / "media dir").as_uri()  # percent-encoded, as `crm-ingest dev` writes it
     return str(request.getfixturevalue("s3_store_url"))
+
+
+@pytest.fixture
+def listing(request: pytest.FixtureRequest, store_url: str) -> Listing:
+    """Every object under the store, and unfinished uploads, seen without the code under test."""
+    if store_url.startswith("file://"):
+        return Listing(Path(unquote(store_url.removeprefix("file://"))), None, "")
+    bucket, _, prefix = store_url.removeprefix("s3://").partition("/")
+    return Listing(None, request.getfixturevalue("s3_server"), bucket, prefix + "/")
 
 
 @pytest.fixture
@@ -78,7 +92,9 @@ async def test_put_bytes_and_empty_object(store: ObjectStore) -> None:
     assert await read_all(store, small.url) == b"hello"
 
 
-async def test_max_bytes_enforced_mid_stream_leaves_nothing(store: ObjectStore) -> None:
+async def test_max_bytes_enforced_mid_stream_leaves_nothing(
+    store: ObjectStore, listing: Listing
+) -> None:
     consumed = 0
 
     async def endless() -> AsyncIterator[bytes]:
@@ -94,7 +110,7 @@ async def test_max_bytes_enforced_mid_stream_leaves_nothing(store: ObjectStore) 
     assert 6 * 1024 * 1024 < consumed <= 6 * 1024 * 1024 + 64 * 1024
     with pytest.raises(ObjectNotFound):
         await read_all(store, "big/file.bin")
-    await assert_no_leftovers(store)
+    listing.assert_no_leftovers()
 
 
 async def test_exact_max_bytes_is_allowed(store: ObjectStore) -> None:
@@ -105,7 +121,9 @@ async def test_exact_max_bytes_is_allowed(store: ObjectStore) -> None:
         await store.put("over", chunked(data + b"x", 100), content_type=None, max_bytes=1000)
 
 
-async def test_failing_source_leaves_previous_object_intact(store: ObjectStore) -> None:
+async def test_failing_source_leaves_previous_object_intact(
+    store: ObjectStore, listing: Listing
+) -> None:
     await store.put_bytes("doc.pdf", b"first version", "application/pdf")
 
     async def broken() -> AsyncIterator[bytes]:
@@ -115,21 +133,21 @@ async def test_failing_source_leaves_previous_object_intact(store: ObjectStore) 
     with pytest.raises(ConnectionResetError):
         await store.put("doc.pdf", broken(), content_type=None, max_bytes=100 * 1024 * 1024)
     assert await read_all(store, "doc.pdf") == b"first version"
-    await assert_no_leftovers(store)
+    listing.assert_no_leftovers()
 
 
-async def test_same_key_twice_is_one_object(store: ObjectStore) -> None:
+async def test_same_key_twice_is_one_object(store: ObjectStore, listing: Listing) -> None:
     data = payload(10_000)
     key = content_addressed_key(hashlib.sha256(data).hexdigest(), "email")
     first = await store.put_bytes(key, data, "application/octet-stream")
     second = await store.put(key, chunked(data), content_type=None, max_bytes=len(data))
     assert (first.url, first.sha256) == (second.url, second.sha256)
     assert await read_all(store, key) == data
-    assert await list_keys(store) == [key]
+    assert listing.keys() == [key]
     # a different object under the key replaces it whole
     await store.put_bytes(key, b"other", None)
     assert await read_all(store, key) == b"other"
-    assert await list_keys(store) == [key]
+    assert listing.keys() == [key]
 
 
 async def test_missing_object_and_foreign_url(store: ObjectStore) -> None:
@@ -176,20 +194,111 @@ async def test_file_store_unavailable_when_its_directory_cannot_exist(tmp_path: 
         await read_all(store, "k")
 
 
+async def test_file_store_key_below_an_object_is_refused(tmp_path: Path) -> None:
+    store = open_store(tmp_path.as_uri())
+    await store.put_bytes("a", b"object", None)
+    with pytest.raises(StoreError, match="parent of the key is an object") as caught:
+        await store.put_bytes("a/b", b"x", None)
+    assert not isinstance(caught.value, StoreUnavailable)  # retrying cannot help
+    assert await read_all(store, "a") == b"object"
+
+
+# --- S3 backend specifics ---------------------------------------------------------------------
+
+
+async def test_s3_object_sits_under_the_prefix_with_its_content_type(
+    s3_server: S3Server, s3_store_url: str
+) -> None:
+    store = open_store(s3_store_url)
+    try:
+        stored = await store.put_bytes("a/photo.jpg", b"\xff\xd8jpeg", "image/jpeg")
+    finally:
+        await store.close()
+    bucket = s3_store_url.removeprefix("s3://").split("/")[0]
+    assert stored.url == f"s3://{bucket}/media/a/photo.jpg"
+    head = s3_server.client().head_object(Bucket=bucket, Key="media/a/photo.jpg")
+    assert (head["ContentType"], head["ContentLength"]) == ("image/jpeg", 6)
+
+
+async def test_s3_closed_port_is_unavailable(
+    s3_store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    store = open_store(s3_store_url)
+    try:
+        assert await store.ping() is False
+        with pytest.raises(StoreUnavailable):
+            await store.put_bytes("k", b"x", None)
+        with pytest.raises(StoreUnavailable):
+            await store.put(
+                "k", chunked(payload(6 * 1024 * 1024)), content_type=None, max_bytes=10**9
+            )
+        with pytest.raises(StoreUnavailable):
+            await read_all(store, "k")
+    finally:
+        await store.close()
+
+
+async def test_s3_server_stopped_then_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store goes away under a client that already worked, then comes back on its port."""
+    with running_s3_server() as server:
+        for name, value in server.env.items():
+            monkeypatch.setenv(name, value)
+        bucket = server.create_bucket()
+        store = open_store(f"s3://{bucket}")
+        await store.put_bytes("before", b"1", None)
+        port = int(server.endpoint_url.rsplit(":", 1)[1])
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.put_bytes("during", b"2", None)
+        assert await store.ping() is False
+        with running_s3_server(port=port) as again:
+            again.client().create_bucket(Bucket=bucket)  # moto keeps nothing across restarts
+            await store.put_bytes("after", b"3", None)
+            assert await read_all(store, "after") == b"3"
+    finally:
+        await store.close()
+
+
+async def test_s3_missing_bucket_is_unavailable_not_missing_object(s3_store_url: str) -> None:
+    store = open_store("s3://no-such-bucket-here/media")
+    try:
+        assert await store.ping() is False
+        with pytest.raises(StoreUnavailable, match="NoSuchBucket"):
+            await store.put_bytes("k", b"x", None)
+        with pytest.raises(StoreUnavailable, match="NoSuchBucket"):
+            await read_all(store, "k")
+    finally:
+        await store.close()
+
+
 # --- helpers ------------------------------------------------------------------------------------
 
 
-async def list_keys(store: ObjectStore) -> list[str]:
-    """Every object in the store, temp files included (they would be leftovers)."""
-    root = getattr(store, "root", None)
-    if isinstance(root, Path):
-        return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-    return await store.list_keys()  # type: ignore[attr-defined,no-any-return]
+@dataclass
+class Listing:
+    root: Path | None
+    s3: S3Server | None
+    bucket: str
+    prefix: str = ""
 
+    def keys(self) -> list[str]:
+        """Keys of every object, temp files included (they would be leftovers)."""
+        if self.root is not None:
+            if not self.root.exists():
+                return []
+            files = (p for p in self.root.rglob("*") if p.is_file())
+            return sorted(str(p.relative_to(self.root)) for p in files)
+        assert self.s3 is not None
+        keys = self.s3.keys(self.bucket)
+        assert all(k.startswith(self.prefix) for k in keys), keys  # under the URL's prefix
+        return [k.removeprefix(self.prefix) for k in keys]
 
-async def assert_no_leftovers(store: ObjectStore) -> None:
-    keys = await list_keys(store)
-    assert not [k for k in keys if os.path.basename(k).startswith(".")], keys
-    pending = getattr(store, "pending_uploads", None)
-    if pending is not None:
-        assert await pending() == []
+    def assert_no_leftovers(self) -> None:
+        keys = self.keys()
+        assert not [k for k in keys if os.path.basename(k).startswith(".")], keys
+        if self.s3 is not None:
+            assert self.s3.pending_uploads(self.bucket) == []

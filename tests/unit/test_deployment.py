@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from ingest.config import Settings, load_settings
+from ingest.objectstore import parse_store_url
 
 ROOT = Path(__file__).resolve().parents[2]
 APP_SERVICES = {"migrate", "gateway", "consumer"}
@@ -195,6 +196,46 @@ def test_every_crm_ingest_variable_is_a_setting_with_a_valid_value(
         monkeypatch.setenv(name, value)
     settings = load_settings()  # raises SettingsError naming a bad value
     assert settings.partitions == int(seen.get("CRM_INGEST_PARTITIONS", settings.partitions))
+
+
+def test_media_store_is_minio_with_its_bucket_created_before_the_app(
+    services: dict[str, dict[str, Any]], compose: dict[str, Any]
+) -> None:
+    minio = services["minio"]
+    assert minio["image"].startswith("quay.io/minio/minio:RELEASE.")
+    assert "/data" in minio["command"]
+    assert minio["volumes"][0].split(":")[0] in compose["volumes"]
+    assert "mc ready local" in " ".join(minio["healthcheck"]["test"])
+    root = environment(minio)
+
+    location = parse_store_url(environment(services["gateway"])["CRM_INGEST_MEDIA_STORE"])
+    assert location.scheme == "s3"
+    init = services["media-bucket"]
+    assert init.get("restart", "no") == "no"
+    assert depends_on(init) == {"minio": "service_healthy"}
+    command = init["command"]
+    assert command[:2] == ["mb", "--ignore-existing"]  # idempotent: a second `up` succeeds
+    alias, _, bucket = command[-1].partition("/")
+    assert bucket == location.root
+    host = urlsplit(environment(init)[f"MC_HOST_{alias}"])
+    assert (host.hostname, host.port) == ("minio", 9000)
+    assert (host.username, host.password) == (root["MINIO_ROOT_USER"], root["MINIO_ROOT_PASSWORD"])
+    for name in ("gateway", "consumer"):
+        assert depends_on(services[name]).get("media-bucket") == "service_completed_successfully"
+
+
+def test_app_services_store_media_in_the_compose_minio(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    root = environment(services["minio"])
+    for name in ("gateway", "consumer"):
+        env = environment(services[name])
+        assert env["CRM_INGEST_MEDIA_STORE"].startswith("s3://")
+        endpoint = urlsplit(env["AWS_ENDPOINT_URL"])
+        assert (endpoint.scheme, endpoint.hostname, endpoint.port) == ("http", "minio", 9000)
+        assert env["AWS_ACCESS_KEY_ID"] == root["MINIO_ROOT_USER"]
+        assert env["AWS_SECRET_ACCESS_KEY"] == root["MINIO_ROOT_PASSWORD"]
+        assert env["AWS_REGION"]
 
 
 # --- Dockerfile -----------------------------------------------------------------------------

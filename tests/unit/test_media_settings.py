@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path, PurePosixPath
+
 import pytest
 
 from ingest.config import SettingsError, load_settings
+from ingest.dev import with_media_store
 from ingest.objectstore import parse_store_url
 
 
@@ -59,3 +62,17 @@ def test_media_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CRM_INGEST_MEDIA_MAX_BYTES", "0")
     with pytest.raises(SettingsError, match=r"^invalid setting CRM_INGEST_MEDIA_MAX_BYTES: "):
         load_settings()
+
+
+def test_file_url_is_percent_encoded_like_path_as_uri() -> None:
+    path = PurePosixPath("/srv/crm ingest/média#1")
+    location = parse_store_url(path.as_uri())
+    assert location.root == str(path)
+    assert location.url == path.as_uri()
+
+
+def test_dev_defaults_the_store_to_its_data_dir(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path / "state dir", media_store="")
+    assert with_media_store(settings).media_store == (tmp_path / "state dir" / "media").as_uri()
+    given = load_settings(data_dir=tmp_path, media_store="s3://bucket/media")
+    assert with_media_store(given).media_store == "s3://bucket/media"
