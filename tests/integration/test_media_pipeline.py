@@ -8,7 +8,7 @@ import asyncio
 import copy
 import hashlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import asyncpg
@@ -53,9 +53,21 @@ pytestmark = pytest.mark.integration
 PHOTO_ID = "AgACAgIAAxkBAAMEZCiCg7A1qAABECDXqbjnqtId777bAAIFyDEbLKhISVFwzRK8kZMNAQADAgADeQADLwQ"
 
 
-@pytest.fixture(scope="module")
-def store_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return f"file://{tmp_path_factory.mktemp('media-store')}"
+@pytest.fixture(scope="module", params=["file", "s3"])
+def store_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """Every test runs on a real directory, then on a bucket of the moto S3 server over HTTP."""
+    if request.param == "file":
+        yield f"file://{tmp_path_factory.mktemp('media-store')}"
+        return
+    server = request.getfixturevalue("s3_server")
+    with pytest.MonkeyPatch.context() as env:  # module-wide, so not the function-scoped fixture
+        for name, value in server.env.items():
+            env.setenv(name, value)
+        env.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+        env.delenv("AWS_PROFILE", raising=False)
+        yield f"s3://{server.create_bucket()}/media"
 
 
 @pytest.fixture(scope="module")
