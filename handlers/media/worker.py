@@ -240,6 +240,8 @@ class MediaWorker:
                 return
 
     async def _fail(self, job: Job, reason: str) -> str:
+        # A source names the command that fixes a missing credential, but not the channel.
+        reason = reason.replace("<channel id>", str(job.channel_id))
         event = await jobs.complete_failed(self._pool, job, reason)
         if event is None:
             return "lost_lease"

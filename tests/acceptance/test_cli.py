@@ -232,6 +232,23 @@ def test_dev_runs_the_pasted_curl_and_stops_cleanly(tmp_path: Path) -> None:
         asyncio.run(eventually(stored, lambda m: m is not None, within=60))
         == "Hello from crm-ingest dev"
     )
+    # The photo curl: the demo channel has no bot_token, so its fetch fails, and `media list`
+    # says which key is missing and the command that sets it.
+    photo = [line.strip() for line in out.splitlines() if line.strip().startswith("curl ")][1]
+    assert '"photo":' in photo
+    answer = subprocess.run(shlex.split(photo), capture_output=True, text=True, timeout=30)
+    assert answer.stdout == '{"ok":true}'
+    channel_id = re.search(r"/webhooks/telegram/(\S+)", out).group(1)
+    media_env = {**env, "DATABASE_URL": database}
+
+    async def failed() -> list[dict[str, object]]:
+        listed = await asyncio.to_thread(run, media_env, "media", "list", "--status", "failed")
+        return [json.loads(line) for line in listed.stdout.splitlines()]
+
+    [job] = asyncio.run(eventually(failed, lambda jobs: len(jobs) == 1, within=60))
+    assert job["channel_id"] == channel_id
+    assert job["error"].startswith("channel has no bot_token")
+    assert f"crm-ingest channel set {channel_id} --config bot_token=" in job["error"]
     assert stop(proc, signal.SIGINT) == 0
     assert children
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]

@@ -267,7 +267,7 @@ async def test_100_mb_download_streams_through_the_worker(
     await started(worker)
     await asyncio.sleep(1.0)  # settled after start-up
     # Reset the peak to the current RSS (Linux clear_refs "5"), so start-up's peak is not it.
-    Path(f"/proc/{worker.proc.pid}/clear_refs").write_text("5")
+    _reset_peak_rss(worker.proc.pid)
     baseline = _rss_kib(worker.proc.pid, "VmRSS")
     assert _rss_kib(worker.proc.pid, "VmHWM") <= baseline + 1024  # the reset took effect
     began = time.monotonic()
@@ -290,6 +290,10 @@ async def test_100_mb_download_streams_through_the_worker(
     finally:
         await store.close()
     assert growth_mb < 32
+
+
+def _reset_peak_rss(pid: int) -> None:
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
 def _rss_kib(pid: int, field: str) -> int:

@@ -286,7 +286,7 @@ async def test_missing_bot_token_fails_naming_it_and_stores_after_channel_set_an
     [job] = await settled_jobs(media_pool, channel.tenant_id, 1)
     assert job["status"] == "failed"
     assert "bot_token" in job["last_error"]
-    assert "crm-ingest channel set" in job["last_error"]
+    assert f"crm-ingest channel set {channel.channel_id} --config bot_token=" in job["last_error"]
     assert job["path"] == f"telegram:{PHOTO_ID}"  # the provider reference, untouched
     message = await media_pool.fetchval(
         "SELECT message FROM crm_chat_messages WHERE id = $1", job["message_id"]
