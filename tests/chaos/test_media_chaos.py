@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
+import operator
 import os
 import random
 import signal
@@ -44,6 +46,7 @@ from tests.integration.media import (
     payload,
     settled_jobs,
     stored_bytes,
+    wait_jobs,
 )
 from tests.integration.signing import post_telegram, post_whatsapp, signed_channel, tg_payload
 from tests.integration.test_media_pipeline import wa_media_message
@@ -115,9 +118,7 @@ async def test_worker_killed_mid_download_and_restarted(
             assert (await post_telegram(jobs_pipeline.gateway, channel, update)).is_success
             sent += 1
     for channel in channels:
-        await eventually(
-            lambda ch=channel: media_jobs(pool, ch.tenant_id), lambda jobs: len(jobs) == 5
-        )
+        await wait_jobs(pool, channel.tenant_id, 5)
 
     log = tmp_path / "worker.log"
     kills = 0
@@ -130,8 +131,7 @@ async def test_worker_killed_mid_download_and_restarted(
         async def downloads() -> int:
             return len(telegram_api.server.calls("file"))
 
-        wanted = 2 * (kills + 1)
-        await eventually(downloads, lambda calls, wanted=wanted: calls >= wanted, within=20)
+        await eventually(downloads, functools.partial(operator.le, 2 * (kills + 1)), within=20)
         await asyncio.sleep(rng.uniform(0.2, 1.0))
         worker.proc.send_signal(signal.SIGKILL)
         await worker.wait_exit(10)

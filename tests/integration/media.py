@@ -86,6 +86,15 @@ async def media_jobs(pool: asyncpg.Pool, tenant_id: uuid.UUID) -> list[asyncpg.R
     return list(await pool.fetch(JOB_ROWS, tenant_id))
 
 
+async def wait_jobs(pool: asyncpg.Pool, tenant_id: uuid.UUID, count: int) -> list[asyncpg.Record]:
+    """The tenant's jobs once at least `count` exist."""
+
+    async def probe() -> list[asyncpg.Record]:
+        return await media_jobs(pool, tenant_id)
+
+    return await eventually(probe, lambda found: len(found) >= count)
+
+
 async def settled_jobs(
     pool: asyncpg.Pool, tenant_id: uuid.UUID, count: int, within: float = 60.0
 ) -> list[asyncpg.Record]:

@@ -6,7 +6,6 @@ puts them."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 
@@ -15,11 +14,10 @@ import pytest
 
 from handlers.media import jobs
 from ingest.embedded import ResolvedServices
-from tests.integration.media import MediaPipeline, media_jobs, media_pipeline
+from tests.integration.media import MediaPipeline, media_jobs, media_pipeline, wait_jobs
 from tests.integration.pipeline import TenantChannel
 from tests.integration.rows import wait_messages
 from tests.integration.signing import eml, post_email, post_telegram, signed_channel, tg_payload
-from tests.support import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -37,13 +35,6 @@ async def photos(pipeline: MediaPipeline, channel: TenantChannel, count: int, fi
         update["message"]["message_id"] = n
         response = await post_telegram(pipeline.gateway, channel, update)
         assert response.status_code == 200
-
-
-async def wait_jobs(pool: asyncpg.Pool, tenant_id: uuid.UUID, count: int) -> list[asyncpg.Record]:
-    async def probe() -> list[asyncpg.Record]:
-        return await media_jobs(pool, tenant_id)
-
-    return await eventually(probe, lambda found: len(found) >= count)
 
 
 async def release_all(pool: asyncpg.Pool) -> None:
@@ -83,6 +74,7 @@ async def test_a_job_is_created_with_each_provider_upload_and_only_once(
         " WHERE upload_id = $1",
         job["upload_id"],
     )
+    assert record is not None
     assert tuple(record) == ("telegram", 0, None, True)
     await release_all(pool)
 
