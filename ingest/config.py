@@ -187,4 +187,5 @@ def load_settings(**overrides: object) -> Settings:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "?"
         env = field if field.isupper() else f"CRM_INGEST_{field.upper()}"
-        raise SettingsError(f"invalid setting {env}: {first['msg']}") from exc
+        reason = first["msg"].removeprefix("Value error, ")  # our validators' own words
+        raise SettingsError(f"invalid setting {env}: {reason}") from exc

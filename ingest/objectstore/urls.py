@@ -57,7 +57,10 @@ def parse_store_url(url: str) -> StoreLocation:
             raise ValueError(f"s3 URL needs a valid bucket name (s3://bucket/prefix), got {url!r}")
         prefix = parts.path.strip("/")
         if prefix:
-            validate_key(prefix)
+            try:
+                validate_key(prefix)
+            except ValueError as exc:
+                raise ValueError(f"s3 URL prefix: {exc}, got {url!r}") from exc
             prefix += "/"
         return StoreLocation("s3", bucket, prefix)
     raise ValueError(f"expected file:///abs/dir or s3://bucket[/prefix], got {url!r}")

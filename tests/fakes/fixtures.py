@@ -7,55 +7,58 @@ recorded requests left from another test). `fake_provider_settings` points crm-i
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
-import httpx
 import pytest
 
 from ingest.config import Transport, load_settings
 from ingest.transports.fetching import MediaDownload, MediaRef, MediaSource, load_media_sources
+from ingest.transports.http_download import media_http_client
 from tests.fakes.harness import FakeServer
 from tests.fakes.telegram import TelegramFake
 from tests.fakes.twilio import TwilioFake
 from tests.fakes.whatsapp import WhatsAppFake
 
 
+@contextmanager
+def serving(*servers: FakeServer) -> Iterator[None]:
+    for server in servers:
+        server.start()
+    try:
+        yield
+    finally:
+        for server in servers:
+            server.stop()
+
+
 @pytest.fixture(scope="session")
 def _telegram_fake() -> Iterator[TelegramFake]:
     fake = TelegramFake()
-    fake.server.start()
-    yield fake
-    fake.server.stop()
+    with serving(fake.server):
+        yield fake
 
 
 @pytest.fixture(scope="session")
 def _whatsapp_fake() -> Iterator[WhatsAppFake]:
     fake = WhatsAppFake()
-    for server in fake.servers:
-        server.start()
-    yield fake
-    for server in fake.servers:
-        server.stop()
+    with serving(*fake.servers):
+        yield fake
 
 
 @pytest.fixture(scope="session")
 def _twilio_fake() -> Iterator[TwilioFake]:
     fake = TwilioFake()
-    for server in fake.servers:
-        server.start()
-    yield fake
-    for server in fake.servers:
-        server.stop()
+    with serving(*fake.servers):
+        yield fake
 
 
 @pytest.fixture(scope="session")
 def _internal_server() -> Iterator[FakeServer]:
     # 127.0.0.2 is loopback too: a forged URL pointing here must be refused before any request.
     server = FakeServer("internal", host="127.0.0.2")
-    server.start()
-    yield server
-    server.stop()
+    with serving(server):
+        yield server
 
 
 @pytest.fixture
@@ -97,6 +100,11 @@ def fake_provider_settings(
     }
 
 
+def as_env(overrides: dict[str, str]) -> dict[str, str]:
+    """Settings overrides as the environment of a `crm-ingest` process."""
+    return {f"CRM_INGEST_{name.upper()}": value for name, value in overrides.items()}
+
+
 @pytest.fixture
 def provider_settings(
     telegram_api: TelegramFake, whatsapp_api: WhatsAppFake, twilio_api: TwilioFake
@@ -109,7 +117,7 @@ async def media_sources(
     overrides: dict[str, Any], **settings: Any
 ) -> AsyncIterator[dict[Transport, MediaSource]]:
     """The product's media sources, configured for the fakes, on a client of their own."""
-    async with httpx.AsyncClient() as client:
+    async with media_http_client() as client:
         yield load_media_sources(load_settings(**overrides, **settings), client)
 
 

@@ -5,7 +5,7 @@ responses first.
 Each provider module (telegram.py, whatsapp.py, twilio.py) builds its routes on one or more
 `FakeServer`s: separate servers are separate origins, which is what cross-origin redirects need.
 Routes are named; `script(name, ...)` queues answers that the named route gives before its
-normal behaviour, so a test says "429 then success" as `script("getFile", Scripted(429, ...))`.
+normal behaviour, so a test says "429 then success" as `script("getfile", Scripted(429, ...))`.
 Send endpoints can be added to the same modules as more named routes.
 """
 
@@ -107,12 +107,24 @@ class FakeServer:
         """The entry CRM_INGEST_MEDIA_ALLOWED_HOSTS needs for this origin."""
         return f"{self.host}:{self.port}"
 
-    def route(self, path: str, name: str, handler: Handler, methods: list[str]) -> None:
+    def route(
+        self,
+        path: str,
+        name: str,
+        handler: Handler,
+        methods: list[str],
+        *,
+        key: Callable[[Request], str] | None = None,
+    ) -> None:
+        """`key` names a request for recording and scripting when one path serves several
+        operations (Telegram's `/bot<token>/<method>`: the method, lower-cased)."""
+
         async def recorded(request: Request) -> Response:
             body = await request.body()
+            label = name if key is None else key(request)
             self.requests.append(
                 Recorded(
-                    route=name,
+                    route=label,
                     method=request.method,
                     path=request.url.path,
                     query=dict(request.query_params),
@@ -120,7 +132,7 @@ class FakeServer:
                     body=body,
                 )
             )
-            queued = self._scripts[name]
+            queued = self._scripts[label]
             if queued:
                 scripted = queued.popleft()
                 if scripted.delay_s:
@@ -141,12 +153,18 @@ class FakeServer:
         self._scripts.clear()
 
     def start(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP, or asyncio leaves TCP_NODELAY off and every reused connection waits ~40 ms
+        # on a delayed ACK (asyncio `_set_nodelay` checks the socket's proto).
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, 0))
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
-            Starlette(routes=self._routes), log_level="warning", lifespan="off", access_log=False
+            Starlette(routes=self._routes),
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            timeout_graceful_shutdown=2,  # a stalled body must not hold the session's end
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(

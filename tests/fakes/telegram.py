@@ -7,13 +7,15 @@
   `Bad Request: invalid file_id`.
 - File links expire `link_ttl_s` after their getFile (real: at least an hour) → 404; a new
   getFile revalidates.
-- Scriptable routes: "getFile", "file".
+- `local_mode`: absolute `file_path`s and no size cap, as `telegram-bot-api --local`.
+- Requests are recorded and scripted by method name, lower-cased ("getfile"), and "file".
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -23,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 
 from tests.fakes.harness import Body, Clock, FakeServer
 
+Method = Callable[[str, dict[str, Any]], Awaitable[Response]]  # (token, params) → answer
 TOKEN = re.compile(r"[0-9]{1,20}:[A-Za-z0-9_-]{20,100}")
 MAX_DOWNLOAD = 20 << 20
 
@@ -48,12 +51,18 @@ class TelegramFake:
     server: FakeServer = field(default_factory=lambda: FakeServer("telegram"))
     clock: Clock = field(default_factory=Clock)
     link_ttl_s: float = 3600.0
+    local_mode: bool = False  # a local Bot API server: absolute file_path, no 20 MB cap
     tokens: set[str] = field(default_factory=set)
     files: dict[str, TelegramFile] = field(default_factory=dict)
     issued: dict[tuple[str, str], float] = field(default_factory=dict)  # (token, path) → when
+    # Bot API methods by lower-cased name (methods are case-insensitive); send methods join here.
+    methods: dict[str, Method] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.server.route("/bot{token}/{method}", "api", self._api, ["GET", "POST"])
+        self.methods["getfile"] = self._get_file
+        self.server.route(
+            "/bot{token}/{method}", "api", self._api, ["GET", "POST"], key=_method_name
+        )
         self.server.route("/file/bot{token}/{path:path}", "file", self._file, ["GET"])
 
     @property
@@ -82,6 +91,7 @@ class TelegramFake:
         self.server.reset()
         self.clock.offset = 0.0
         self.link_ttl_s = 3600.0
+        self.local_mode = False
         self.tokens.clear()
         self.files.clear()
         self.issued.clear()
@@ -97,9 +107,13 @@ class TelegramFake:
         token = request.path_params["token"]
         if (refused := self._auth(token)) is not None:
             return refused
-        if request.path_params["method"].lower() != "getfile":
+        method = self.methods.get(_method_name(request))
+        if method is None:
             return error(404, "Not Found: method not found")
         params = dict(request.query_params) | await _body_params(request)
+        return await method(token, params)
+
+    async def _get_file(self, token: str, params: dict[str, Any]) -> Response:
         found = self.files.get(str(params.get("file_id", "")))
         if found is None:
             return error(400, "Bad Request: invalid file_id")
@@ -108,6 +122,9 @@ class TelegramFake:
             "file_unique_id": found.file_unique_id,
             "file_size": found.file_size,
         }
+        if self.local_mode:
+            result["file_path"] = f"/var/lib/telegram-bot-api/{token}/{found.file_path}"
+            return JSONResponse({"ok": True, "result": result})
         if found.file_size > MAX_DOWNLOAD:
             return error(400, "Bad Request: file is too big")
         result["file_path"] = found.file_path
@@ -123,6 +140,10 @@ class TelegramFake:
         if found is None or issued is None or self.clock.now() - issued > self.link_ttl_s:
             return error(404, "Not Found")
         return found.body.response()
+
+
+def _method_name(request: Request) -> str:
+    return str(request.path_params.get("method", "")).lower()
 
 
 async def _body_params(request: Request) -> dict[str, Any]:

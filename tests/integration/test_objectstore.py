@@ -6,6 +6,7 @@ the moto server over HTTP (tests/fakes/s3.py).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import socket
@@ -148,6 +149,21 @@ async def test_same_key_twice_is_one_object(store: ObjectStore, listing: Listing
     await store.put_bytes(key, b"other", None)
     assert await read_all(store, key) == b"other"
     assert listing.keys() == [key]
+
+
+async def test_concurrent_puts_of_one_key_leave_one_whole_object(
+    store: ObjectStore, listing: Listing
+) -> None:
+    """Two workers holding the same job (a lease that expired) both store it: no mix of the two."""
+    first, second = payload(6 * 1024 * 1024, seed=1), payload(6 * 1024 * 1024, seed=2)
+    key = "jobs/upload-42"
+    await asyncio.gather(
+        store.put(key, chunked(first, 65_536), content_type=None, max_bytes=len(first)),
+        store.put(key, chunked(second, 65_536), content_type=None, max_bytes=len(second)),
+    )
+    assert await read_all(store, key) in (first, second)
+    assert listing.keys() == [key]
+    listing.assert_no_leftovers()
 
 
 async def test_missing_object_and_foreign_url(store: ObjectStore) -> None:

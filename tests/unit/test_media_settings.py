@@ -52,6 +52,8 @@ def test_bad_store_url_is_one_line_naming_the_variable(
     message = str(caught.value)
     assert message.startswith("invalid setting CRM_INGEST_MEDIA_STORE: ")
     assert "\n" not in message
+    assert "Value error" not in message
+    assert message.endswith(f"got {url!r}")  # names what to fix
 
 
 def test_media_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

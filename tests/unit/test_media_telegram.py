@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import socket
+import traceback
 
 import pytest
 import structlog
@@ -38,7 +40,7 @@ async def test_getfile_then_the_file_link_gives_the_bytes(
     assert download.content_type == "image/jpeg"  # the webhook's, getFile has no MIME type
     assert download.declared_size == len(DATA)
     assert download.expected_sha256 is None
-    assert [r.route for r in bot.server.requests] == ["api", "file"]
+    assert [r.route for r in bot.server.requests] == ["getfile", "file"]
     assert bot.server.requests[0].query == {"file_id": "AgACAgIAAxkBAAMEZ"}
 
 
@@ -76,7 +78,7 @@ async def test_429_is_transient_with_its_retry_after_and_the_next_try_succeeds(
         "description": "Too Many Requests: retry after 7",
         "parameters": {"retry_after": 7},
     }
-    bot.server.script("api", Scripted(429, json=flood, headers={"retry-after": "7"}))
+    bot.server.script("getfile", Scripted(429, json=flood, headers={"retry-after": "7"}))
     async with media_sources(provider_settings) as sources:
         with pytest.raises(FetchTransient) as failure:
             await read_all(sources["telegram"], ref(), {"bot_token": TOKEN})
@@ -103,7 +105,7 @@ async def test_an_expired_link_gets_one_fresh_getfile(
     async with media_sources(provider_settings) as sources:
         _, body = await read_all(sources["telegram"], ref(), {"bot_token": TOKEN})
     assert body == DATA
-    assert [r.route for r in bot.server.requests] == ["api", "file", "api", "file"]
+    assert [r.route for r in bot.server.requests] == ["getfile", "file", "getfile", "file"]
 
 
 async def test_links_that_keep_expiring_are_transient(
@@ -113,7 +115,7 @@ async def test_links_that_keep_expiring_are_transient(
     async with media_sources(provider_settings) as sources:
         with pytest.raises(FetchTransient, match="link expired"):
             await read_all(sources["telegram"], ref(), {"bot_token": TOKEN})
-    assert [r.route for r in bot.server.requests] == ["api", "file", "api", "file"]
+    assert [r.route for r in bot.server.requests] == ["getfile", "file", "getfile", "file"]
 
 
 async def test_over_20_mb_is_permanent_too_large(
@@ -123,7 +125,7 @@ async def test_over_20_mb_is_permanent_too_large(
     async with media_sources(provider_settings) as sources:
         with pytest.raises(FetchPermanent, match="too large"):
             await read_all(sources["telegram"], ref("big"), {"bot_token": TOKEN})
-    assert [r.route for r in bot.server.requests] == ["api"]
+    assert [r.route for r in bot.server.requests] == ["getfile"]
 
 
 async def test_a_declared_size_over_the_cap_is_refused_before_downloading(
@@ -132,7 +134,7 @@ async def test_a_declared_size_over_the_cap_is_refused_before_downloading(
     async with media_sources(provider_settings, media_max_bytes=1000) as sources:
         with pytest.raises(FetchPermanent, match="too large"):
             await read_all(sources["telegram"], ref(), {"bot_token": TOKEN})
-    assert [r.route for r in bot.server.requests] == ["api"]
+    assert [r.route for r in bot.server.requests] == ["getfile"]
 
 
 async def test_an_undeclared_body_over_the_cap_stops_streaming(
@@ -165,11 +167,20 @@ async def test_a_trickling_body_is_cut_at_the_deadline(
             await read_all(sources["telegram"], ref("trickle"), {"bot_token": TOKEN})
 
 
-async def test_an_api_url_outside_the_allowed_hosts_is_refused_without_a_request(
+async def test_the_configured_api_base_is_allowed_without_listing_it(
+    bot: TelegramFake, provider_settings: dict[str, str]
+) -> None:
+    unlisted = provider_settings | {"media_allowed_hosts": "api.telegram.org"}
+    async with media_sources(unlisted) as sources:
+        _, body = await read_all(sources["telegram"], ref(), {"bot_token": TOKEN})
+    assert body == DATA
+
+
+async def test_a_redirect_to_a_host_not_allowed_is_refused_without_a_request(
     bot: TelegramFake, provider_settings: dict[str, str], internal_server: FakeServer
 ) -> None:
-    settings = provider_settings | {"telegram_api_url": internal_server.url}
-    async with media_sources(settings) as sources:
+    bot.server.script("file", Scripted(302, headers={"location": f"{internal_server.url}/x"}))
+    async with media_sources(provider_settings) as sources:
         with pytest.raises(FetchPermanent, match=r"host not allowed \(127\.0\.0\.2:"):
             await read_all(sources["telegram"], ref(), {"bot_token": TOKEN})
     assert internal_server.requests == []
@@ -188,11 +199,97 @@ async def test_the_token_never_reaches_a_log_line(
             with pytest.raises(FetchTransient):
                 await read_all(sources["telegram"], ref(), {"bot_token": TOKEN})
             _, body = await read_all(sources["telegram"], ref(), {"bot_token": TOKEN})
-        denied = provider_settings | {"telegram_api_url": internal_server.url}
-        async with media_sources(denied) as sources:
+        redirect = {"location": f"{internal_server.url}/x"}
+        bot.server.script("file", Scripted(302, headers=redirect))
+        async with media_sources(provider_settings) as sources:
             with pytest.raises(FetchPermanent):
                 await read_all(sources["telegram"], ref(), {"bot_token": TOKEN})
     assert hashlib.sha256(body).digest() == hashlib.sha256(DATA).digest()
     assert lines, "the refused host is logged"
     assert TOKEN not in repr(lines)
     assert TOKEN not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("description", "error"),
+    [
+        ("Bad Request: wrong file_id or the file is temporarily unavailable", FetchTransient),
+        ("Bad Request: invalid file_id", FetchPermanent),
+    ],
+)
+async def test_getfile_400s_by_description(
+    bot: TelegramFake,
+    provider_settings: dict[str, str],
+    description: str,
+    error: type[Exception],
+) -> None:
+    answer = {"ok": False, "error_code": 400, "description": description}
+    bot.server.script("getfile", Scripted(400, json=answer))
+    async with media_sources(provider_settings) as sources:
+        with pytest.raises(error, match=description.removeprefix("Bad Request: ")):
+            await read_all(sources["telegram"], ref(), {"bot_token": TOKEN})
+
+
+async def test_an_unknown_file_id_from_the_fake_is_permanent(
+    bot: TelegramFake, provider_settings: dict[str, str]
+) -> None:
+    async with media_sources(provider_settings) as sources:
+        with pytest.raises(FetchPermanent, match="invalid file_id"):
+            await read_all(sources["telegram"], ref("nope"), {"bot_token": TOKEN})
+
+
+async def test_a_local_bot_api_servers_absolute_path_is_refused(
+    bot: TelegramFake, provider_settings: dict[str, str]
+) -> None:
+    bot.local_mode = True
+    async with media_sources(provider_settings) as sources:
+        with pytest.raises(FetchPermanent, match="local Bot API server") as failure:
+            await read_all(sources["telegram"], ref(), {"bot_token": TOKEN})
+    assert TOKEN not in failure.value.reason
+    assert [r.route for r in bot.server.requests] == ["getfile"]
+
+
+async def test_a_body_shorter_than_its_content_length_is_transient(
+    bot: TelegramFake, provider_settings: dict[str, str]
+) -> None:
+    bot.add_file("cut", DATA, claimed_length=len(DATA) + 1000)
+    async with media_sources(provider_settings) as sources:
+        with pytest.raises(FetchTransient, match="connection failed"):
+            await read_all(sources["telegram"], ref("cut"), {"bot_token": TOKEN})
+
+
+async def test_a_cookie_set_by_one_answer_is_never_sent_with_the_next(
+    bot: TelegramFake, provider_settings: dict[str, str]
+) -> None:
+    found = {"file_id": "x", "file_unique_id": "u", "file_size": len(DATA)}
+    answer = {"ok": True, "result": found | {"file_path": "documents/file_1.bin"}}
+    bot.server.script("getfile", Scripted(200, json=answer, headers={"set-cookie": "sid=tenant-a"}))
+    async with media_sources(provider_settings) as sources:
+        await read_all(sources["telegram"], ref(), {"bot_token": TOKEN})
+        await read_all(sources["telegram"], ref(), {"bot_token": TOKEN})
+    # The scripted getFile issued no link: the first file request 404s and getFile runs again.
+    assert [r.route for r in bot.server.requests] == [
+        "getfile",
+        "file",
+        "getfile",
+        "file",
+        "getfile",
+        "file",
+    ]
+    assert all("cookie" not in r.headers for r in bot.server.requests)
+
+
+async def test_a_refused_connection_is_transient_and_its_traceback_holds_no_token(
+    bot: TelegramFake, provider_settings: dict[str, str]
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{probe.getsockname()[1]}"
+    settings = provider_settings | {
+        "telegram_api_url": f"http://{closed}",
+        "media_allowed_hosts": f"{provider_settings['media_allowed_hosts']},{closed}",
+    }
+    async with media_sources(settings) as sources:
+        with pytest.raises(FetchTransient, match=r"connection failed \(ConnectError\)") as failure:
+            await read_all(sources["telegram"], ref(), {"bot_token": TOKEN})
+    assert TOKEN not in "".join(traceback.format_exception(failure.value))

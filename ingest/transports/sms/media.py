@@ -12,22 +12,24 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import AsyncIterator, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import Any, ClassVar
 
 import httpx
 
 from ingest.config import Settings, Transport
 from ingest.transports.fetching import (
-    ErrorResponse,
     FetchError,
     FetchPermanent,
     FetchTransient,
     MediaDownload,
     MediaRef,
+    require_key,
+)
+from ingest.transports.http_download import (
+    ErrorResponse,
     SafeDownloader,
     classify_http,
-    require_key,
 )
 
 MEDIA_PATH = re.compile(
@@ -56,13 +58,8 @@ class TwilioMediaSource:
         self._api = httpx.URL(settings.twilio_api_url)
         self._downloader = downloader
 
-    def open(
-        self, ref: MediaRef, config: Mapping[str, Any]
-    ) -> AbstractAsyncContextManager[MediaDownload]:
-        return self._open(ref, config)
-
     @asynccontextmanager
-    async def _open(self, ref: MediaRef, config: Mapping[str, Any]) -> AsyncIterator[MediaDownload]:
+    async def open(self, ref: MediaRef, config: Mapping[str, Any]) -> AsyncIterator[MediaDownload]:
         try:
             url = httpx.URL(ref.reference)
         except httpx.InvalidURL as exc:

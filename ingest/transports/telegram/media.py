@@ -10,28 +10,29 @@ webhook adapter records only the largest photo size, so the reference is the one
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, ClassVar
 from urllib.parse import quote
 
 from ingest.config import Settings, Transport
 from ingest.transports.fetching import (
-    ErrorResponse,
     FetchError,
     FetchPermanent,
     FetchTransient,
     MediaDownload,
     MediaRef,
-    SafeDownloader,
     require_key,
     strip_prefix,
 )
+from ingest.transports.http_download import (
+    ErrorResponse,
+    HttpDownload,
+    LinkExpired,
+    SafeDownloader,
+    with_fresh_link,
+)
 
 TOO_BIG = "too large: Telegram lets bots download files up to 20 MB"
-
-
-class _LinkExpired(FetchTransient):
-    pass
 
 
 def _retry_after(error: ErrorResponse) -> float | None:
@@ -63,7 +64,7 @@ def _classify_file(error: ErrorResponse) -> FetchError:
     """The file link, just issued by getFile: 404 is an expired link; 401s have been seen to
     come and go on file links (tdlib/telegram-bot-api #42, #779), so they are retried."""
     if error.status == 404:
-        return _LinkExpired("telegram file link expired")
+        return LinkExpired("telegram file link expired")
     if error.status == 429:
         return FetchTransient("telegram file: rate limited (429)", retry_after=_retry_after(error))
     if error.status >= 500 or error.status == 401:
@@ -78,32 +79,22 @@ class TelegramMediaSource:
         self._api = settings.telegram_api_url
         self._downloader = downloader
 
-    def open(
-        self, ref: MediaRef, config: Mapping[str, Any]
-    ) -> AbstractAsyncContextManager[MediaDownload]:
-        return self._open(ref, config)
-
     @asynccontextmanager
-    async def _open(self, ref: MediaRef, config: Mapping[str, Any]) -> AsyncIterator[MediaDownload]:
+    async def open(self, ref: MediaRef, config: Mapping[str, Any]) -> AsyncIterator[MediaDownload]:
         token = require_key(config, "bot_token")
         file_id = strip_prefix(ref)
-        async with AsyncExitStack() as stack:
-            for attempt in range(2):
-                path, size = await self._get_file(token, file_id)
-                try:
-                    download = await stack.enter_async_context(
-                        self._downloader.download(
-                            f"{self._api}/file/bot{token}/{quote(path, safe='/')}",
-                            what="telegram file",
-                            classify=_classify_file,
-                            content_type=ref.declared_mimetype,
-                            declared_size=size,
-                        )
-                    )
-                    break
-                except _LinkExpired:
-                    if attempt:
-                        raise
+
+        async def open_link() -> AbstractAsyncContextManager[HttpDownload]:
+            path, size = await self._get_file(token, file_id)
+            return self._downloader.download(
+                f"{self._api}/file/bot{token}/{quote(path, safe='/')}",
+                what="telegram file",
+                classify=_classify_file,
+                content_type=ref.declared_mimetype,
+                declared_size=size,
+            )
+
+        async with with_fresh_link(open_link) as download:
             yield download
 
     async def _get_file(self, token: str, file_id: str) -> tuple[str, int | None]:

@@ -10,33 +10,34 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Mapping
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, ClassVar
 from urllib.parse import quote
 
 from ingest.config import Settings, Transport
 from ingest.transports.fetching import (
-    ErrorResponse,
     FetchError,
     FetchPermanent,
     FetchTransient,
     MediaDownload,
     MediaRef,
+    require_key,
+    strip_prefix,
+)
+from ingest.transports.http_download import (
+    ErrorResponse,
+    HttpDownload,
+    LinkExpired,
     SafeDownloader,
     classify_http,
     normalize_sha256,
-    require_key,
-    strip_prefix,
+    with_fresh_link,
 )
 
 MEDIA_ID = re.compile(r"[0-9A-Za-z_.-]{1,512}")
 RATE_LIMITS = frozenset({4, 80007, 130429})
 UNAVAILABLE = frozenset({1, 2, 131000, 131016, 131057})
 CREDENTIALS = frozenset({0, 190})
-
-
-class _UrlExpired(FetchTransient):
-    pass
 
 
 def _classify_graph(error: ErrorResponse) -> FetchError:
@@ -64,7 +65,7 @@ def _classify_graph(error: ErrorResponse) -> FetchError:
 def _classify_download(error: ErrorResponse) -> FetchError:
     """Meta's media host: 404 is an expired URL ("try to get a new media URL")."""
     if error.status == 404:
-        return _UrlExpired("whatsapp media URL expired")
+        return LinkExpired("whatsapp media URL expired")
     if error.status in (401, 403):
         return FetchPermanent(f"whatsapp media host rejected the access_token ({error.status})")
     return classify_http("whatsapp media download")(error)
@@ -77,13 +78,8 @@ class WhatsAppMediaSource:
         self._graph = settings.whatsapp_graph_url
         self._downloader = downloader
 
-    def open(
-        self, ref: MediaRef, config: Mapping[str, Any]
-    ) -> AbstractAsyncContextManager[MediaDownload]:
-        return self._open(ref, config)
-
     @asynccontextmanager
-    async def _open(self, ref: MediaRef, config: Mapping[str, Any]) -> AsyncIterator[MediaDownload]:
+    async def open(self, ref: MediaRef, config: Mapping[str, Any]) -> AsyncIterator[MediaDownload]:
         auth = {"authorization": f"Bearer {require_key(config, 'access_token')}"}
         media_id = strip_prefix(ref)
         if not MEDIA_ID.fullmatch(media_id):
@@ -91,34 +87,29 @@ class WhatsAppMediaSource:
         lookup = f"{self._graph}/{media_id}"
         if number := config.get("phone_number_id"):
             lookup += f"?phone_number_id={quote(str(number), safe='')}"
-        async with AsyncExitStack() as stack:
-            for attempt in range(2):
-                info = await self._downloader.get_json(
-                    lookup, what="whatsapp media lookup", classify=_classify_graph, headers=auth
-                )
-                url = info.get("url")
-                if not isinstance(url, str) or not url:
-                    raise FetchTransient("whatsapp media lookup: no url in the answer")
-                size = _size(info.get("file_size"))
-                mime = info.get("mime_type")
-                try:
-                    download = await stack.enter_async_context(
-                        self._downloader.download(
-                            url,
-                            what="whatsapp media download",
-                            classify=_classify_download,
-                            headers=auth,
-                            content_type=mime if isinstance(mime, str) else ref.declared_mimetype,
-                            declared_size=size,
-                            expected_size=size,
-                            expected_sha256=normalize_sha256(info.get("sha256"))
-                            or normalize_sha256(ref.declared_sha256),
-                        )
-                    )
-                    break
-                except _UrlExpired:
-                    if attempt:
-                        raise
+
+        async def open_link() -> AbstractAsyncContextManager[HttpDownload]:
+            info = await self._downloader.get_json(
+                lookup, what="whatsapp media lookup", classify=_classify_graph, headers=auth
+            )
+            url = info.get("url")
+            if not isinstance(url, str) or not url:
+                raise FetchTransient("whatsapp media lookup: no url in the answer")
+            size = _size(info.get("file_size"))
+            mime = info.get("mime_type")
+            return self._downloader.download(
+                url,
+                what="whatsapp media download",
+                classify=_classify_download,
+                headers=auth,
+                content_type=mime if isinstance(mime, str) else ref.declared_mimetype,
+                declared_size=size,
+                expected_size=size,
+                expected_sha256=normalize_sha256(info.get("sha256"))
+                or normalize_sha256(ref.declared_sha256),
+            )
+
+        async with with_fresh_link(open_link) as download:
             yield download
 
 
