@@ -8,7 +8,6 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 
 import asyncpg
-import httpx
 
 from handlers.media.worker import MediaWorker
 from ingest.channels import ChannelDirectory
@@ -16,6 +15,7 @@ from ingest.config import Settings
 from ingest.logs import get_logger
 from ingest.objectstore import open_store
 from ingest.transports.fetching import load_media_sources
+from ingest.transports.http_download import media_http_client
 
 log = get_logger("crm_ingest.media")
 
@@ -34,8 +34,7 @@ async def running_media_worker(
     # Credentials are read for every attempt, never cached: after `crm-ingest channel set`,
     # the next attempt uses the new ones.
     channels = ChannelDirectory(settings.model_copy(update={"channel_cache_ttl_s": 0.0}), pool)
-    # Timeouts, redirects and headers are set per request by the sources' safe downloader.
-    client = httpx.AsyncClient()
+    client = media_http_client()
     try:
         worker = MediaWorker(
             settings,

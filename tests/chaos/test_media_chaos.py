@@ -30,6 +30,7 @@ from moto.server import ThreadedMotoServer
 
 from ingest.embedded import ResolvedServices, free_port
 from ingest.objectstore import open_store
+from tests.fakes.fixtures import as_env
 from tests.fakes.s3 import S3Server
 from tests.fakes.telegram import TelegramFake
 from tests.fakes.twilio import TwilioFake
@@ -60,8 +61,7 @@ SEED = 20_261_205
 def worker_env(pipeline: MediaPipeline, overrides: dict[str, Any]) -> dict[str, str]:
     """The environment of a `crm-ingest media work` for `pipeline`, with `overrides` (setting
     field names) as CRM_INGEST_* variables."""
-    extra = {f"CRM_INGEST_{name.upper()}": str(value) for name, value in overrides.items()}
-    return cli_env(pipeline.settings, **extra)
+    return cli_env(pipeline.settings, **as_env({k: str(v) for k, v in overrides.items()}))
 
 
 async def started(service: Service, within: float = 30.0) -> None:
