@@ -193,6 +193,42 @@ def test_bad_setting_fails_at_start_naming_it(env: dict[str, str]) -> None:
     assert result.stderr.count("\n") == 1
 
 
+def test_media_verbs_refuse_operator_mistakes_in_one_line(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    run(env, "migrate")
+    for args, extra, says in (
+        (("media", "work"), {}, "CRM_INGEST_MEDIA_STORE is not set"),
+        (("media", "retry"), {}, "--id UPLOAD_ID, or requeue every failed one with --failed"),
+        (("media", "list", "--limit", "0"), {}, "--limit must be at least 1"),
+        (("media", "work"), {"CRM_INGEST_MEDIA_STORE": "ftp://x"}, "CRM_INGEST_MEDIA_STORE"),
+    ):
+        result = run({**env, **extra}, *args, check=False)
+        assert result.returncode != 0, args
+        assert result.stderr.startswith("crm-ingest: error: "), result.stderr
+        assert says in result.stderr
+        assert result.stderr.count("\n") == 1
+    assert run(env, "media", "list").stdout == ""
+    assert run(env, "media", "retry", "--failed").stdout == '{"requeued": 0}\n'
+
+
+def test_media_work_stops_cleanly_on_sigterm(env: dict[str, str], tmp_path: Path) -> None:
+    run(env, "migrate")
+    run(env, "topics")
+    worker = spawn(
+        {**env, "CRM_INGEST_MEDIA_STORE": (tmp_path / "media").as_uri()}, "media", "work"
+    )
+    assert worker.stderr is not None
+    deadline = time.monotonic() + 60
+    lines = ""
+    while "media worker running" not in lines and time.monotonic() < deadline:
+        line = worker.stderr.readline()
+        assert line or worker.poll() is None, lines
+        lines += line
+    assert "media worker running" in lines
+    assert stop(worker, signal.SIGTERM) == 0
+
+
 def test_dev_runs_the_pasted_curl_and_stops_cleanly(tmp_path: Path) -> None:
     env = {
         k: v
