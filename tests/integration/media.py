@@ -28,6 +28,8 @@ from tests.support import eventually
 BOT_TOKEN = "7000000001:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
 ACCESS_TOKEN = "EAAGm0PX4ZCpsBAfakeWhatsAppAccessToken0123456789"
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
+# The largest size of tests/payloads/telegram/photo.json.
+PHOTO_ID = "AgACAgIAAxkBAAMEZCiCg7A1qAABECDXqbjnqtId777bAAIFyDEbLKhISVFwzRK8kZMNAQADAgADeQADLwQ"
 JPEG_HEAD = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00"
 
 

@@ -8,13 +8,30 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from handlers.media import jobs
+from handlers.media.runtime import running_media_worker
 from ingest.embedded import ResolvedServices
-from tests.integration.media import MediaPipeline, media_jobs, media_pipeline, wait_jobs
+from tests.fakes.harness import Scripted
+from tests.fakes.telegram import TelegramFake
+from tests.fakes.twilio import TwilioFake
+from tests.fakes.whatsapp import WhatsAppFake
+from tests.integration.media import (
+    BOT_TOKEN,
+    JPEG_HEAD,
+    PHOTO_ID,
+    MediaPipeline,
+    media_jobs,
+    media_overrides,
+    media_pipeline,
+    payload,
+    settled_jobs,
+    wait_jobs,
+)
 from tests.integration.pipeline import TenantChannel
 from tests.integration.rows import wait_messages
 from tests.integration.signing import eml, post_email, post_telegram, signed_channel, tg_payload
@@ -163,4 +180,34 @@ async def test_retry_requeues_failed_jobs_with_a_new_window(pipeline: MediaPipel
     pending, oldest = await jobs.queue_stats(pool)
     assert pending >= 3
     assert oldest >= 0
+    await release_all(pool)
+
+
+async def test_transient_failures_give_up_when_the_retry_window_is_over(
+    pipeline: MediaPipeline,
+    telegram_api: TelegramFake,
+    whatsapp_api: WhatsAppFake,
+    twilio_api: TwilioFake,
+    tmp_path: Path,
+) -> None:
+    pool = pipeline.pool
+    telegram_api.add_bot(BOT_TOKEN)
+    telegram_api.add_file(PHOTO_ID, payload(1000, "never", JPEG_HEAD))
+    down = {"ok": False, "error_code": 502, "description": "Bad Gateway"}
+    telegram_api.server.script("getfile", *[Scripted(502, down)] * 50)
+    channel = await signed_channel(pool, "telegram", bot_token=BOT_TOKEN)
+    await photos(pipeline, channel, 1, 5000)
+    await wait_jobs(pool, channel.tenant_id, 1)
+
+    overrides = media_overrides(telegram_api, whatsapp_api, twilio_api, f"file://{tmp_path}")
+    settings = pipeline.settings.model_copy(
+        update={**overrides, "media_retry_window_s": 1.5, "media_retry_backoff_s": 0.2}
+    )
+    async with running_media_worker(settings, pool):
+        [job] = await settled_jobs(pool, channel.tenant_id, 1, within=20)
+    assert job["status"] == "failed"
+    assert job["attempts"] >= 2
+    assert job["last_error"].startswith(f"gave up after {job['attempts']} attempts in 1.5 s: ")
+    assert "telegram getFile" in job["last_error"]
+    assert len(telegram_api.server.calls("getfile")) == job["attempts"]
     await release_all(pool)

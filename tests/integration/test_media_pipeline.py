@@ -26,6 +26,7 @@ from tests.integration.media import (
     ACCOUNT_SID,
     BOT_TOKEN,
     JPEG_HEAD,
+    PHOTO_ID,
     MediaPipeline,
     attachment_events,
     media_overrides,
@@ -49,8 +50,6 @@ from tests.integration.signing import (
 from tests.support import cli_env
 
 pytestmark = pytest.mark.integration
-
-PHOTO_ID = "AgACAgIAAxkBAAMEZCiCg7A1qAABECDXqbjnqtId777bAAIFyDEbLKhISVFwzRK8kZMNAQADAgADeQADLwQ"
 
 
 @pytest.fixture(scope="module", params=["file", "s3"])
