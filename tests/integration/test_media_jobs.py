@@ -35,6 +35,7 @@ from tests.integration.media import (
 from tests.integration.pipeline import TenantChannel
 from tests.integration.rows import wait_messages
 from tests.integration.signing import eml, post_email, post_telegram, signed_channel, tg_payload
+from tests.support import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -52,6 +53,10 @@ async def photos(pipeline: MediaPipeline, channel: TenantChannel, count: int, fi
         update["message"]["message_id"] = n
         response = await post_telegram(pipeline.gateway, channel, update)
         assert response.status_code == 200
+
+
+def files_under(root: Path) -> list[str]:
+    return [p.name for p in root.rglob("*") if p.is_file()]
 
 
 async def release_all(pool: asyncpg.Pool) -> None:
@@ -210,4 +215,41 @@ async def test_transient_failures_give_up_when_the_retry_window_is_over(
     assert job["last_error"].startswith(f"gave up after {job['attempts']} attempts in 1.5 s: ")
     assert "telegram getFile" in job["last_error"]
     assert len(telegram_api.server.calls("getfile")) == job["attempts"]
+    await release_all(pool)
+
+
+async def test_shutdown_hands_back_a_download_that_does_not_finish_in_time(
+    pipeline: MediaPipeline,
+    telegram_api: TelegramFake,
+    whatsapp_api: WhatsAppFake,
+    twilio_api: TwilioFake,
+    tmp_path: Path,
+) -> None:
+    pool = pipeline.pool
+    telegram_api.add_bot(BOT_TOKEN)
+    slow = payload(2_000_000, "slow", JPEG_HEAD)  # 64 KiB every 0.2 s: about 6 s
+    telegram_api.add_file(PHOTO_ID, slow, chunk_delay_s=0.2)
+    channel = await signed_channel(pool, "telegram", bot_token=BOT_TOKEN)
+    await photos(pipeline, channel, 1, 6000)
+    await wait_jobs(pool, channel.tenant_id, 1)
+
+    overrides = media_overrides(telegram_api, whatsapp_api, twilio_api, f"file://{tmp_path}")
+    settings = pipeline.settings.model_copy(update={**overrides, "shutdown_timeout_s": 0.5})
+
+    async def leased() -> bool:
+        [row] = await media_jobs(pool, channel.tenant_id)
+        return row["lease"] is not None
+
+    async with running_media_worker(settings, pool):
+        assert await eventually(leased, bool)
+        await asyncio.sleep(0.5)  # downloading
+    [job] = await media_jobs(pool, channel.tenant_id)
+    assert (job["status"], job["lease"], job["attempts"]) == ("pending", None, 1)
+    assert job["last_error"] == "interrupted by shutdown"
+    due = await pool.fetchval(
+        "SELECT next_attempt_at <= now() FROM ingest_media_jobs WHERE upload_id = $1",
+        job["upload_id"],
+    )
+    assert due is True  # claimable at once, not after the lease
+    assert files_under(tmp_path) == []  # nothing half-written, no temp file left
     await release_all(pool)
