@@ -32,7 +32,7 @@ from handlers.media.jobs import Job, Stored
 from ingest import metrics
 from ingest.config import Settings, Transport
 from ingest.logs import get_logger
-from ingest.objectstore import ObjectStore, ObjectTooLarge, StoreUnavailable
+from ingest.objectstore import ObjectStore, ObjectTooLarge, StoreError, StoreUnavailable
 from ingest.transports.fetching import FetchPermanent, FetchTransient, MediaRef, MediaSource
 
 log = get_logger("crm_ingest.media")
@@ -170,6 +170,8 @@ class MediaWorker:
                 outcome = await self._fail(job, reason)
             except StoreUnavailable as exc:
                 outcome = await self._retry_later(job, f"object store unavailable: {exc}", None)
+            except StoreError as exc:  # refused by the store: an operator fixes it, then it works
+                outcome = await self._retry_later(job, f"object store refused: {exc}", None)
             else:
                 event = await jobs.complete_stored(self._pool, job, stored)
                 if event is not None:
