@@ -228,7 +228,7 @@ async def _store_messages(
         inserts.append((message_id, place.chat_id, members[place.member], text, sent_at))
         for attachment in event.attachments:
             upload = upload_row(message_id, event, attachment)
-            attachments.append((*upload, *media_job(event, upload[3])))
+            attachments.append((*upload, *media_job(event, path=upload[3])))
         created.append((place, message_id, text))
     if inserts:
         await conn.execute(QUERIES["insert_messages"], *_columns(inserts))

@@ -33,7 +33,7 @@ UNFETCHED_TRANSPORTS = frozenset({"email"})
 MAX_ERROR_CHARS = 500
 
 
-def media_job(event: MessageEvent, path: str) -> tuple[UUID, str, bool]:
+def media_job(event: MessageEvent, *, path: str) -> tuple[UUID, str, bool]:
     """The fetch-job columns of one new upload: its channel, transport, and whether it needs a
     job (its bytes are still at the provider)."""
     fetch = event.transport not in UNFETCHED_TRANSPORTS and not path.startswith(STORED_SCHEMES)
