@@ -291,8 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
         "List fetch jobs, newest first (one JSON object per line).",
         media_verbs,
     )
-    listing.add_argument("--status", choices=("pending", "stored", "failed"))
-    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument(
+        "--status", choices=("pending", "stored", "failed"), help="only jobs in this state"
+    )
+    listing.add_argument("--limit", type=int, default=100, help="at most N jobs (default 100)")
     again = verb(
         "retry",
         cmd_media_retry,
@@ -300,7 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
         "credentials as they are now.",
         media_verbs,
     )
-    again.add_argument("--id", type=int, action="append", metavar="UPLOAD_ID", help="repeatable")
+    again.add_argument(
+        "--id",
+        type=int,
+        action="append",
+        metavar="UPLOAD_ID",
+        help="a job, failed or waiting for a retry, made due now (repeatable)",
+    )
     again.add_argument("--failed", action="store_true", help="every failed job")
     verb(
         "work", cmd_media_work, "Run only the media fetcher (it also runs in consume).", media_verbs
