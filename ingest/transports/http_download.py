@@ -216,6 +216,11 @@ def _origin(url: httpx.URL) -> tuple[str, str, int]:
     return (url.scheme, url.host.lower(), url.port or _DEFAULT_PORTS.get(url.scheme, 0))
 
 
+def same_origin(a: httpx.URL, b: httpx.URL) -> bool:
+    """Scheme, host and port (default ports spelled or not): where credentials may go."""
+    return _origin(a) == _origin(b)
+
+
 class SafeDownloader:
     """Every provider request goes through here: each hop's host must be allowed, redirects are
     followed by hand and lose `Authorization` when the origin changes (provider-apis.md §0), a
@@ -262,7 +267,7 @@ class SafeDownloader:
                     hop = target.join(response.headers["location"])
                 except httpx.InvalidURL as exc:
                     raise FetchPermanent(f"{what}: invalid redirect") from exc
-                if _origin(hop) != _origin(target):
+                if not same_origin(hop, target):
                     sent = {k: v for k, v in sent.items() if k.lower() != "authorization"}
                 target = hop
                 continue

@@ -23,6 +23,7 @@ from ingest.transports.http_download import (
     AllowedHosts,
     normalize_sha256,
     retry_after_seconds,
+    same_origin,
 )
 
 DEFAULTS = AllowedHosts(load_settings().media_allowed_hosts)
@@ -78,6 +79,14 @@ def test_configured_api_origins_are_allowed_exactly() -> None:
     assert not allowed.allows(httpx.URL("https://10.0.0.5:8081/"))  # another scheme
     assert not allowed.allows(httpx.URL("http://10.0.0.5:8082/"))
     assert not allowed.allows(httpx.URL("https://lookaside.fbsbx.com/"))
+
+
+def test_same_origin_is_scheme_host_and_port() -> None:
+    api = httpx.URL("https://api.twilio.com")
+    assert same_origin(api, httpx.URL("https://API.twilio.com:443/2010-04-01/x"))
+    assert not same_origin(api, httpx.URL("http://api.twilio.com/x"))
+    assert not same_origin(api, httpx.URL("https://api.twilio.com:8443/x"))
+    assert not same_origin(api, httpx.URL("https://mms.twiliocdn.com/x"))
 
 
 def test_a_bad_allowed_hosts_setting_names_the_variable() -> None:

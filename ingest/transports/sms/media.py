@@ -30,6 +30,7 @@ from ingest.transports.http_download import (
     ErrorResponse,
     SafeDownloader,
     classify_http,
+    same_origin,
 )
 
 MEDIA_PATH = re.compile(
@@ -65,7 +66,7 @@ class TwilioMediaSource:
         except httpx.InvalidURL as exc:
             raise FetchPermanent("twilio: MediaUrl is not a URL") from exc
         headers: dict[str, str] = {}
-        if (url.scheme, url.host, url.port) == (self._api.scheme, self._api.host, self._api.port):
+        if same_origin(url, self._api):
             headers["authorization"] = _basic_auth(url, config)
         # Elsewhere: no credentials; SafeDownloader still refuses hosts that are not allowed.
         async with self._downloader.download(
