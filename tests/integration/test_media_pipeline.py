@@ -340,22 +340,30 @@ async def test_refusals_end_as_failed_jobs_with_short_reasons(
     whatsapp_api.add_media("3333333333", payload(5000, "wa-bad"), sha256="0" * 64)
     body = wa_media_message("image", "3333333333", "wamid.media-bad")
     assert (await post_whatsapp(media_gateway, wa, body)).is_success
+    # A webhook media id older than Meta's 7 days.
+    old = await signed_channel(media_pool, "whatsapp", access_token=ACCESS_TOKEN)
+    whatsapp_api.add_media("4444444444", payload(5000, "wa-old"), age_s=8 * 86400)
+    body = wa_media_message("image", "4444444444", "wamid.media-old")
+    assert (await post_whatsapp(media_gateway, old, body)).is_success
     # A forged MediaUrl pointing inside the network.
     forged = f"{internal_server.url}/2010-04-01/Accounts/{ACCOUNT_SID}/Messages/MMx/Media/MEx"
     fields = sms_fields("mms_single_image", AccountSid=ACCOUNT_SID, MediaUrl0=forged)
     assert (await post_sms(media_gateway, sms, fields)).is_success
 
     reasons = {}
-    for channel in (tg, wa, sms):
+    for name, channel in (("too big", tg), ("checksum", wa), ("expired", old), ("host", sms)):
         [job] = await settled_jobs(media_pool, channel.tenant_id, 1)
         assert job["status"] == "failed"
+        assert job["attempts"] == 1  # final at once: retrying cannot help
         assert len(job["last_error"]) <= 500
         assert BOT_TOKEN not in job["last_error"]
-        reasons[channel.path.split("/")[2]] = job["last_error"]
+        assert ACCESS_TOKEN not in job["last_error"]
+        reasons[name] = job["last_error"]
         await assert_attachment_events(media_pool, channel, [job])
-    assert "too big" in reasons["telegram"] or "too large" in reasons["telegram"]
-    assert "checksum" in reasons["whatsapp"]
-    assert "host not allowed" in reasons["sms"]
+    assert "too big" in reasons["too big"] or "too large" in reasons["too big"]
+    assert "checksum" in reasons["checksum"]
+    assert "expired" in reasons["expired"]
+    assert "host not allowed" in reasons["host"]
     assert internal_server.requests == []
 
 
