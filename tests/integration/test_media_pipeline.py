@@ -312,10 +312,10 @@ async def test_missing_bot_token_fails_naming_it_and_stores_after_channel_set_an
     [job] = await settled_jobs(media_pool, channel.tenant_id, 1)
     assert job["status"] == "stored", job["last_error"]
     assert await stored_bytes(store_url, job["path"]) == photo
-    statuses = [
-        e["attachment"]["status"] for e in await attachment_events(media_pool, channel.tenant_id)
-    ]
-    assert statuses[:1] == ["failed"]
+    # Queued with the outcomes they report: the failure, then the success, two distinct ids.
+    events = await attachment_events(media_pool, channel.tenant_id)
+    assert [e["attachment"]["status"] for e in events] == ["failed", "stored"]
+    assert len({e["event_id"] for e in events}) == 2
 
 
 async def test_refusals_end_as_failed_jobs_with_short_reasons(
