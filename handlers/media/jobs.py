@@ -169,15 +169,20 @@ def _short(reason: str) -> str:
 async def requeue(pool: asyncpg.Pool, upload_ids: Sequence[int] | None) -> int:
     """Failed jobs (all of them when `upload_ids` is None, else those named; named pending jobs
     waiting for a retry too) due now, with a new retry window. Returns how many."""
-    ids = None if upload_ids is None else list(upload_ids)
-    rows = await pool.fetch(QUERIES["requeue_media_jobs"], ids)
+    if upload_ids is None:
+        rows = await pool.fetch(QUERIES["requeue_failed_media_jobs"])
+    else:
+        rows = await pool.fetch(QUERIES["requeue_media_jobs"], list(upload_ids))
     return len(rows)
 
 
 async def list_jobs(
     pool: asyncpg.Pool, status: JobStatus | None, limit: int
 ) -> list[dict[str, Any]]:
-    rows = await pool.fetch(QUERIES["list_media_jobs"], status, limit)
+    if status is None:
+        rows = await pool.fetch(QUERIES["list_media_jobs"], limit)
+    else:
+        rows = await pool.fetch(QUERIES["list_media_jobs_in_status"], status, limit)
     return [
         {
             "upload_id": row["upload_id"],

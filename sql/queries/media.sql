@@ -94,22 +94,36 @@ WHERE upload_id = $1 AND lease = $2 AND status = 'pending'
 RETURNING upload_id;
 
 -- requeue_media_jobs --
--- Failed jobs (all, or those named), and named pending jobs not leased, due now with a new retry window
+-- The named jobs that failed, or wait for a retry, due now with a new retry window
 UPDATE ingest_media_jobs
 SET status = 'pending', next_attempt_at = now(), queued_at = now(), updated_at = now()
-WHERE CASE WHEN $1::int[] IS NULL THEN status = 'failed'
-           ELSE upload_id = ANY($1::int[])
-                AND (status = 'failed' OR (status = 'pending' AND lease IS NULL))
-      END
+WHERE upload_id = ANY($1::int[])
+  AND (status = 'failed' OR (status = 'pending' AND lease IS NULL))
+RETURNING upload_id;
+
+-- requeue_failed_media_jobs --
+-- Every failed job due now with a new retry window (found through the partial index of failed jobs)
+UPDATE ingest_media_jobs
+SET status = 'pending', next_attempt_at = now(), queued_at = now(), updated_at = now()
+WHERE status = 'failed'
 RETURNING upload_id;
 
 -- list_media_jobs --
--- Fetch jobs, newest first, optionally of one status
+-- Fetch jobs, newest first
 SELECT j.upload_id, j.message_id, j.channel_id, j.status, j.attempts, j.last_error AS error,
        u.path
 FROM ingest_media_jobs AS j
 JOIN core_uploads AS u ON u.id = j.upload_id
-WHERE $1::text IS NULL OR j.status = $1
+ORDER BY j.upload_id DESC
+LIMIT $1;
+
+-- list_media_jobs_in_status --
+-- Fetch jobs of one status, newest first
+SELECT j.upload_id, j.message_id, j.channel_id, j.status, j.attempts, j.last_error AS error,
+       u.path
+FROM ingest_media_jobs AS j
+JOIN core_uploads AS u ON u.id = j.upload_id
+WHERE j.status = $1
 ORDER BY j.upload_id DESC
 LIMIT $2;
 
