@@ -4,7 +4,9 @@
     every job ends stored or failed, no object under its final key is partial, no row is
     written twice, and each upload gets one outcome event;
 (b) the S3 store (moto's server) is down for 10 s: jobs wait, then complete;
-(c) a 100 MB file goes through `crm-ingest media work` with its peak RSS growth measured.
+(c) PostgreSQL is down for 10 s while `crm-ingest media work` downloads: the same process
+    carries on, outcomes it could not record are redone, every job ends stored once;
+(d) a 100 MB file goes through `crm-ingest media work` with its peak RSS growth measured.
 
 Jobs are created by an in-process consumer without a store (so it runs no worker); the worker
 under test is the only one fetching. Figures are printed as `[media-…]` lines.
@@ -28,8 +30,9 @@ from typing import Any
 import pytest
 from moto.server import ThreadedMotoServer
 
-from ingest.embedded import ResolvedServices, free_port
+from ingest.embedded import EmbeddedPostgres, ResolvedServices, free_port
 from ingest.objectstore import open_store
+from sql.db import create_pool
 from tests.fakes.fixtures import as_env
 from tests.fakes.s3 import S3Server
 from tests.fakes.telegram import TelegramFake
@@ -180,6 +183,80 @@ async def test_worker_killed_mid_download_and_restarted(
     assert (uploads, messages) == (sent, sent)  # no row written twice
     assert len(outcome_events) == len(per_upload) == sent  # one outcome event per upload
     assert max(j["attempts"] for j in jobs) >= 2  # killed downloads were redone
+
+
+async def test_postgres_down_while_media_work_downloads(
+    services: ResolvedServices,
+    telegram_api: TelegramFake,
+    whatsapp_api: WhatsAppFake,
+    twilio_api: TwilioFake,
+    processes: Processes,
+    tmp_path: Path,
+) -> None:
+    store_url = f"file://{tmp_path / 'store'}"
+    overrides = {
+        **media_overrides(telegram_api, whatsapp_api, twilio_api, store_url),
+        "media_lease_s": 3.0,
+    }
+    telegram_api.add_bot(BOT_TOKEN)
+    with EmbeddedPostgres(fast=True) as pg:
+        async with media_pipeline(services, "mediapg", pg.url) as pipeline:  # no worker here
+            channel = await signed_channel(pipeline.pool, "telegram", bot_token=BOT_TOKEN)
+            served = []
+            for n in range(6):
+                file_id = f"BQACAgIAAxkBpgdown{n}"
+                served.append(payload(1_000_000 + n, file_id, b"%PDF-1.7\n"))
+                # 64 KiB every 0.15 s: about 2.4 s per file, so the outage catches them mid-way.
+                telegram_api.add_file(file_id, served[-1], chunk_delay_s=0.15)
+                update = tg_payload("document.json")
+                update["update_id"] = update["message"]["message_id"] = 8000 + n
+                update["message"]["document"].update(file_id=file_id, file_size=len(served[-1]))
+                assert (await post_telegram(pipeline.gateway, channel, update)).is_success
+            await wait_jobs(pipeline.pool, channel.tenant_id, 6)
+            env = worker_env(pipeline, overrides)
+            url = pipeline.settings.database_url
+
+        worker = processes.start(env, tmp_path / "worker.log", "media", "work")
+        await started(worker)
+
+        async def downloads() -> int:
+            return len(telegram_api.server.calls("file"))
+
+        await eventually(downloads, functools.partial(operator.le, 2), within=20)
+        pg.stop()  # fast shutdown: the worker's connections drop mid-download
+        stopped_at = time.monotonic()
+        await asyncio.sleep(10)
+        assert worker.proc.poll() is None, worker.tail()
+        pg.start()
+        outage = time.monotonic() - stopped_at
+        restarted_at = time.monotonic()
+        pool = await create_pool(url, max_size=2)
+        try:
+            jobs = await settled_jobs(pool, channel.tenant_id, 6, within=120)
+            recovered_s = time.monotonic() - restarted_at
+            contents = [await stored_bytes(store_url, j["path"]) for j in jobs]
+            uploads = await pool.fetchval(
+                "SELECT count(*) FROM core_uploads WHERE tenant_id = $1", channel.tenant_id
+            )
+            events = await attachment_events(pool, channel.tenant_id)
+        finally:
+            await pool.close()
+        assert worker.proc.poll() is None, worker.tail()  # the same process throughout
+        exit_code = await worker.stop(60)
+    log = worker.tail(10**8)
+    print(
+        f"\n[media-pg-outage] jobs={len(jobs)} stored={sum(j['status'] == 'stored' for j in jobs)} "
+        f"outage_s={outage:.1f} settled_after_s={recovered_s:.1f} "
+        f"attempts_max={max(j['attempts'] for j in jobs)} uploads={uploads} "
+        f"outcome_events={len(events)} not_recorded={log.count('outcome not recorded')} "
+        f"claim_retries={log.count('media claim failed')}"
+    )
+    assert [j["status"] for j in jobs] == ["stored"] * 6, [j["last_error"] for j in jobs]
+    assert sorted(contents) == sorted(served)
+    assert uploads == 6
+    assert len(events) == len({e["attachment"]["upload_id"] for e in events}) == 6
+    assert "media claim failed" in log  # it noticed the outage, and lived through it
+    assert exit_code == 0, worker.tail()
 
 
 @contextlib.contextmanager

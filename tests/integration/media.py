@@ -57,11 +57,11 @@ class MediaPipeline:
 
 @contextlib.asynccontextmanager
 async def media_pipeline(
-    services: ResolvedServices, prefix: str, **overrides: Any
+    services: ResolvedServices, prefix: str, server_url: str | None = None, **overrides: Any
 ) -> AsyncIterator[MediaPipeline]:
-    """A pipeline of its own (database, topics, consumer with its fetch worker when
-    `media_store` is given) and the gateway in front of it."""
-    settings = await isolated_pipeline(services, prefix, **overrides)
+    """A pipeline of its own (database on `server_url` or the session's server, topics,
+    consumer with its fetch worker when `media_store` is given) and the gateway in front."""
+    settings = await isolated_pipeline(services, prefix, server_url, **overrides)
     pool = await create_pool(settings.database_url, max_size=4)
     try:
         async with running_consumer(settings), open_gateway(settings, pool) as gateway:
