@@ -29,6 +29,7 @@ from handlers.chat_events import OutboxRelay, Publish
 from handlers.dead_letters import PublishDeadLetter
 from handlers.ingestor import correlation_ids
 from handlers.kept_webhooks import record_kept_webhooks
+from handlers.media.runtime import running_media_worker
 from handlers.pipeline import build_pipeline, producer_publishers
 from ingest import metrics
 from ingest.config import Settings
@@ -161,7 +162,10 @@ async def running_consumer(settings: Settings) -> AsyncIterator[RunningConsumer]
             stop = asyncio.Event()
             sweep = asyncio.create_task(relay.run(settings.outbox_interval_s, stop))
             try:
-                yield RunningConsumer(broker, pool, relay)
+                # The media fetcher beside the consumer; it stops (finishing or handing back
+                # its downloads) before the relay, so its last chat events still go out.
+                async with running_media_worker(settings, pool, on_queued=relay.wake):
+                    yield RunningConsumer(broker, pool, relay)
             finally:
                 await broker.stop()
                 stop.set()

@@ -195,6 +195,7 @@ def _updated(
         "status": status,
         "sent_at": timestamp(sent_at),
         "read_at": timestamp(read_at),
+        "attachment": None,
     }
 
 
@@ -238,6 +239,35 @@ def status_changed(row: asyncpg.Record) -> Payload:
         row["sent_at"],
         row["read_at"],
     )
+
+
+def attachment_changed(row: asyncpg.Record, outcome: Payload) -> Payload:
+    """An attachment's fetch ended: `outcome` is {status, path, size, hash, mimetype, error}.
+    One id per upload, outcome and attempt: a retried upload's later outcome is a new event."""
+    status = outcome["status"]
+    event_id = make_chat_event_id(
+        "message.updated",
+        row["message_id"],
+        "attachment",
+        row["upload_id"],
+        status,
+        row["attempts"],
+    )
+    payload = _updated(
+        event_id,
+        row["tenant_id"],
+        row["client_id"],
+        row["chat_id"],
+        datetime.now(UTC),
+        row["message_id"],
+        "attachment",
+        None,
+        None,
+        None,
+        None,
+    )
+    payload["attachment"] = {"upload_id": row["upload_id"], **outcome}
+    return payload
 
 
 async def enqueue(conn: asyncpg.Connection, queued: Sequence[Queued]) -> None:

@@ -33,6 +33,7 @@ from handlers import chat_events
 from handlers.chat_events import Queued
 from handlers.client_changes import fill_phones, record_conflicts, rename_clients
 from handlers.identities import LostRace, identity_key, resolve_identities
+from handlers.media.jobs import media_job
 from handlers.pg import naive_utc, pg_text
 from ingest.events import Attachment, MessageEvent
 from sql import QUERIES
@@ -223,7 +224,7 @@ async def _store_messages(
     inserts: list[tuple[int, int, UUID, str, datetime]] = []
     edits: list[tuple[int, str]] = []
     edited: dict[int, tuple[Placed, str]] = {}  # message id -> its place, its new text
-    attachments: list[tuple[int, UUID, str, str, str, int, str]] = []
+    attachments: list[tuple[int, UUID, str, str, str, int, str, UUID, str, bool]] = []
     created: list[tuple[Placed, int, str]] = []  # place, message id, text
     for row in refs:
         place = placed[(row["channel_id"], row["external_id"])]
@@ -234,7 +235,9 @@ async def _store_messages(
             continue
         sent_at = naive_utc(event.sent_at)
         inserts.append((message_id, place.chat_id, members[place.member], text, sent_at))
-        attachments += [upload_row(message_id, event, a) for a in event.attachments]
+        for attachment in event.attachments:
+            upload = upload_row(message_id, event, attachment)
+            attachments.append((*upload, *media_job(event, path=upload[3])))
         created.append((place, message_id, text))
     if inserts:
         await conn.execute(QUERIES["insert_messages"], *_columns(inserts))

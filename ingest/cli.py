@@ -279,6 +279,57 @@ async def cmd_dlq_replay(settings: Settings, args: argparse.Namespace) -> None:
             await store.close()
 
 
+async def cmd_media_list(settings: Settings, args: argparse.Namespace) -> None:
+    _require(settings, database=True)
+    from handlers.media import jobs
+    from sql.db import create_pool
+
+    if args.limit < 1:
+        raise CliError("--limit must be at least 1")
+    pool = await create_pool(settings.database_url, min_size=1, max_size=1)
+    try:
+        for job in await jobs.list_jobs(pool, args.status, args.limit):
+            _print_json(job)
+    finally:
+        await pool.close()
+
+
+async def cmd_media_retry(settings: Settings, args: argparse.Namespace) -> None:
+    _require(settings, database=True)
+    if not args.failed and not args.id:
+        raise CliError(
+            "name fetch jobs with --id UPLOAD_ID, or requeue every failed one with --failed"
+        )
+    from handlers.media import jobs
+    from sql.db import create_pool
+
+    pool = await create_pool(settings.database_url, min_size=1, max_size=1)
+    try:
+        # Named ones first: `--failed` then finds only the others, so none is counted twice.
+        requeued = await jobs.requeue(pool, args.id) if args.id else 0
+        if args.failed:
+            requeued += await jobs.requeue(pool, None)
+    finally:
+        await pool.close()
+    _print_json({"requeued": requeued})
+
+
+async def cmd_media_work(settings: Settings, _: argparse.Namespace) -> None:
+    _require(settings, database=True, broker=True)
+    if not settings.media_store:
+        raise CliError("CRM_INGEST_MEDIA_STORE is not set (file:///abs/dir or s3://bucket/prefix)")
+    from handlers.media.runtime import run_media_work
+    from ingest import metrics
+
+    served = metrics.start_metrics_server(settings.metrics_port, settings.metrics_host)
+    try:
+        with stop_on_signals() as stop:
+            await run_media_work(settings, stop)
+        log.info("media worker stopped")
+    finally:
+        served.stop()
+
+
 async def cmd_bench(settings: Settings, args: argparse.Namespace) -> None:
     from ingest.bench import run_bench
 
@@ -361,6 +412,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     again.add_argument("--id", type=int, action="append", help="dead letter id (repeatable)")
     again.add_argument("--all", action="store_true", help="every dead letter not yet replayed")
+
+    media = verbs.add_parser("media", help="Attachment fetch jobs: list, retry, work.")
+    media_verbs = media.add_subparsers(dest="media_verb", required=True, metavar="VERB")
+    listing = verb(
+        "list",
+        cmd_media_list,
+        "List fetch jobs, newest first (one JSON object per line).",
+        media_verbs,
+    )
+    listing.add_argument(
+        "--status", choices=("pending", "stored", "failed"), help="only jobs in this state"
+    )
+    listing.add_argument("--limit", type=int, default=100, help="at most N jobs (default 100)")
+    again = verb(
+        "retry",
+        cmd_media_retry,
+        "Put failed fetch jobs back in the queue; the next attempt reads the channel's "
+        "credentials as they are now.",
+        media_verbs,
+    )
+    again.add_argument(
+        "--id",
+        type=int,
+        action="append",
+        metavar="UPLOAD_ID",
+        help="a job, failed or waiting for a retry, made due now (repeatable)",
+    )
+    again.add_argument("--failed", action="store_true", help="every failed job")
+    verb(
+        "work", cmd_media_work, "Run only the media fetcher (it also runs in consume).", media_verbs
+    )
 
     from ingest.bench import add_arguments as add_bench_arguments
 

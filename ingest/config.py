@@ -124,6 +124,16 @@ class Settings(BaseSettings):
     # configured (`crm-ingest dev` then uses a directory in its data dir).
     media_store: str = ""
     media_max_bytes: int = Field(default=104_857_600, ge=1)
+    # The fetch worker (inside `consume`, or alone as `media work`): downloads at once per
+    # process, leased at once per channel across all workers, the lease a killed worker's job
+    # waits out, and how retries of transient failures back off and when they give up.
+    media_concurrency: int = Field(default=8, ge=1, le=1000)
+    media_per_channel: int = Field(default=4, ge=1, le=1000)
+    media_lease_s: float = Field(default=60.0, ge=1, le=3600)
+    media_poll_interval_s: float = Field(default=1.0, gt=0, le=60)
+    media_retry_backoff_s: float = Field(default=2.0, gt=0, le=3600)
+    media_retry_backoff_max_s: float = Field(default=600.0, gt=0, le=86_400)
+    media_retry_window_s: float = Field(default=86_400.0, gt=0, le=30 * 86_400)
 
     # Logging and local state
     log_format: Literal["auto", "json", "console"] = "auto"

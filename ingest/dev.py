@@ -46,37 +46,55 @@ class _DumpOptions(TypedDict):
 COMPACT: _DumpOptions = {"separators": (",", ":"), "ensure_ascii": False}
 
 
+def telegram_update(update_id: int, **content: Any) -> dict[str, Any]:
+    """A private-chat Telegram update from the demo sender; `content` is text, photo, ..."""
+    return {
+        "update_id": update_id,
+        "message": {
+            "message_id": update_id - 8635,
+            "date": 1441645532 + update_id - 10000,
+            "chat": {"id": 1111111, "type": "private", "first_name": "Test Firstname"},
+            "from": {
+                "id": 1111111,
+                "is_bot": False,
+                "first_name": "Test Firstname",
+                "last_name": "Test Lastname",
+                "username": "Testusername",
+            },
+            **content,
+        },
+    }
+
+
+# A photo as Telegram announces it (largest size last). The demo channel has no bot_token, so
+# its fetch job fails and `crm-ingest media list` says what to run.
+DEMO_PHOTO = [
+    {
+        "file_id": "AgACAgIAAxkBAAMEZCiCg7A1qAABECDXqbjnqtId777bAAIFyDEbLKhISVFwzRK8kZMNAQADAg"
+        "ADeQADLwQ",
+        "file_unique_id": "AQADBcgxGyyoSEl-",
+        "file_size": 132533,
+        "width": 721,
+        "height": 1280,
+    }
+]
+
+
+def telegram_request(config: dict[str, Any], update: dict[str, Any]) -> list[str]:
+    return [
+        "-H",
+        "Content-Type: application/json",
+        "-H",
+        f"X-Telegram-Bot-Api-Secret-Token: {config['secret_token']}",
+        "-d",
+        json.dumps(update, **COMPACT),
+    ]
+
+
 def sample_requests(transport: str, url: str, config: dict[str, Any]) -> list[str]:
     """A correctly signed request a provider could send, as curl arguments."""
     if transport == "telegram":
-        body = json.dumps(
-            {
-                "update_id": 10000,
-                "message": {
-                    "message_id": 1365,
-                    "date": 1441645532,
-                    "chat": {"id": 1111111, "type": "private", "first_name": "Test Firstname"},
-                    "from": {
-                        "id": 1111111,
-                        "is_bot": False,
-                        "first_name": "Test Firstname",
-                        "last_name": "Test Lastname",
-                        "username": "Testusername",
-                    },
-                    "text": "Hello from crm-ingest dev",
-                },
-            },
-            **COMPACT,
-        )
-        secret = config["secret_token"]
-        return [
-            "-H",
-            "Content-Type: application/json",
-            "-H",
-            f"X-Telegram-Bot-Api-Secret-Token: {secret}",
-            "-d",
-            body,
-        ]
+        return telegram_request(config, telegram_update(10000, text="Hello from crm-ingest dev"))
     if transport == "whatsapp":
         body = json.dumps(
             {
@@ -220,6 +238,13 @@ def describe(channels: list[dict[str, Any]], base_url: str, settings: Settings) 
         if channel["transport"] == "email":
             command = f"printf {shlex.quote(SAMPLE_EMAIL)} | {command}"
         lines += ["    try:", "    " + command, ""]
+        if channel["transport"] == "telegram":
+            photo = telegram_request(channel["config"], telegram_update(10001, photo=DEMO_PHOTO))
+            lines += [
+                "    a photo (its fetch fails without a bot_token: see crm-ingest media list):",
+                "    " + shlex.join(curl + photo),
+                "",
+            ]
     lines += ["  Ctrl-C stops everything.", ""]
     return "\n".join(lines)
 

@@ -306,14 +306,27 @@ class MessageCreated(_ChatEvent):
     attachments: list[ChatAttachment] = Field(default_factory=list)
 
 
+class AttachmentOutcome(_Model):
+    """How fetching one attachment's bytes ended (`change: "attachment"`)."""
+
+    upload_id: int
+    status: Literal["stored", "failed"]
+    path: str | None = None  # the object's URL, once stored
+    size: int | None = None  # bytes stored
+    hash: str | None = None  # sha256 hex of the bytes stored
+    mimetype: str | None = None
+    error: str | None = None  # short reason, when failed
+
+
 class MessageUpdated(_ChatEvent):
     event_type: Literal["message.updated"] = "message.updated"
     message_id: int
-    change: Literal["edited", "status"]
+    change: Literal["edited", "status", "attachment"]
     text: str | None = None  # the new text, for edits
     status: MessageStatus | None = None  # for status changes
     sent_at: AwareDatetime | None = None
     read_at: AwareDatetime | None = None
+    attachment: AttachmentOutcome | None = None  # for attachment changes
 
 
 class ClientCreated(_ChatEvent):

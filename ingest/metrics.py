@@ -97,10 +97,40 @@ CONSUMER_LAG = Gauge(
     ["topic", "partition"],
 )
 
+# --- media fetching ------------------------------------------------------------------------
+
+MEDIA_OUTCOMES = ("stored", "failed", "retried", "lost_lease")
+MEDIA_JOBS = Counter(
+    "crm_ingest_media_jobs",
+    "Fetch attempts by transport and outcome: stored, failed (for good), retried (a transient "
+    "failure, due again later), lost_lease (another worker took the job over).",
+    ["transport", "outcome"],
+)
+MEDIA_BYTES = Counter(
+    "crm_ingest_media_bytes",
+    "Bytes of attachments stored.",
+    ["transport"],
+)
+MEDIA_FETCH_SECONDS = Histogram(
+    "crm_ingest_media_fetch_seconds",
+    "Time from claiming a fetch job to its outcome (download and store included).",
+    ["transport"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0),
+)
+MEDIA_QUEUE_DEPTH = Gauge("crm_ingest_media_queue_depth", "Pending fetch jobs.")
+MEDIA_OLDEST_PENDING = Gauge(
+    "crm_ingest_media_oldest_pending_seconds",
+    "Age of the oldest pending fetch job since it was queued (0 when none).",
+)
+
 # Series that exist from the start at 0, so rates and alerts work before the first event.
 for _transport in TRANSPORTS:
     PUBLISHED_EVENTS.labels(_transport)
     PUBLISH_SECONDS.labels(_transport)
+    if _transport != "email":  # email's bytes come with the webhook: no fetch jobs
+        MEDIA_BYTES.labels(_transport)
+        for _media_outcome in MEDIA_OUTCOMES:
+            MEDIA_JOBS.labels(_transport, _media_outcome)
 for _outcome in OUTCOMES:
     CONSUMER_EVENTS.labels(_outcome)
 
@@ -155,6 +185,20 @@ def observe_batch(
             CONSUMER_EVENTS.labels(outcome).inc(count)
     if dead_lettered > 0:
         DEAD_LETTERS.inc(dead_lettered)
+
+
+def observe_media(transport: str, outcome: str, seconds: float, stored_bytes: int = 0) -> None:
+    """One fetch attempt's outcome (one of MEDIA_OUTCOMES)."""
+    label = transport_label(transport)
+    MEDIA_JOBS.labels(label, outcome).inc()
+    MEDIA_FETCH_SECONDS.labels(label).observe(max(seconds, 0.0))
+    if stored_bytes > 0:
+        MEDIA_BYTES.labels(label).inc(stored_bytes)
+
+
+def set_media_queue(pending: int, oldest_age_s: float) -> None:
+    MEDIA_QUEUE_DEPTH.set(max(pending, 0))
+    MEDIA_OLDEST_PENDING.set(max(oldest_age_s, 0.0))
 
 
 def set_lag(topic: str, partition: int, lag: int) -> None:

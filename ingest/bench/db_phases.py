@@ -18,6 +18,7 @@ import asyncpg
 
 from handlers.identities import is_placeholder
 from handlers.ingestor import Backoff, Ingestor, Record
+from handlers.media.jobs import media_job
 from handlers.pg import naive_utc, pg_text
 from handlers.replay import StoredRecord
 from handlers.store import upload_row
@@ -172,6 +173,8 @@ _INSERT_REF = """INSERT INTO ingest_message_refs (channel_id, external_id, messa
 _INSERT_UPLOAD = """INSERT INTO core_uploads (tenant_id, hash, path, name, size, mimetype)
     VALUES ($1, $2, $3, $4, $5, $6) RETURNING id"""
 _INSERT_LINK = "INSERT INTO crm_chat_message_attachments (message_id, upload_id) VALUES ($1, $2)"
+_INSERT_JOB = """INSERT INTO ingest_media_jobs
+    (upload_id, message_id, channel_id, tenant_id, transport) VALUES ($1, $2, $3, $4, $5)"""
 _ADVANCE = """UPDATE crm_chats SET last_message_at = $2
     WHERE id = $1 AND (last_message_at IS NULL OR last_message_at < $2)"""
 
@@ -210,8 +213,14 @@ async def _per_event(conn: asyncpg.Connection, e: MessageEvent) -> None:
         message_id = await conn.fetchval(_INSERT_MESSAGE, chat_id, member, pg_text(e.text), sent_at)
         await conn.execute(_INSERT_REF, e.channel_id, e.external_message_id, message_id, e.version)
         for a in e.attachments:
-            upload_id = await conn.fetchval(_INSERT_UPLOAD, *upload_row(message_id, e, a)[1:])
+            row = upload_row(message_id, e, a)
+            upload_id = await conn.fetchval(_INSERT_UPLOAD, *row[1:])
             await conn.execute(_INSERT_LINK, message_id, upload_id)
+            channel, transport, fetch = media_job(e, path=row[3])
+            if fetch:
+                await conn.execute(
+                    _INSERT_JOB, upload_id, message_id, channel, e.tenant_id, transport
+                )
         await conn.execute(_ADVANCE, chat_id, sent_at)
 
 

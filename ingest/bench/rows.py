@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 
 from handlers.identities import is_placeholder
+from handlers.media.jobs import media_job
 from handlers.pg import naive_utc, pg_text
 from handlers.store import upload_row
 from ingest.bench.measure import BenchError
@@ -29,6 +30,7 @@ COLUMNS = {  # what the COPY of phase b writes
     "ingest_message_refs": "channel_id external_id message_id version",
     "core_uploads": "id tenant_id hash path name size mimetype",
     "crm_chat_message_attachments": "id message_id upload_id",
+    "ingest_media_jobs": "upload_id message_id channel_id tenant_id transport",
     OUTBOX: "seq events source_event_ids published_at",
 }
 
@@ -107,7 +109,7 @@ def final_rows(
         member_of[sender] = uuid.uuid5(uuid.NAMESPACE_OID, f"bench-member-{sender}")
         members.append((member_of[sender], tenant, cid, cid, cid, "telegram", meta))
     uploads: list[tuple[Any, ...]] = []
-    messages, refs, links, events_out = [], [], [], []
+    messages, refs, links, jobs, events_out = [], [], [], [], []
     for i, e in enumerate(workload.events):
         sender = workload.sender_of[i]
         mid = i + 1
@@ -115,8 +117,12 @@ def final_rows(
         refs.append((e.channel_id, e.external_message_id, mid, e.version))
         for a in e.attachments:
             upload = len(uploads) + 1
-            uploads.append((upload, *upload_row(mid, e, a)[1:]))
+            row = upload_row(mid, e, a)
+            uploads.append((upload, *row[1:]))
             links.append((upload, mid, upload))
+            channel, transport, fetch = media_job(e, path=row[3])
+            if fetch:
+                jobs.append((upload, mid, channel, e.tenant_id, transport))
         if outbox:
             events_out.append(_outbox_row(e, "message.created", sender, mid, member_of[sender]))
     if outbox:
@@ -135,6 +141,7 @@ def final_rows(
         "ingest_message_refs": refs,
         "core_uploads": uploads,
         "crm_chat_message_attachments": links,
+        "ingest_media_jobs": jobs,
     }
     if outbox:
         per_row = -(-len(events_out) // max(1, transactions))

@@ -81,6 +81,7 @@ class Expected:
             "ingest_message_refs": self.events,
             "core_uploads": self.attachments,
             "crm_chat_message_attachments": self.attachments,
+            "ingest_media_jobs": self.attachments,  # Telegram files: each one is fetched
         }
 
 

@@ -209,11 +209,14 @@ FROM unnest($1::int[], $2::timestamp[]) AS k(id, at)
 WHERE c.id = k.id AND (c.last_message_at IS NULL OR c.last_message_at < k.at);
 
 -- insert_attachments --
--- Store attachment metadata as uploads linked to their messages; returns each row's upload id
+-- Store attachment metadata as uploads linked to their messages, each with its fetch job when its bytes are still at the provider; returns each row's upload id
 WITH k AS MATERIALIZED (
     SELECT k.*, nextval('core_uploads_id_seq')::int AS upload_id
-    FROM unnest($1::int[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[])
-         WITH ORDINALITY AS k(message_id, tenant_id, hash, path, name, size, mimetype, ord)
+    FROM unnest($1::int[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[],
+                $8::uuid[], $9::text[], $10::bool[])
+         WITH ORDINALITY
+         AS k(message_id, tenant_id, hash, path, name, size, mimetype, channel_id, transport,
+              needs_fetch, ord)
 ),
 uploads AS (
     INSERT INTO core_uploads (id, tenant_id, hash, path, name, size, mimetype)
@@ -222,6 +225,10 @@ uploads AS (
 links AS (
     INSERT INTO crm_chat_message_attachments (message_id, upload_id)
     SELECT message_id, upload_id FROM k
+),
+jobs AS (
+    INSERT INTO ingest_media_jobs (upload_id, message_id, channel_id, tenant_id, transport)
+    SELECT upload_id, message_id, channel_id, tenant_id, transport FROM k WHERE needs_fetch
 )
 SELECT ord, upload_id FROM k ORDER BY ord;
 

@@ -234,6 +234,42 @@ def test_bad_setting_fails_at_start_naming_it(env: dict[str, str]) -> None:
     assert result.stderr.count("\n") == 1
 
 
+def test_media_verbs_refuse_operator_mistakes_in_one_line(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    run(env, "migrate")
+    for args, extra, says in (
+        (("media", "work"), {}, "CRM_INGEST_MEDIA_STORE is not set"),
+        (("media", "retry"), {}, "--id UPLOAD_ID, or requeue every failed one with --failed"),
+        (("media", "list", "--limit", "0"), {}, "--limit must be at least 1"),
+        (("media", "work"), {"CRM_INGEST_MEDIA_STORE": "ftp://x"}, "CRM_INGEST_MEDIA_STORE"),
+    ):
+        result = run({**env, **extra}, *args, check=False)
+        assert result.returncode != 0, args
+        assert result.stderr.startswith("crm-ingest: error: "), result.stderr
+        assert says in result.stderr
+        assert result.stderr.count("\n") == 1
+    assert run(env, "media", "list").stdout == ""
+    assert run(env, "media", "retry", "--failed").stdout == '{"requeued": 0}\n'
+
+
+def test_media_work_stops_cleanly_on_sigterm(env: dict[str, str], tmp_path: Path) -> None:
+    run(env, "migrate")
+    run(env, "topics")
+    worker = spawn(
+        {**env, "CRM_INGEST_MEDIA_STORE": (tmp_path / "media").as_uri()}, "media", "work"
+    )
+    assert worker.stderr is not None
+    deadline = time.monotonic() + 60
+    lines = ""
+    while "media worker running" not in lines and time.monotonic() < deadline:
+        line = worker.stderr.readline()
+        assert line or worker.poll() is None, lines
+        lines += line
+    assert "media worker running" in lines
+    assert stop(worker, signal.SIGTERM) == 0
+
+
 def test_dev_runs_the_pasted_curl_and_stops_cleanly(tmp_path: Path) -> None:
     env = {
         k: v
@@ -273,6 +309,23 @@ def test_dev_runs_the_pasted_curl_and_stops_cleanly(tmp_path: Path) -> None:
         asyncio.run(eventually(stored, lambda m: m is not None, within=60))
         == "Hello from crm-ingest dev"
     )
+    # The photo curl: the demo channel has no bot_token, so its fetch fails, and `media list`
+    # says which key is missing and the command that sets it.
+    photo = [line.strip() for line in out.splitlines() if line.strip().startswith("curl ")][1]
+    assert '"photo":' in photo
+    answer = subprocess.run(shlex.split(photo), capture_output=True, text=True, timeout=30)
+    assert answer.stdout == '{"ok":true}'
+    channel_id = re.search(r"/webhooks/telegram/(\S+)", out).group(1)
+    media_env = {**env, "DATABASE_URL": database}
+
+    async def failed() -> list[dict[str, object]]:
+        listed = await asyncio.to_thread(run, media_env, "media", "list", "--status", "failed")
+        return [json.loads(line) for line in listed.stdout.splitlines()]
+
+    [job] = asyncio.run(eventually(failed, lambda jobs: len(jobs) == 1, within=60))
+    assert job["channel_id"] == channel_id
+    assert job["error"].startswith("channel has no bot_token")
+    assert f"crm-ingest channel set {channel_id} --config bot_token=" in job["error"]
     assert stop(proc, signal.SIGINT) == 0
     assert children
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]

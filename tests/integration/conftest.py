@@ -7,18 +7,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 
 from handlers.app import running_consumer
-from ingest.channels import ChannelDirectory
 from ingest.config import Settings, Transport
 from ingest.embedded import ResolvedServices
-from ingest.gateway import create_app
-from ingest.objectstore import open_store
-from ingest.transports import load_adapters
 from sql.db import create_pool
-from tests.integration.pipeline import Gateway, RecordingPublisher, TenantChannel, isolated_pipeline
+from tests.integration.pipeline import Gateway, TenantChannel, isolated_pipeline, open_gateway
 from tests.integration.signing import signed_channel
 
 
@@ -42,21 +37,8 @@ async def consumer(settings: Settings) -> AsyncIterator[None]:
 
 @pytest.fixture(scope="session")
 async def gateway(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[Gateway]:
-    publisher = RecordingPublisher(settings)
-    await publisher.start()
-    channels = ChannelDirectory(settings, pool)
-    store = open_store(settings.media_store)
-    app = create_app(
-        settings,
-        publisher=publisher,
-        channels=channels,
-        adapters=load_adapters(),
-        media_store=store,
-    )
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="https://gateway.test") as client:
-        yield Gateway(client, publisher)
-    await publisher.stop()
+    async with open_gateway(settings, pool) as opened:
+        yield opened
 
 
 def signed_channel_fixture(transport: Transport) -> Any:

@@ -4,6 +4,7 @@ these are importable, so test modules and conftest share one copy of each class.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -86,6 +87,35 @@ class RecordingPublisher(EventPublisher):
 class Gateway:
     client: httpx.AsyncClient
     publisher: RecordingPublisher
+
+
+@contextlib.asynccontextmanager
+async def open_gateway(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[Gateway]:
+    """The gateway app on the real publisher and channel directory, called in-process."""
+    from ingest.channels import ChannelDirectory
+    from ingest.gateway import create_app
+    from ingest.objectstore import open_store
+    from ingest.transports import load_adapters
+
+    publisher = RecordingPublisher(settings)
+    await publisher.start()
+    channels = ChannelDirectory(settings, pool)
+    store = open_store(settings.media_store)  # emails' files are stored before the answer
+    app = create_app(
+        settings,
+        publisher=publisher,
+        channels=channels,
+        adapters=load_adapters(),
+        media_store=store,
+    )
+    transport = httpx.ASGITransport(app=app)
+    client = httpx.AsyncClient(transport=transport, base_url="https://gateway.test")
+    try:
+        async with client:
+            yield Gateway(client, publisher)
+    finally:
+        await publisher.stop()
+        await store.close()
 
 
 @dataclass

@@ -12,6 +12,7 @@ import asyncio
 import re
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 import sql
@@ -279,3 +280,113 @@ async def test_identity_over_time_tables(migrated_url: str, table: str) -> None:
         re.search(r"\(([^)]*)\)", primary).group(1).replace(" ", "")
         == (INGEST_IDENTITY_PRIMARY_KEYS[table])
     )
+
+
+# crm-ingest's own fetch-job table (migration 0011), as the README's Media section describes it:
+# column -> (data_type, nullable, default).
+MEDIA_JOB_COLUMNS = {
+    "upload_id": ("integer", False, None),
+    "message_id": ("integer", False, None),
+    "channel_id": ("uuid", False, None),
+    "tenant_id": ("uuid", False, None),
+    "transport": ("character varying", False, None),
+    "status": ("character varying", False, "'pending'::character varying"),
+    "attempts": ("integer", False, "0"),
+    "next_attempt_at": ("timestamp without time zone", False, "now()"),
+    "lease": ("uuid", True, None),
+    "leased_until": ("timestamp without time zone", True, None),
+    "last_error": ("character varying", True, None),
+    "queued_at": ("timestamp without time zone", False, "now()"),
+    "created_at": ("timestamp without time zone", False, "now()"),
+    "updated_at": ("timestamp without time zone", False, "now()"),
+}
+# column -> (referenced table, ON DELETE, deferred until commit)
+MEDIA_JOB_FOREIGN_KEYS = {
+    "upload_id": ("core_uploads", "c", True),
+    "message_id": ("crm_chat_messages", "c", True),
+    "channel_id": ("ingest_channels", "c", False),
+    "tenant_id": ("tenants", "c", False),
+}
+MEDIA_JOB_INDEXES = {
+    "ingest_media_jobs_pkey": "(upload_id)",
+    "idx_ingest_media_jobs_due": "(next_attempt_at) WHERE ((status)::text = 'pending'::text)",
+    "idx_ingest_media_jobs_leased": (
+        "(channel_id) WHERE (((status)::text = 'pending'::text) AND (lease IS NOT NULL))"
+    ),
+    "idx_ingest_media_jobs_failed": "(upload_id) WHERE ((status)::text = 'failed'::text)",
+    "idx_ingest_media_jobs_message_id": "(message_id)",
+    "idx_ingest_media_jobs_channel_id": "(channel_id)",
+}
+
+
+async def test_media_jobs_table(migrated_url: str) -> None:
+    conn = await connect(migrated_url)
+    try:
+        columns = await conn.fetch(
+            """SELECT column_name, data_type, is_nullable, column_default
+               FROM information_schema.columns WHERE table_name = 'ingest_media_jobs'"""
+        )
+        keys = await conn.fetch(
+            """SELECT a.attname AS column, dst.relname AS ref, con.confdeltype::text AS rule,
+                      con.condeferred AS deferred
+               FROM pg_constraint con
+               JOIN pg_class src ON src.oid = con.conrelid
+               JOIN pg_class dst ON dst.oid = con.confrelid
+               JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = con.conkey[1]
+               WHERE con.contype = 'f' AND src.relname = 'ingest_media_jobs'"""
+        )
+        indexes = await conn.fetch(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'ingest_media_jobs'"
+        )
+    finally:
+        await conn.close()
+    assert {
+        r["column_name"]: (r["data_type"], r["is_nullable"] == "YES", r["column_default"])
+        for r in columns
+    } == MEDIA_JOB_COLUMNS
+    assert {r["column"]: (r["ref"], r["rule"], r["deferred"]) for r in keys} == (
+        MEDIA_JOB_FOREIGN_KEYS
+    )
+    assert {
+        r["indexname"]: r["indexdef"].split(" USING btree ", 1)[1] for r in indexes
+    } == MEDIA_JOB_INDEXES
+
+
+@pytest.mark.parametrize(
+    ("status", "lease", "leased_until"),
+    [("done", None, None), ("pending", "gen_random_uuid()", "NULL"), ("pending", "NULL", "now()")],
+)
+async def test_media_job_status_and_lease_are_constrained(
+    migrated_url: str, status: str, lease: str | None, leased_until: str | None
+) -> None:
+    conn = await connect(migrated_url)
+    try:
+        async with conn.transaction():
+            tenant = await conn.fetchval(
+                "INSERT INTO tenants (id) VALUES (gen_random_uuid()) RETURNING id"
+            )
+            channel = await conn.fetchval(
+                "INSERT INTO ingest_channels (tenant_id, transport) VALUES ($1, 'telegram')"
+                " RETURNING id",
+                tenant,
+            )
+            with pytest.raises(asyncpg.CheckViolationError):
+                await conn.execute(
+                    f"""INSERT INTO ingest_media_jobs
+                        (upload_id, message_id, channel_id, tenant_id, transport, status, lease,
+                         leased_until)
+                        VALUES (1, 1, $1, $2, 'telegram', $3, {lease or "NULL"},
+                                {leased_until or "NULL"})""",
+                    channel,
+                    tenant,
+                    status,
+                )
+            raise Rollback
+    except Rollback:
+        pass
+    finally:
+        await conn.close()
+
+
+class Rollback(Exception):
+    """Leaves the test's rows behind no commit."""

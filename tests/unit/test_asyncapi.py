@@ -32,6 +32,7 @@ def test_payload_schemas_are_the_contract_models() -> None:
         "RawWebhook",
         "ClientUpdated",
         "ClientIdentityConflict",
+        "AttachmentOutcome",
     ):
         assert model in schemas
     assert "schema_version" in schemas["MessageEvent"]["properties"]

@@ -96,6 +96,28 @@ PAYLOADS = {
             read_at=NAIVE,
         )
     ),
+    "message.updated attachment stored": chat_events.attachment_changed(
+        row(tenant_id=TENANT, client_id=7, chat_id=9, message_id=42, upload_id=5, attempts=1),
+        {
+            "status": "stored",
+            "path": "s3://media/media/t/5",
+            "size": 10,
+            "hash": "ab" * 32,
+            "mimetype": "image/jpeg",
+            "error": None,
+        },
+    ),
+    "message.updated attachment failed": chat_events.attachment_changed(
+        row(tenant_id=TENANT, client_id=7, chat_id=9, message_id=42, upload_id=5, attempts=2),
+        {
+            "status": "failed",
+            "path": None,
+            "size": None,
+            "hash": None,
+            "mimetype": None,
+            "error": "channel has no bot_token",
+        },
+    ),
 }
 
 

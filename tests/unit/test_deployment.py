@@ -27,7 +27,7 @@ from ingest.credentials import generate_key
 from ingest.objectstore import parse_store_url
 
 ROOT = Path(__file__).resolve().parents[2]
-APP_SERVICES = {"migrate", "gateway", "consumer"}
+APP_SERVICES = {"migrate", "gateway", "consumer", "media"}
 ENV_PREFIX = "CRM_INGEST_"
 
 
@@ -114,6 +114,13 @@ def test_consumer_can_scale(services: dict[str, dict[str, Any]]) -> None:
     assert consumer.get("command") == ["consume"]
 
 
+def test_media_worker_runs_apart_and_can_scale(services: dict[str, dict[str, Any]]) -> None:
+    media = services["media"]
+    assert media.get("command") == ["media", "work"]
+    assert "container_name" not in media
+    assert "ports" not in media
+
+
 def test_gateway_publishes_the_webhook_port(services: dict[str, dict[str, Any]]) -> None:
     gateway = services["gateway"]
     command = gateway.get("command")
@@ -158,7 +165,7 @@ def test_migrate_runs_once_before_gateway_and_consumer(
     assert script.index("crm-ingest migrate") < script.index("crm-ingest topics")
     assert migrate.get("restart", "no") == "no"
     assert depends_on(migrate) == {"postgres": "service_healthy", "kafka": "service_healthy"}
-    for name in ("gateway", "consumer"):
+    for name in ("gateway", "consumer", "media"):
         assert depends_on(services[name]).get("migrate") == "service_completed_successfully"
 
 
@@ -238,7 +245,7 @@ def test_media_store_is_minio_with_its_bucket_created_before_the_app(
     host = urlsplit(environment(init)[f"MC_HOST_{alias}"])
     assert (host.hostname, host.port) == ("minio", 9000)
     assert (host.username, host.password) == (root["MINIO_ROOT_USER"], root["MINIO_ROOT_PASSWORD"])
-    for name in ("gateway", "consumer"):
+    for name in ("gateway", "consumer", "media"):
         assert depends_on(services[name]).get("media-bucket") == "service_completed_successfully"
 
 
@@ -246,7 +253,7 @@ def test_app_services_store_media_in_the_compose_minio(
     services: dict[str, dict[str, Any]],
 ) -> None:
     root = environment(services["minio"])
-    for name in ("gateway", "consumer"):
+    for name in ("gateway", "consumer", "media"):
         env = environment(services[name])
         assert env["CRM_INGEST_MEDIA_STORE"].startswith("s3://")
         endpoint = urlsplit(env["AWS_ENDPOINT_URL"])

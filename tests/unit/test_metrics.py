@@ -259,3 +259,25 @@ def test_standalone_metrics_server_for_the_consumer() -> None:
     finally:
         server.stop()
     assert sample(text, "crm_ingest_consumer_events_total", outcome="created") >= 1
+
+
+def test_media_series_exist_from_the_start_and_move() -> None:
+    jobs, size = "crm_ingest_media_jobs_total", "crm_ingest_media_bytes_total"
+    body = metrics.metrics_response()[0].decode()
+    assert f'{jobs}{{outcome="lost_lease",transport="sms"}}' in body
+    assert "crm_ingest_media_oldest_pending_seconds" in body
+    stored = current(jobs, transport="whatsapp", outcome="stored")
+    retried = current(jobs, transport="whatsapp", outcome="retried")
+    total = current(size, transport="whatsapp")
+    fetches = current("crm_ingest_media_fetch_seconds_count", transport="whatsapp")
+
+    metrics.observe_media("whatsapp", "stored", 1.5, 2048)
+    metrics.observe_media("whatsapp", "retried", 0.1)
+    metrics.set_media_queue(7, 42.5)
+
+    assert current(jobs, transport="whatsapp", outcome="stored") - stored == 1
+    assert current(jobs, transport="whatsapp", outcome="retried") - retried == 1
+    assert current(size, transport="whatsapp") - total == 2048
+    assert current("crm_ingest_media_fetch_seconds_count", transport="whatsapp") - fetches == 2
+    assert current("crm_ingest_media_queue_depth") == 7
+    assert current("crm_ingest_media_oldest_pending_seconds") == 42.5
