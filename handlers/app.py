@@ -164,7 +164,11 @@ async def running_consumer(settings: Settings) -> AsyncIterator[RunningConsumer]
             try:
                 # The media fetcher beside the consumer; it stops (finishing or handing back
                 # its downloads) before the relay, so its last chat events still go out.
-                async with running_media_worker(settings, pool, on_queued=relay.wake):
+                if settings.media_worker_in_consume:
+                    async with running_media_worker(settings, pool, on_queued=relay.wake):
+                        yield RunningConsumer(broker, pool, relay)
+                else:
+                    log.info("media fetching left to `crm-ingest media work` processes")
                     yield RunningConsumer(broker, pool, relay)
             finally:
                 await broker.stop()

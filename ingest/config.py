@@ -128,6 +128,8 @@ class Settings(BaseSettings):
     # process, leased at once per channel across all workers, the lease a killed worker's job
     # waits out, and how retries of transient failures back off and when they give up.
     media_concurrency: int = Field(default=8, ge=1, le=1000)
+    # False: `consume` leaves fetching to dedicated `crm-ingest media work` processes.
+    media_worker_in_consume: bool = True
     media_per_channel: int = Field(default=4, ge=1, le=1000)
     media_lease_s: float = Field(default=60.0, ge=1, le=3600)
     media_poll_interval_s: float = Field(default=1.0, gt=0, le=60)

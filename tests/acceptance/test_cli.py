@@ -239,7 +239,7 @@ def test_media_verbs_refuse_operator_mistakes_in_one_line(
 ) -> None:
     run(env, "migrate")
     for args, extra, says in (
-        (("media", "work"), {}, "CRM_INGEST_MEDIA_STORE is not set"),
+        (("media", "work"), {"CRM_INGEST_MEDIA_STORE": ""}, "CRM_INGEST_MEDIA_STORE is not set"),
         (("media", "retry"), {}, "--id UPLOAD_ID, or requeue every failed one with --failed"),
         (("media", "list", "--limit", "0"), {}, "--limit must be at least 1"),
         (("media", "work"), {"CRM_INGEST_MEDIA_STORE": "ftp://x"}, "CRM_INGEST_MEDIA_STORE"),

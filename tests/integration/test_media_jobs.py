@@ -42,7 +42,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 async def pipeline(services: ResolvedServices) -> AsyncIterator[MediaPipeline]:
-    async with media_pipeline(services, "mediajobs") as opened:
+    # No worker in the consumer: these tests claim and settle jobs by hand.
+    async with media_pipeline(services, "mediajobs", media_worker_in_consume=False) as opened:
         yield opened
 
 
