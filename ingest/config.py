@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +20,28 @@ from ingest.objectstore.urls import parse_store_url
 
 Transport = Literal["telegram", "whatsapp", "sms", "email"]
 TRANSPORTS: tuple[Transport, ...] = ("telegram", "whatsapp", "sms", "email")
+
+
+# The hosts the providers document for media (provider-apis.md §1.3, §2.2, §3.2). Meta's CDN
+# behind lookaside.fbsbx.com is unverified, hence its subdomain patterns; Twilio's unsecured
+# media lives on s3-external-1.amazonaws.com and its secured redirects on mms.twiliocdn.com.
+DEFAULT_MEDIA_ALLOWED_HOSTS = ",".join(
+    (
+        "api.telegram.org",
+        "graph.facebook.com",
+        "lookaside.fbsbx.com",
+        "*.fbsbx.com",
+        "*.fbcdn.net",
+        "api.twilio.com",
+        "media.twiliocdn.com",
+        "mms.twiliocdn.com",
+        "s3-external-1.amazonaws.com",
+    )
+)
+
+_ALLOWED_HOST = re.compile(
+    r"(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?|\[[0-9a-f:.]+\](:[0-9]{1,5})?"
+)
 
 
 class SettingsError(ValueError):
@@ -79,6 +102,18 @@ class Settings(BaseSettings):
     max_body_bytes_sms: int = Field(default=262_144, ge=1024)
     max_body_bytes_email: int = Field(default=26_214_400, ge=1024)
 
+    # Media fetching: providers' API bases (a local Bot API server, a test server) and the
+    # hosts downloads may touch. A host without a port means https on 443; `host:port` allows
+    # that port over http or https; `*.example.com` any subdomain (https, 443).
+    media_allowed_hosts: str = Field(default=DEFAULT_MEDIA_ALLOWED_HOSTS)
+    telegram_api_url: str = Field(default="https://api.telegram.org", pattern=r"^https?://[^\s]+$")
+    whatsapp_graph_url: str = Field(
+        default="https://graph.facebook.com/v25.0", pattern=r"^https?://[^\s]+$"
+    )
+    twilio_api_url: str = Field(default="https://api.twilio.com", pattern=r"^https?://[^\s]+$")
+    media_http_timeout_s: float = Field(default=30.0, gt=0, le=600)  # connect, and each read
+    media_download_deadline_s: float = Field(default=900.0, gt=0, le=86_400)  # a whole download
+
     # Identity
     default_phone_region: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
 
@@ -113,6 +148,20 @@ class Settings(BaseSettings):
         if value.get_secret_value().strip():
             secrets_keys(value.get_secret_value())
         return value
+
+    @field_validator("media_allowed_hosts")
+    @classmethod
+    def _allowed_hosts(cls, value: str) -> str:
+        entries = [entry.strip().lower() for entry in value.split(",") if entry.strip()]
+        for entry in entries:
+            if not _ALLOWED_HOST.fullmatch(entry):
+                raise ValueError(f"{entry!r} is not a host, host:port or *.domain")
+        return ",".join(entries)
+
+    @field_validator("telegram_api_url", "whatsapp_graph_url", "twilio_api_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        return value.rstrip("/")
 
     @field_validator("media_store")
     @classmethod

@@ -15,6 +15,9 @@ from ingest.credentials import generate_key
 from ingest.embedded import ResolvedServices, resolve_services
 from tests.support import Processes
 
+# The provider API fakes (tests/fakes/): telegram_api, whatsapp_api, twilio_api, ...
+pytest_plugins = ["tests.fakes.fixtures"]
+
 if TYPE_CHECKING:
     from tests.fakes.s3 import S3Server
 
