@@ -27,6 +27,7 @@ from prometheus_client import REGISTRY
 from handlers.chat_events import OutboxRelay, Publish
 from handlers.dead_letters import PublishDeadLetter
 from handlers.ingestor import correlation_ids
+from handlers.outbound.consumer import open_dispatcher, subscribe_dispatcher
 from handlers.pipeline import build_pipeline, producer_publishers
 from ingest import metrics
 from ingest.config import Settings
@@ -138,15 +139,19 @@ async def running_consumer(settings: Settings) -> AsyncIterator[RunningConsumer]
             broker, relay = build_broker(
                 settings, pool, publish_dead_letter=dead_letter, publish_chat_events=chat_events
             )
-            settle_heap()  # before the first batch: its full collection takes ~1 s in the bench
-            await broker.start()
-            stop = asyncio.Event()
-            sweep = asyncio.create_task(relay.run(settings.outbox_interval_s, stop))
-            try:
-                yield RunningConsumer(broker, pool, relay)
-            finally:
-                await broker.stop()
-                stop.set()
-                await sweep
+            # The reply dispatcher rides along (its own group; `crm-ingest outbound work` runs
+            # it alone).
+            async with open_dispatcher(settings, pool, dead_letter, relay.wake) as dispatcher:
+                subscribe_dispatcher(broker, settings, dispatcher)
+                settle_heap()  # before the first batch: its full collection takes ~1 s (bench)
+                await broker.start()
+                stop = asyncio.Event()
+                sweep = asyncio.create_task(relay.run(settings.outbox_interval_s, stop))
+                try:
+                    yield RunningConsumer(broker, pool, relay)
+                finally:
+                    await broker.stop()
+                    stop.set()
+                    await sweep
     finally:
         await pool.close()

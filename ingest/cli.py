@@ -392,6 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("key", metavar="KEY")
     add_grace(rotate)
 
+    from ingest.cli_outbound import add_outbound_verbs
+
+    add_outbound_verbs(verbs, verb)
+
     secrets = verbs.add_parser("secrets", help="Channel secrets at rest: keys and re-keying.")
     secrets_verbs = secrets.add_subparsers(dest="secrets_verb", required=True, metavar="VERB")
     verb(

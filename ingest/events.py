@@ -263,7 +263,9 @@ class WhatsAppTemplateRef(_Model):
     """A Meta-approved template: the only thing WhatsApp delivers outside the 24-hour window."""
 
     name: str = Field(min_length=1, max_length=512)
-    language: str = Field(min_length=2, max_length=20, pattern=r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]+)*$")
+    language: str = Field(
+        min_length=2, max_length=20, pattern=r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]+)*$"
+    )
     parameters: list[str] = Field(default_factory=list, max_length=100)  # body values, in order
 
 
