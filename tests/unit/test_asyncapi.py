@@ -29,6 +29,10 @@ def test_payload_schemas_are_the_contract_models() -> None:
         "MessageUpdated",
         "ClientCreated",
         "ChatCreated",
+        "SendCommand",
     ):
         assert model in schemas
     assert "schema_version" in schemas["MessageEvent"]["properties"]
+    assert {"command_id", "whatsapp_template", "template_params"} <= set(
+        schemas["SendCommand"]["properties"]
+    )
