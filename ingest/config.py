@@ -113,6 +113,8 @@ class Settings(BaseSettings):
     twilio_api_url: str = Field(default="https://api.twilio.com", pattern=r"^https?://[^\s]+$")
     media_http_timeout_s: float = Field(default=30.0, gt=0, le=600)  # connect, and each read
     media_download_deadline_s: float = Field(default=900.0, gt=0, le=86_400)  # a whole download
+    # Replies: a provider call's connect / each read / each write (HTTP), or each SMTP step.
+    outbound_timeout_s: float = Field(default=30.0, gt=0, le=600)
 
     # Replies (handlers/outbound.py). A transient provider failure is retried while the command
     # holds its partition (the chat's order), at most this many attempts, each wait the

@@ -97,6 +97,9 @@ class SendError(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        # Provider ids of the parts of this send accepted before it failed (a long Telegram
+        # text is several messages): resending the whole would repeat them.
+        self.accepted_ids: tuple[str, ...] = ()
 
 
 class SendTransient(SendError):

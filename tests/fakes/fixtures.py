@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 
 from ingest.config import Transport, load_settings
+from ingest.objectstore import ObjectStore, open_store
 from ingest.transports.fetching import MediaDownload, MediaRef, MediaSource, load_media_sources
 from ingest.transports.http_download import media_http_client
+from ingest.transports.sending import MessageSender, OutboundAttachment, load_senders
 from tests.fakes.harness import FakeServer
 from tests.fakes.telegram import TelegramFake
 from tests.fakes.twilio import TwilioFake
@@ -131,3 +133,30 @@ async def read_all(
         async for chunk in download.chunks():
             chunks.append(chunk)
     return download, b"".join(chunks)
+
+
+@asynccontextmanager
+async def senders(
+    overrides: dict[str, Any], store: ObjectStore, **settings: Any
+) -> AsyncIterator[dict[Transport, MessageSender]]:
+    """The product's senders, configured for the fakes, on a client of their own."""
+    async with media_http_client() as client:
+        yield load_senders(load_settings(**overrides, **settings), client, store)
+
+
+@pytest.fixture
+async def file_store(tmp_path: Any) -> AsyncIterator[ObjectStore]:
+    """A real object store in a directory of the test's own."""
+    media = tmp_path / "media"
+    media.mkdir()
+    store = open_store(f"file://{media}")
+    yield store
+    await store.close()
+
+
+async def stored_attachment(
+    store: ObjectStore, upload_id: int, data: bytes, name: str | None, mimetype: str | None
+) -> OutboundAttachment:
+    """Bytes put in the store as an upload would be, described as the dispatcher does."""
+    stored = await store.put_bytes(f"uploads/{upload_id}", data, mimetype)
+    return OutboundAttachment(upload_id, stored.url, name, mimetype, stored.size)

@@ -6,7 +6,13 @@
   then a 307 (or `redirect_status`) to the CDN, whose signed URL is valid for 4 hours and which
   refuses any request carrying `Authorization` (counted in `credential_leaks`). `.json` returns
   the Media resource.
-- Scriptable routes: "media", "cdn".
+- `POST …/Messages.json` (§3.3-3.4): a form with `To` and `From` or `MessagingServiceSid`,
+  `Body` <= 1600 (else 21617), <= 10 `MediaUrl` (else 21623); 201 with the Message resource
+  (`sid` "SM…", status `queued`). Scripted per recipient in `refusing`: a sync 400 with the
+  code's envelope (21211/21408/21610/21611/21606), or 429 code 20429 with `Retry-After`.
+  `status_callback(sid, status, error_code)` later posts the status form to the message's
+  `StatusCallback`, signed with the account's auth token, as Twilio does.
+- Scriptable routes: "media", "cdn", "messages".
 """
 
 from __future__ import annotations
@@ -16,16 +22,36 @@ import hashlib
 import hmac
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
+import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ingest.transports.sms.webhook import SIGNATURE_HEADER, compute_signature
 from tests.fakes.harness import Body, Clock, FakeServer
 
 CDN_TTL_S = 4 * 3600
 CDN_KEY = b"fake-twilio-cdn-key"
 MEDIA_PATH = "/2010-04-01/Accounts/{account}/Messages/{message}/Media/{media}"
+MESSAGES_PATH = "/2010-04-01/Accounts/{account}/Messages.json"
+SYNC_ERRORS = {
+    21211: "The 'To' number {to} is not a valid phone number.",
+    21408: "Permission to send an SMS has not been enabled for the region indicated by the"
+    " 'To' number: {to}.",
+    21610: "Attempt to send to unsubscribed recipient",
+    21611: "This 'From' number has exceeded the maximum number of queued messages",
+    21606: "The 'From' phone number provided is not a valid message-capable Twilio phone"
+    " number for this destination.",
+    20429: "Too Many Requests",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SentSms:
+    sid: str
+    account_sid: str
+    form: dict[str, list[str]]  # every field as posted, repeated ones in order
 
 
 def twilio_error(status: int, code: int, message: str, detail: str | None = None) -> JSONResponse:
@@ -64,8 +90,11 @@ class TwilioFake:
     api_keys: dict[str, tuple[str, str]] = field(default_factory=dict)  # SK… → (secret, AC…)
     media: dict[str, TwilioMedia] = field(default_factory=dict)
     credential_leaks: int = 0
+    sent: list[SentSms] = field(default_factory=list)
+    refusing: dict[str, int] = field(default_factory=dict)  # To → sync error code
 
     def __post_init__(self) -> None:
+        self.api.route(MESSAGES_PATH, "messages", self._messages, ["POST"])
         self.api.route(MEDIA_PATH, "media", self._media, ["GET"])
         self.cdn.route("/v1/{media}", "cdn", self._cdn, ["GET"])
 
@@ -99,6 +128,8 @@ class TwilioFake:
         self.api_keys.clear()
         self.media.clear()
         self.credential_leaks = 0
+        self.sent.clear()
+        self.refusing.clear()
 
     def _authenticated(self, request: Request, account_sid: str) -> bool:
         scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
@@ -155,6 +186,76 @@ class TwilioFake:
         if self.clock.now() > expiry:
             return Response(b"<Error><Code>AccessDenied</Code></Error>", 403)
         return found.body.response()
+
+    async def _messages(self, request: Request) -> Response:
+        account = request.path_params["account"]
+        if not self._authenticated(request, account):
+            return unauthenticated()
+        form: dict[str, list[str]] = {}
+        for name, value in parse_qsl((await request.body()).decode(), keep_blank_values=True):
+            form.setdefault(name, []).append(value)
+        to = form.get("To", [""])[0]
+        if not to:
+            return twilio_error(400, 21604, "A 'To' phone number is required.")
+        if not form.get("From") and not form.get("MessagingServiceSid"):
+            return twilio_error(400, 21603, "A 'From' or 'MessagingServiceSid' is required.")
+        body = form.get("Body", [""])[0]
+        if not body and not form.get("MediaUrl"):
+            return twilio_error(400, 21602, "Message body is required.")
+        if len(body) > 1600:
+            return twilio_error(
+                400, 21617, "The concatenated message body exceeds the 1600 character limit."
+            )
+        if len(form.get("MediaUrl", [])) > 10:
+            return twilio_error(400, 21623, "Too many media urls; at most 10 are allowed.")
+        if (code := self.refusing.get(to)) is not None:
+            if code == 20429:
+                refused = twilio_error(429, code, SYNC_ERRORS[code])
+                refused.headers["retry-after"] = "2"
+                return refused
+            return twilio_error(400, code, SYNC_ERRORS[code].format(to=to))
+        sid = f"SM{hashlib.sha256(f'{account}:{len(self.sent)}'.encode()).hexdigest()[:32]}"
+        self.sent.append(SentSms(sid, account, form))
+        path = MESSAGES_PATH.format(account=account).removesuffix(".json")
+        return JSONResponse(
+            {
+                "account_sid": account,
+                "api_version": "2010-04-01",
+                "body": body,
+                "direction": "outbound-api",
+                "error_code": None,
+                "error_message": None,
+                "from": form.get("From", [None])[0],
+                "messaging_service_sid": form.get("MessagingServiceSid", [None])[0],
+                "num_media": str(len(form.get("MediaUrl", []))),
+                "num_segments": "1",
+                "sid": sid,
+                "status": "queued",
+                "to": to,
+                "uri": f"{path}/{sid}.json",
+            },
+            201,
+        )
+
+    def status_callback(
+        self, sid: str, status: str, error_code: int | None = None
+    ) -> httpx.Response:
+        """Posts a status to the message's StatusCallback, signed as Twilio signs it."""
+        sent = next(m for m in self.sent if m.sid == sid)
+        url = sent.form["StatusCallback"][0]
+        params = [
+            ("AccountSid", sent.account_sid),
+            ("MessageSid", sid),
+            ("SmsSid", sid),
+            ("MessageStatus", status),
+            ("To", sent.form["To"][0]),
+            ("From", sent.form.get("From", [""])[0]),
+            ("ApiVersion", "2010-04-01"),
+        ]
+        if error_code is not None:
+            params.append(("ErrorCode", str(error_code)))
+        signature = compute_signature(self.accounts[sent.account_sid], url, params)
+        return httpx.post(url, data=dict(params), headers={SIGNATURE_HEADER: signature})
 
 
 def _sign(media_sid: str, expires: int) -> str:

@@ -8,7 +8,15 @@ host (lookaside.fbsbx.com's role) on another, and an optional CDN on a third.
 - Media host: Bearer required (else 401); a URL older than `url_ttl_s` (5 min) or with a bad
   HMAC → 404; optionally 302 to the CDN, which refuses requests carrying `Authorization`
   (and counts them in `credential_leaks`).
-- Scriptable routes: "media_info", "media_download", "cdn".
+- Sending (§2.3-2.5): `POST /<version>/<phone id>/media` (multipart: messaging_product,
+  type, file) returns `{"id"}`; `POST /<version>/<phone id>/messages` validates
+  messaging_product / to / type, text <= 4096, caption <= 1024, media by an uploaded `id` or a
+  `link`, templates against `templates` (132001 unknown name or language, 132000 wrong
+  parameter count), and returns `{messaging_product, contacts, messages:[{id: "wamid.…"}]}`.
+  Recipients in `window_closed` get the send accepted and a `failed` status with 131047 in
+  `statuses` (or a synchronous 131047 with `sync_window_errors`). Over `throughput` sends per
+  second → 130429; the same recipient over `pair_burst` within 6 s → 131056.
+- Scriptable routes: "media_info", "media_download", "cdn", "send", "upload".
 """
 
 from __future__ import annotations
@@ -16,10 +24,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
+from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -28,11 +39,44 @@ from tests.fakes.harness import Body, Clock, FakeServer
 VERSION = "v25.0"
 WEBHOOK_ID_TTL_S = 7 * 24 * 3600
 URL_KEY = b"fake-lookaside-hmac-key"
+PAIR_WINDOW_S = 6.0
 
 
 def graph_error(status: int, code: int, message: str, **extra: Any) -> JSONResponse:
     error = {"message": message, "type": "OAuthException", "code": code, "fbtrace_id": "AFake1"}
     return JSONResponse({"error": error | extra}, status)
+
+
+def send_error(code: int, message: str, details: str, status: int = 400) -> JSONResponse:
+    """The full envelope of a send error, as Meta's error-codes page shows it."""
+    return JSONResponse(
+        {
+            "error": {
+                "message": f"(#{code}) {message}",
+                "type": "OAuthException",
+                "code": code,
+                "error_data": {"messaging_product": "whatsapp", "details": details},
+                "fbtrace_id": "AFakeSend",
+            }
+        },
+        status,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Uploaded:
+    media_id: str
+    phone_number_id: str
+    mime_type: str
+    filename: str | None
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SentMessage:
+    wamid: str
+    phone_number_id: str
+    body: dict[str, Any]
 
 
 def expired_token() -> JSONResponse:
@@ -88,6 +132,17 @@ class WhatsAppFake:
     tokens: set[str] = field(default_factory=set)
     media: dict[str, WhatsAppMedia] = field(default_factory=dict)
     credential_leaks: int = 0
+    phone_numbers: set[str] = field(default_factory=set)
+    templates: dict[tuple[str, str], int] = field(default_factory=dict)  # → parameter count
+    uploads: dict[str, Uploaded] = field(default_factory=dict)
+    sent: list[SentMessage] = field(default_factory=list)
+    statuses: list[dict[str, Any]] = field(default_factory=list)  # what webhooks would carry
+    window_closed: set[str] = field(default_factory=set)  # wa_ids outside the 24 h window
+    sync_window_errors: bool = False
+    throughput: int = 80  # messages per second
+    pair_burst: int = 45  # to one recipient within PAIR_WINDOW_S
+    recent: deque[float] = field(default_factory=deque)
+    recent_by_recipient: dict[str, deque[float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.graph.route(f"/{VERSION}/{{media_id}}", "media_info", self._info, ["GET"])
@@ -95,6 +150,8 @@ class WhatsAppFake:
             "/whatsapp_business/attachments/", "media_download", self._download, ["GET"]
         )
         self.cdn.route("/m/{media_id}", "cdn", self._cdn, ["GET"])
+        self.graph.route(f"/{VERSION}/{{number}}/messages", "send", self._send, ["POST"])
+        self.graph.route(f"/{VERSION}/{{number}}/media", "upload", self._upload, ["POST"])
 
     @property
     def servers(self) -> tuple[FakeServer, ...]:
@@ -143,6 +200,17 @@ class WhatsAppFake:
         self.tokens.clear()
         self.media.clear()
         self.credential_leaks = 0
+        self.phone_numbers.clear()
+        self.templates.clear()
+        self.uploads.clear()
+        self.sent.clear()
+        self.statuses.clear()
+        self.window_closed.clear()
+        self.sync_window_errors = False
+        self.throughput = 80
+        self.pair_burst = 45
+        self.recent.clear()
+        self.recent_by_recipient.clear()
 
     def _bearer_ok(self, request: Request) -> bool:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -197,6 +265,137 @@ class WhatsAppFake:
             return Response(b"Only one auth mechanism allowed", 400)
         found = self.media.get(request.path_params["media_id"])
         return Response(b"", 404) if found is None else found.body.response()
+
+    async def _upload(self, request: Request) -> Response:
+        if not self._bearer_ok(request):
+            return expired_token()
+        number = request.path_params["number"]
+        if number not in self.phone_numbers:
+            return unknown_object(number)
+        async with request.form(max_part_size=1 << 20) as form:
+            upload = form.get("file")
+            if form.get("messaging_product") != "whatsapp" or not isinstance(upload, UploadFile):
+                return send_error(100, "Invalid parameter", "messaging_product and file needed")
+            data = await upload.read()
+            mime_type = str(form.get("type") or upload.content_type or "")
+        media_id = str(1_000_000_000_000 + len(self.uploads) + 1)
+        self.uploads[media_id] = Uploaded(media_id, number, mime_type, upload.filename, data)
+        return JSONResponse({"id": media_id})
+
+    async def _send(self, request: Request) -> Response:
+        if not self._bearer_ok(request):
+            return expired_token()
+        number = request.path_params["number"]
+        if number not in self.phone_numbers:
+            return unknown_object(number)
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return send_error(100, "Invalid parameter", "body is not JSON")
+        if (refused := self._invalid(body)) is not None:
+            return refused
+        wa_id = str(body["to"]).lstrip("+")
+        if (limited := self._rate_limited(wa_id)) is not None:
+            return limited
+        outside = wa_id in self.window_closed and body["type"] != "template"
+        if outside and self.sync_window_errors:
+            return send_error(
+                131047,
+                "Re-engagement message",
+                "More than 24 hours have passed since the recipient last replied to the"
+                " sender number.",
+            )
+        wamid = f"wamid.FAKE{len(self.sent) + 1:08d}{wa_id}"
+        self.sent.append(SentMessage(wamid, number, body))
+        if outside:
+            self.statuses.append(
+                {
+                    "id": wamid,
+                    "status": "failed",
+                    "recipient_id": wa_id,
+                    "errors": [{"code": 131047, "title": "Re-engagement message"}],
+                }
+            )
+        else:
+            self.statuses.append({"id": wamid, "status": "sent", "recipient_id": wa_id})
+        return JSONResponse(
+            {
+                "messaging_product": "whatsapp",
+                "contacts": [{"input": body["to"], "wa_id": wa_id}],
+                "messages": [{"id": wamid}],
+            }
+        )
+
+    def _invalid(self, body: Any) -> Response | None:
+        if not isinstance(body, dict) or body.get("messaging_product") != "whatsapp":
+            return send_error(100, "Invalid parameter", "messaging_product must be whatsapp")
+        kind = body.get("type")
+        if not body.get("to") or not isinstance(body.get(kind), dict):
+            return send_error(131008, "Required parameter is missing", "to and type needed")
+        content = body[kind]
+        if kind == "text":
+            text = content.get("body")
+            if not isinstance(text, str) or not text or len(text) > 4096:
+                return send_error(100, "Invalid parameter", "text body must be 1-4096 characters")
+        elif kind in ("image", "document", "audio", "video"):
+            if "id" in content:
+                if str(content["id"]) not in self.uploads:
+                    return send_error(131053, "Media upload error", "unknown media id")
+            elif "link" not in content:
+                return send_error(131008, "Required parameter is missing", "id or link needed")
+            if len(str(content.get("caption", ""))) > 1024:
+                return send_error(100, "Invalid parameter", "caption over 1024 characters")
+        elif kind == "template":
+            return self._invalid_template(content)
+        else:
+            return send_error(131051, "Unsupported message type", f"{kind} is not supported")
+        return None
+
+    def _invalid_template(self, template: dict[str, Any]) -> Response | None:
+        language = template.get("language")
+        code = language.get("code") if isinstance(language, dict) else None
+        key = (str(template.get("name")), str(code))
+        if key not in self.templates:
+            return send_error(
+                132001,
+                "Template name does not exist in the translation",
+                f"template name ({key[0]}) does not exist in {key[1]}",
+            )
+        given = sum(
+            len(component.get("parameters", []))
+            for component in template.get("components", [])
+            if component.get("type") == "body"
+        )
+        if given != self.templates[key]:
+            return send_error(
+                132000,
+                "Number of parameters does not match the expected number of params",
+                f"body: number of localizable_params ({given}) does not match the expected"
+                f" number of params ({self.templates[key]})",
+            )
+        return None
+
+    def _rate_limited(self, wa_id: str) -> Response | None:
+        now = self.clock.now()
+        while self.recent and now - self.recent[0] >= 1.0:
+            self.recent.popleft()
+        if len(self.recent) >= self.throughput:
+            return send_error(
+                130429, "Rate limit hit", "Cloud API message throughput has been reached."
+            )
+        pair = self.recent_by_recipient.setdefault(wa_id, deque())
+        while pair and now - pair[0] >= PAIR_WINDOW_S:
+            pair.popleft()
+        if len(pair) >= self.pair_burst:
+            return send_error(
+                131056,
+                "(Business Account, Consumer Account) pair rate limit hit",
+                "Message failed to send because there were too many messages sent from this"
+                " phone number to the same phone number in a short period of time.",
+            )
+        self.recent.append(now)
+        pair.append(now)
+        return None
 
 
 def _sign(media_id: str, expires: int) -> str:
