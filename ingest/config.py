@@ -116,14 +116,13 @@ class Settings(BaseSettings):
     # Replies: a provider call's connect / each read / each write (HTTP), or each SMTP step.
     outbound_timeout_s: float = Field(default=30.0, gt=0, le=600)
 
-    # Replies (handlers/outbound.py). A transient provider failure is retried while the command
+    # Replies (handlers/outbound/). A transient provider failure is retried while the command
     # holds its partition (the chat's order), at most this many attempts, each wait the
     # provider's retry-after or the backoff, capped: attempts x cap stays well under the
     # consumer's max.poll.interval (300 s), or the group would rebalance mid-retry.
     outbound_max_attempts: int = Field(default=5, ge=1, le=20)
     outbound_backoff_initial_s: float = Field(default=1.0, gt=0, le=60)
     outbound_backoff_max_s: float = Field(default=30.0, gt=0, le=60)
-    outbound_http_timeout_s: float = Field(default=30.0, gt=0, le=120)  # connect, and each read
 
     # Identity
     default_phone_region: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")

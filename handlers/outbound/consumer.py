@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
-import httpx
 import structlog
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
@@ -81,8 +80,9 @@ async def open_dispatcher(
     )
     # Uploads count as stored when their path lies in the configured store.
     store_prefix = store.url("k").removesuffix("k") if settings.media_store else None
-    client = media_http_client()  # keeps no cookies: one tenant's never reach another's call
-    client.timeout = httpx.Timeout(settings.outbound_http_timeout_s)
+    # Keeps no cookies: nothing one tenant's call sets rides along on another's. The senders
+    # set their timeouts per request (CRM_INGEST_OUTBOUND_TIMEOUT_S).
+    client = media_http_client()
     try:
         yield Dispatcher(
             pool,
