@@ -106,6 +106,7 @@ SEND_OUTCOMES = (
     "rejected",
     "refused",
     "transient_exhausted",
+    "partial",
     "unknown",
     "dead_lettered",
     "already_done",
@@ -113,7 +114,8 @@ SEND_OUTCOMES = (
 OUTBOUND_COMMANDS = Counter(
     "crm_ingest_outbound_commands",
     "message.send commands by transport and outcome: accepted, rejected (by the provider), "
-    "refused (by a rule before the call), transient_exhausted, unknown, dead_lettered, "
+    "refused (by a rule before the call), transient_exhausted, partial (some parts of a "
+    "split text went out), unknown, dead_lettered, "
     "already_done (redelivered or replayed).",
     ["transport", "outcome"],
 )

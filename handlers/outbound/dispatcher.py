@@ -41,7 +41,7 @@ from ingest.config import Transport
 from ingest.events import SendCommand, decode_command
 from ingest.transports.sending import (
     MessageSender,
-    SendOutcomeUnknown,
+    SendError,
     SendRejected,
     SendResult,
     SendTransient,
@@ -242,40 +242,27 @@ class Dispatcher:
             started = time.perf_counter()
             try:
                 result = await sender.send(plan.message, plan.channel.config)
-            except SendTransient as exc:
+            except SendError as exc:
                 metrics.observe_send(plan.transport, time.perf_counter() - started)
-                if attempts >= self._limits.max_attempts:
-                    await self._finish_failed(target, "failed", exc.code, exc.message, True)
-                    return "transient_exhausted"
-                delay = min(
-                    self._limits.backoff_max_s,
-                    exc.retry_after
-                    if exc.retry_after is not None
-                    else self._limits.backoff_initial_s * 2 ** (attempts - 1),
-                )
-                log.warning(
-                    "send failed transiently, will retry",
-                    code=exc.code,
-                    reason=exc.message,
-                    attempt=attempts,
-                    delay_s=delay,
-                )
-                # Certainly not accepted: a crash while waiting resumes with a fresh attempt.
-                await self._durably(
-                    lambda: self._pool.execute(QUERIES["unmark_command_sending"], target.command_id)
-                )
-                await self._sleep(delay)
-                continue
-            except SendRejected as exc:
-                metrics.observe_send(plan.transport, time.perf_counter() - started)
-                await self._finish_failed(target, "failed", exc.code, exc.message, False)
-                return "rejected"
-            except SendOutcomeUnknown as exc:
-                metrics.observe_send(plan.transport, time.perf_counter() - started)
+                if exc.accepted_ids:
+                    # Some parts went out (a long text is several messages): resending the
+                    # whole would repeat them, so the rest is reported, not retried.
+                    await self._durably(functools.partial(self._partial, plan, target, exc))
+                    return "partial"
+                if isinstance(exc, SendTransient):
+                    if attempts >= self._limits.max_attempts:
+                        await self._finish_failed(target, "failed", exc.code, exc.message, True)
+                        return "transient_exhausted"
+                    await self._wait_to_retry(target, exc, attempts)
+                    continue
+                if isinstance(exc, SendRejected):
+                    await self._finish_failed(target, "failed", exc.code, exc.message, False)
+                    return "rejected"
                 reason = f"{exc.code}: {exc.message}; not sent again automatically"
                 await self._finish_failed(target, "unknown", OUTCOME_UNKNOWN, reason, False)
                 return "unknown"
             except Exception as exc:  # a sender's bug: whether the provider got it is unknown
+                metrics.observe_send(plan.transport, time.perf_counter() - started)
                 log.exception("sender raised an unexpected error")
                 reason = f"{type(exc).__name__}; not sent again automatically"
                 await self._finish_failed(target, "unknown", OUTCOME_UNKNOWN, reason, False)
@@ -283,6 +270,46 @@ class Dispatcher:
             metrics.observe_send(plan.transport, time.perf_counter() - started)
             await self._durably(functools.partial(self._accept, plan, target, result))
             return "accepted"
+
+    async def _wait_to_retry(self, target: Recorded, exc: SendTransient, attempts: int) -> None:
+        delay = min(
+            self._limits.backoff_max_s,
+            exc.retry_after
+            if exc.retry_after is not None
+            else self._limits.backoff_initial_s * 2 ** (attempts - 1),
+        )
+        log.warning(
+            "send failed transiently, will retry",
+            code=exc.code,
+            reason=exc.message,
+            attempt=attempts,
+            delay_s=delay,
+        )
+        # Certainly not accepted: a crash while waiting resumes with a fresh attempt.
+        await self._durably(
+            lambda: self._pool.execute(QUERIES["unmark_command_sending"], target.command_id)
+        )
+        await self._sleep(delay)
+
+    async def _partial(self, plan: Plan, target: Recorded, exc: SendError) -> None:
+        refs = reply_refs(plan.transport, plan.message.to, exc.accepted_ids)
+        reason = (
+            f"{len(exc.accepted_ids)} part(s) went out before {exc.code}: {exc.message}; "
+            "the rest is not sent again automatically"
+        )
+        async with self._pool.acquire() as proxy, proxy.transaction():
+            conn = pooled(proxy)
+            events = await _fail(
+                conn, target, "failed", "partially_sent", reason, False, exc.accepted_ids
+            )
+            if events:
+                meta = {"direction": "outbound", "command_id": str(target.command_id)}
+                await conn.execute(
+                    QUERIES["record_reply_refs"], plan.channel.id, target.message_id, meta, refs
+                )
+            await enqueue(conn, [(event, target.command_id) for event in events])
+        log.warning("reply partially sent", parts=len(refs), code=exc.code)
+        self._wake()
 
     async def _accept(self, plan: Plan, target: Recorded, result: SendResult) -> None:
         refs = reply_refs(plan.transport, plan.message.to, result.provider_message_ids)
@@ -366,10 +393,17 @@ async def _fail(
     code: str,
     reason: str,
     retryable: bool,
+    provider_ids: tuple[str, ...] = (),
 ) -> list[Payload]:
     """Mark the command failed/unknown; its `message.updated` (none if it was already done)."""
     finished = await conn.fetchval(
-        QUERIES["mark_command_failed"], target.command_id, state, code[:100], reason, retryable
+        QUERIES["mark_command_failed"],
+        target.command_id,
+        state,
+        code[:100],
+        reason,
+        retryable,
+        list(provider_ids),
     )
     if finished is None:
         return []

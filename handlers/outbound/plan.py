@@ -72,9 +72,10 @@ class Plan:
 def reply_refs(transport: Transport, to: str, provider_ids: tuple[str, ...]) -> list[str]:
     """Provider ids as `ingest_message_refs.external_id`, written the way the inbound adapters
     write theirs, so statuses and replies find the message: Telegram ids are per chat
-    (`<chat>:<message>`), an email's Message-ID goes without its angle brackets."""
+    (`<chat>:<message>`; the sender returns them so), an email's Message-ID goes without its
+    angle brackets."""
     if transport == "telegram":
-        return [f"{to}:{pid}" for pid in provider_ids]
+        return [pid if ":" in pid else f"{to}:{pid}" for pid in provider_ids]
     if transport == "email":
         return [pid.strip().strip("<>") for pid in provider_ids]
     return list(provider_ids)

@@ -122,7 +122,8 @@ RETURNING finished_at;
 -- mark_command_failed --
 -- A command that failed (state failed) or whose outcome is unknown (state unknown)
 UPDATE ingest_outbound_commands
-SET state = $2, error_code = $3, error_message = $4, error_retryable = $5, finished_at = NOW()
+SET state = $2, error_code = $3, error_message = $4, error_retryable = $5,
+    provider_message_ids = $6::text[], finished_at = NOW()
 WHERE command_id = $1 AND state IN ('pending', 'sending')
 RETURNING finished_at;
 

@@ -7,17 +7,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 
 from handlers.app import running_consumer
-from ingest.channels import ChannelDirectory
 from ingest.config import Settings, Transport
 from ingest.embedded import ResolvedServices
-from ingest.gateway import create_app
-from ingest.transports import load_adapters
 from sql.db import create_pool
-from tests.integration.pipeline import Gateway, RecordingPublisher, TenantChannel, isolated_pipeline
+from tests.integration.pipeline import Gateway, TenantChannel, gateway_for, isolated_pipeline
 from tests.integration.signing import signed_channel
 
 
@@ -41,14 +37,8 @@ async def consumer(settings: Settings) -> AsyncIterator[None]:
 
 @pytest.fixture(scope="session")
 async def gateway(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[Gateway]:
-    publisher = RecordingPublisher(settings)
-    await publisher.start()
-    channels = ChannelDirectory(settings, pool)
-    app = create_app(settings, publisher=publisher, channels=channels, adapters=load_adapters())
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="https://gateway.test") as client:
-        yield Gateway(client, publisher)
-    await publisher.stop()
+    async with gateway_for(settings, pool) as gateway:
+        yield gateway
 
 
 def signed_channel_fixture(transport: Transport) -> Any:

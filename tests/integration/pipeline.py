@@ -4,8 +4,10 @@ these are importable, so test modules and conftest share one copy of each class.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +72,28 @@ class RecordingPublisher(EventPublisher):
 class Gateway:
     client: httpx.AsyncClient
     publisher: RecordingPublisher
+
+
+@contextlib.asynccontextmanager
+async def gateway_for(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[Gateway]:
+    """The gateway app of one pipeline, wired to the real publisher and channel directory,
+    called in process over ASGI."""
+    from ingest.channels import ChannelDirectory
+    from ingest.gateway import create_app
+    from ingest.transports import load_adapters
+
+    publisher = RecordingPublisher(settings)
+    await publisher.start()
+    channels = ChannelDirectory(settings, pool)
+    app = create_app(settings, publisher=publisher, channels=channels, adapters=load_adapters())
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="https://gateway.test"
+        ) as client:
+            yield Gateway(client, publisher)
+    finally:
+        await publisher.stop()
 
 
 @dataclass

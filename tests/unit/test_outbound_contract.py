@@ -97,7 +97,7 @@ def test_values_are_inserted_literally(params: dict[str, str]) -> None:
 
 
 def test_reply_refs_match_the_inbound_adapters_ids() -> None:
-    assert reply_refs("telegram", "-100", ("5", "6")) == ["-100:5", "-100:6"]
+    assert reply_refs("telegram", "-100", ("5", "-100:6")) == ["-100:5", "-100:6"]
     assert reply_refs("email", "a@b.c", ("<x@y>",)) == ["x@y"]
     assert reply_refs("whatsapp", "15550001", ("wamid.A",)) == ["wamid.A"]
     assert provider_reply_id("telegram", "-100:5") == "5"
