@@ -1,0 +1,482 @@
+"""Replies end to end on real services: a command on the real broker -> the dispatcher inside
+`running_consumer` -> the provider fakes over HTTP (tests/fakes) -> rows and chat events in
+PostgreSQL -> a later status webhook through the gateway settles the reply.
+
+The fakes are the session's servers, reset per test; this module runs its own pipeline (topics,
+consumer groups, database) pointed at them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from handlers.app import running_consumer
+from ingest.commands import publish_commands
+from ingest.config import Settings
+from ingest.embedded import ResolvedServices
+from sql.db import create_pool
+from tests.fakes.fixtures import fake_provider_settings
+from tests.fakes.telegram import TelegramFake
+from tests.fakes.twilio import TwilioFake
+from tests.fakes.whatsapp import WhatsAppFake
+from tests.integration.pipeline import Gateway, gateway_for, isolated_pipeline, read_topic
+from tests.integration.replies import (
+    BOT_TOKEN,
+    WA_ACCESS_TOKEN,
+    WA_PHONE_NUMBER_ID,
+    chat_of,
+    command_events,
+    command_row,
+    finished,
+    new_user,
+    publish,
+    published_events,
+    sender_member,
+)
+from tests.integration.signing import (
+    post_telegram,
+    post_whatsapp,
+    signed_channel,
+    tg_payload,
+    wa_message,
+    wa_statuses,
+    wa_text,
+)
+from tests.support import eventually
+
+TG_UPDATE = tg_payload("text_official.json")
+TG_CHAT = TG_UPDATE["message"]["chat"]["id"]
+
+
+@pytest.fixture(scope="module")
+async def reply_settings(
+    services: ResolvedServices,
+    _telegram_fake: TelegramFake,
+    _whatsapp_fake: WhatsAppFake,
+    _twilio_fake: TwilioFake,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Settings:
+    media: Path = tmp_path_factory.mktemp("reply-media")
+    return await isolated_pipeline(
+        services,
+        "replies",
+        **fake_provider_settings(_telegram_fake, _whatsapp_fake, _twilio_fake),
+        media_store=media.as_uri(),
+        outbound_max_attempts=3,
+        outbound_backoff_initial_s=0.05,
+        outbound_backoff_max_s=2.0,
+        outbound_timeout_s=10.0,
+    )
+
+
+@pytest.fixture(scope="module")
+async def reply_pool(reply_settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(reply_settings.database_url, max_size=4)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture(scope="module")
+async def reply_consumer(reply_settings: Settings) -> AsyncIterator[None]:
+    async with running_consumer(reply_settings):
+        yield
+
+
+@pytest.fixture(scope="module")
+async def reply_gateway(
+    reply_settings: Settings, reply_pool: asyncpg.Pool
+) -> AsyncIterator[Gateway]:
+    async with gateway_for(reply_settings, reply_pool) as gateway:
+        yield gateway
+
+
+@pytest.fixture
+async def telegram_chat(
+    reply_consumer: None,
+    reply_gateway: Gateway,
+    reply_pool: asyncpg.Pool,
+    telegram_api: TelegramFake,
+) -> tuple[Any, int]:
+    """A tenant's Telegram channel with a bot token, and the chat its first inbound update made."""
+    telegram_api.add_bot(BOT_TOKEN)
+    channel = await signed_channel(reply_pool, "telegram", bot_token=BOT_TOKEN)
+    assert (await post_telegram(reply_gateway, channel, TG_UPDATE)).status_code == 200
+    return channel, await chat_of(reply_pool, channel)
+
+
+# --- Telegram: the whole path, and exactly once --------------------------------------------
+
+
+async def test_reply_goes_out_as_the_users_message_with_its_chat_events(
+    reply_settings: Settings,
+    reply_pool: asyncpg.Pool,
+    telegram_api: TelegramFake,
+    telegram_chat: tuple[Any, int],
+) -> None:
+    channel, chat_id = telegram_chat
+    user = await new_user(reply_pool, channel.tenant_id)
+    command = await publish(
+        reply_settings,
+        tenant_id=channel.tenant_id,
+        chat_id=chat_id,
+        user_id=user,
+        text="Your order has shipped",
+    )
+    row = await finished(reply_pool, command.command_id)
+    assert (row["state"], row["attempts"], row["error_code"]) == ("accepted", 1, None)
+
+    # The provider received exactly the documented request (provider-apis.md §1.4).
+    [call] = telegram_api.server.calls("api")
+    assert (call.method, call.path) == ("POST", f"/bot{BOT_TOKEN}/sendMessage")
+    assert call.headers["content-type"] == "application/json"
+    assert json.loads(call.body) == {"chat_id": TG_CHAT, "text": "Your order has shipped"}
+    assert row["provider_message_ids"] == [f"{TG_CHAT}:1"]
+
+    # The message is the user's, in the chat; sent_at waits for a provider status.
+    member = await sender_member(reply_pool, row["message_id"])
+    assert (member["user_id"], member["client_contact_id"], member["transport"]) == (
+        user,
+        None,
+        "telegram",
+    )
+    assert (member["message_chat_id"], member["message"], member["sent_at"]) == (
+        chat_id,
+        "Your order has shipped",
+        None,
+    )
+    ref = await reply_pool.fetchval(
+        "SELECT external_id FROM ingest_message_refs WHERE message_id = $1", row["message_id"]
+    )
+    assert ref == f"{TG_CHAT}:1"
+
+    created, accepted = await published_events(reply_pool, command.command_id, 2)
+    assert created["event_type"] == "message.created"
+    assert (created["direction"], created["command_id"]) == ("outbound", str(command.command_id))
+    assert (created["member_id"], created["message_id"]) == (str(member["id"]), row["message_id"])
+    assert (accepted["event_type"], accepted["change"], accepted["status"]) == (
+        "message.updated",
+        "status",
+        "accepted",
+    )
+    assert accepted["command_id"] == str(command.command_id)
+    # The inbound message's own event now says so.
+    inbound = await reply_pool.fetch(
+        """SELECT e.event FROM ingest_outbox o,
+                  json_array_elements(o.events) AS e(event)
+           WHERE e.event->>'event_type' = 'message.created'
+             AND e.event->>'tenant_id' = $1""",
+        str(channel.tenant_id),
+    )
+    directions = sorted(r["event"]["direction"] for r in inbound)
+    assert directions == ["inbound", "outbound"]
+
+
+async def test_redelivered_and_replayed_commands_are_not_sent_twice(
+    reply_settings: Settings,
+    reply_pool: asyncpg.Pool,
+    telegram_api: TelegramFake,
+    telegram_chat: tuple[Any, int],
+) -> None:
+    channel, chat_id = telegram_chat
+    user = await new_user(reply_pool, channel.tenant_id)
+    command = await publish(
+        reply_settings, tenant_id=channel.tenant_id, chat_id=chat_id, user_id=user, text="once"
+    )
+    assert (await finished(reply_pool, command.command_id))["state"] == "accepted"
+    # The topic's records again, as a replay or a producer's retry would bring them.
+    records = await read_topic(
+        reply_settings.kafka_bootstrap_servers, reply_settings.outbound_commands_topic, idle_s=1.0
+    )
+    mine = [r for r in records if json.loads(r.value)["command_id"] == str(command.command_id)]
+    assert len(mine) == 1
+    await publish_commands(reply_settings, [command, command])
+    # A later command of the same chat shares the partition: once it is done, so are the copies.
+    sentinel = await publish(
+        reply_settings, tenant_id=channel.tenant_id, chat_id=chat_id, user_id=user, text="next"
+    )
+    assert (await finished(reply_pool, sentinel.command_id))["state"] == "accepted"
+    assert [m.text for m in telegram_api.sent] == ["once", "next"]
+    assert len(telegram_api.server.calls("api")) == 2
+    # One message, one created event and one accepted event for the command.
+    events = await command_events(reply_pool, command.command_id)
+    assert [(e["event_type"], e.get("change")) for e in events] == [
+        ("message.created", None),
+        ("message.updated", "status"),
+    ]
+    messages = await reply_pool.fetchval(
+        "SELECT count(*) FROM ingest_outbound_commands WHERE chat_id = $1", chat_id
+    )
+    assert messages == 2
+
+
+async def test_flood_control_is_waited_out_in_order(
+    reply_settings: Settings,
+    reply_pool: asyncpg.Pool,
+    telegram_api: TelegramFake,
+    telegram_chat: tuple[Any, int],
+) -> None:
+    channel, chat_id = telegram_chat
+    telegram_api.flood[TG_CHAT] = 1  # 429, retry_after 1
+    first = await publish(reply_settings, tenant_id=channel.tenant_id, chat_id=chat_id, text="a")
+    second = await publish(reply_settings, tenant_id=channel.tenant_id, chat_id=chat_id, text="b")
+    row = await finished(reply_pool, first.command_id)
+    assert (row["state"], row["attempts"]) == ("accepted", 2)
+    assert (await finished(reply_pool, second.command_id))["state"] == "accepted"
+    assert [m.text for m in telegram_api.sent] == ["a", "b"]  # the chat's order held
+    # user_id null: an automated message, sent by the chat's one automated member.
+    member = await sender_member(reply_pool, row["message_id"])
+    assert (member["user_id"], member["transport_meta"]) == (None, {"role": "automated"})
+
+
+async def test_blocked_by_the_user_fails_fast_and_says_so(
+    reply_settings: Settings,
+    reply_pool: asyncpg.Pool,
+    telegram_api: TelegramFake,
+    telegram_chat: tuple[Any, int],
+) -> None:
+    channel, chat_id = telegram_chat
+    telegram_api.blocked.add(TG_CHAT)
+    command = await publish(reply_settings, tenant_id=channel.tenant_id, chat_id=chat_id, text="x")
+    row = await finished(reply_pool, command.command_id)
+    assert (row["state"], row["error_retryable"], row["attempts"]) == ("failed", False, 1)
+    assert len(telegram_api.server.calls("api")) == 1
+    _, failed = await published_events(reply_pool, command.command_id, 2)
+    assert failed["change"] == "failed"
+    assert failed["error"]["retryable"] is False
+    assert "blocked" in failed["error"]["message"]
+
+
+async def test_transient_failures_past_the_limit_fail_retryable(
+    reply_settings: Settings,
+    reply_pool: asyncpg.Pool,
+    telegram_api: TelegramFake,
+    telegram_chat: tuple[Any, int],
+) -> None:
+    channel, chat_id = telegram_chat
+    telegram_api.failing[TG_CHAT] = 5  # 502s, more than outbound_max_attempts (3)
+    command = await publish(reply_settings, tenant_id=channel.tenant_id, chat_id=chat_id, text="x")
+    row = await finished(reply_pool, command.command_id)
+    assert (row["state"], row["error_retryable"], row["attempts"]) == ("failed", True, 3)
+    assert len(telegram_api.server.calls("api")) == 3
+    assert telegram_api.sent == []
+
+
+async def test_missing_bot_token_names_the_key_and_the_command(
+    reply_settings: Settings,
+    reply_pool: asyncpg.Pool,
+    reply_gateway: Gateway,
+    reply_consumer: None,
+    telegram_api: TelegramFake,
+) -> None:
+    channel = await signed_channel(reply_pool, "telegram")  # no bot_token
+    assert (await post_telegram(reply_gateway, channel, TG_UPDATE)).status_code == 200
+    chat_id = await chat_of(reply_pool, channel)
+    command = await publish(reply_settings, tenant_id=channel.tenant_id, chat_id=chat_id, text="x")
+    row = await finished(reply_pool, command.command_id)
+    assert (row["state"], row["attempts"]) == ("failed", 0)
+    assert (
+        f"crm-ingest channel set {channel.channel_id} --config bot_token=" in row["error_message"]
+    )
+    assert telegram_api.server.calls("api") == []
+
+
+async def test_templates_render_literally_and_a_missing_parameter_fails(
+    reply_settings: Settings,
+    reply_pool: asyncpg.Pool,
+    telegram_api: TelegramFake,
+    telegram_chat: tuple[Any, int],
+) -> None:
+    channel, chat_id = telegram_chat
+    template_id = await reply_pool.fetchval(
+        "INSERT INTO crm_message_templates (tenant_id, template) VALUES ($1, $2) RETURNING id",
+        channel.tenant_id,
+        "Hi {{name}}, order {{order}} has shipped",
+    )
+    params = {"name": "{{order}}", "order": "<b>42</b>"}
+    ok = await publish(
+        reply_settings,
+        tenant_id=channel.tenant_id,
+        chat_id=chat_id,
+        template_id=template_id,
+        template_params=params,
+    )
+    missing = await publish(
+        reply_settings,
+        tenant_id=channel.tenant_id,
+        chat_id=chat_id,
+        template_id=template_id,
+        template_params={"name": "Ann"},
+    )
+    assert (await finished(reply_pool, ok.command_id))["state"] == "accepted"
+    row = await finished(reply_pool, missing.command_id)
+    assert (row["state"], row["error_code"]) == ("failed", "template_parameter_missing")
+    assert row["error_message"] == "template parameter missing: order"
+    assert [m.text for m in telegram_api.sent] == ["Hi {{order}}, order <b>42</b> has shipped"]
+    assert "parse_mode" not in telegram_api.sent[0].params
+
+
+# --- tenant isolation and bad commands -------------------------------------------------------
+
+
+async def test_another_tenants_chat_or_channel_is_dead_lettered_and_nothing_else(
+    reply_settings: Settings,
+    reply_pool: asyncpg.Pool,
+    telegram_api: TelegramFake,
+    telegram_chat: tuple[Any, int],
+) -> None:
+    channel, chat_id = telegram_chat
+    other = await signed_channel(reply_pool, "telegram", bot_token=BOT_TOKEN)
+    foreign_chat = await publish(
+        reply_settings, tenant_id=other.tenant_id, chat_id=chat_id, text="x"
+    )
+    foreign_channel = await publish(
+        reply_settings,
+        tenant_id=channel.tenant_id,
+        chat_id=chat_id,
+        channel_id=other.channel_id,
+        text="x",
+    )
+    rows = await eventually(
+        lambda: reply_pool.fetch(
+            """SELECT event_id, error_message FROM ingest_dead_letters WHERE source_topic = $1
+               AND event_id = ANY($2::uuid[])""",
+            reply_settings.outbound_commands_topic,
+            [foreign_chat.command_id, foreign_channel.command_id],
+        ),
+        lambda found: len(found) == 2,
+    )
+    reasons = {r["event_id"]: r["error_message"] for r in rows}
+    assert reasons[foreign_chat.command_id] == f"chat {chat_id} belongs to another tenant"
+    assert reasons[foreign_channel.command_id] == (
+        f"channel {other.channel_id} belongs to another tenant"
+    )
+    for command in (foreign_chat, foreign_channel):
+        assert await command_row(reply_pool, command.command_id) is None
+        assert await command_events(reply_pool, command.command_id) == []
+    assert telegram_api.server.calls("api") == []
+
+
+# --- WhatsApp: the 24-hour window both ways, and statuses that settle a reply ----------------
+
+CLIENT_IN = "15550001111"
+CLIENT_OUT = "15550002222"
+
+
+async def whatsapp_chat(
+    pool: asyncpg.Pool, gateway: Gateway, whatsapp_api: WhatsAppFake, sender: str, age_s: int
+) -> tuple[Any, int]:
+    whatsapp_api.add_token(WA_ACCESS_TOKEN)
+    whatsapp_api.phone_numbers.add(WA_PHONE_NUMBER_ID)
+    channel = await signed_channel(
+        pool, "whatsapp", access_token=WA_ACCESS_TOKEN, phone_number_id=WA_PHONE_NUMBER_ID
+    )
+    element = wa_text(
+        "hello", wamid=f"wamid.in-{sender}", timestamp=int(time.time()) - age_s, sender=sender
+    )
+    assert (await post_whatsapp(gateway, channel, wa_message(element))).status_code == 200
+    return channel, await chat_of(pool, channel)
+
+
+async def test_inside_the_window_text_goes_out_and_statuses_settle_it(
+    reply_settings: Settings,
+    reply_pool: asyncpg.Pool,
+    reply_gateway: Gateway,
+    reply_consumer: None,
+    whatsapp_api: WhatsAppFake,
+) -> None:
+    channel, chat_id = await whatsapp_chat(reply_pool, reply_gateway, whatsapp_api, CLIENT_IN, 3600)
+    user = await new_user(reply_pool, channel.tenant_id)
+    command = await publish(
+        reply_settings,
+        tenant_id=channel.tenant_id,
+        chat_id=chat_id,
+        user_id=user,
+        text="On its way",
+    )
+    row = await finished(reply_pool, command.command_id)
+    assert row["state"] == "accepted"
+    [call] = whatsapp_api.graph.calls("send")
+    assert call.path == f"/v25.0/{WA_PHONE_NUMBER_ID}/messages"
+    assert call.headers["authorization"] == f"Bearer {WA_ACCESS_TOKEN}"
+    body = json.loads(call.body)
+    assert (body["messaging_product"], body["to"], body["type"]) == (
+        "whatsapp",
+        f"+{CLIENT_IN}",
+        "text",
+    )
+    assert body["text"]["body"] == "On its way"
+    [wamid] = row["provider_message_ids"]
+    assert wamid == whatsapp_api.sent[0].wamid
+
+    # Meta's statuses for it arrive later, signed, through the gateway.
+    sent_at, read_at = int(time.time()) + 1, int(time.time()) + 5
+    statuses = wa_statuses(
+        {"id": wamid, "status": "sent", "timestamp": str(sent_at), "recipient_id": CLIENT_IN},
+        {"id": wamid, "status": "read", "timestamp": str(read_at), "recipient_id": CLIENT_IN},
+    )
+    assert (await post_whatsapp(reply_gateway, channel, statuses)).status_code == 200
+    member = await eventually(
+        lambda: sender_member(reply_pool, row["message_id"]), lambda m: m["read_at"] is not None
+    )
+    assert member["sent_at"] == datetime.fromtimestamp(sent_at, UTC).replace(tzinfo=None)
+    assert member["read_at"] == datetime.fromtimestamp(read_at, UTC).replace(tzinfo=None)
+    events = await published_events(reply_pool, command.command_id, 2)
+    assert [(e["event_type"], e.get("status")) for e in events] == [
+        ("message.created", None),
+        ("message.updated", "accepted"),
+    ]
+    settled = await eventually(
+        lambda: reply_pool.fetch(
+            f"""SELECT e.event FROM ingest_outbox o, json_array_elements(o.events) AS e(event)
+                WHERE e.event->>'message_id' = '{row["message_id"]}'
+                  AND e.event->>'change' = 'status' AND e.event->>'status' = 'read'"""
+        ),
+        lambda found: len(found) == 1,
+    )
+    assert settled[0]["event"]["command_id"] == str(command.command_id)
+
+
+async def test_outside_the_window_only_a_template_goes_out(
+    reply_settings: Settings,
+    reply_pool: asyncpg.Pool,
+    reply_gateway: Gateway,
+    reply_consumer: None,
+    whatsapp_api: WhatsAppFake,
+) -> None:
+    channel, chat_id = await whatsapp_chat(
+        reply_pool, reply_gateway, whatsapp_api, CLIENT_OUT, 25 * 3600
+    )
+    whatsapp_api.templates[("order_update", "en_US")] = 1
+    text = await publish(reply_settings, tenant_id=channel.tenant_id, chat_id=chat_id, text="hi")
+    row = await finished(reply_pool, text.command_id)
+    assert (row["state"], row["error_code"], row["error_retryable"]) == (
+        "failed",
+        "outside_window",
+        False,
+    )
+    assert "25 hours ago" in row["error_message"]
+    assert "whatsapp_template" in row["error_message"]
+    assert whatsapp_api.graph.calls("send") == []
+    _, failed = await published_events(reply_pool, text.command_id, 2)
+    assert failed["error"]["code"] == "outside_window"
+
+    template = await publish(
+        reply_settings,
+        tenant_id=channel.tenant_id,
+        chat_id=chat_id,
+        whatsapp_template={"name": "order_update", "language": "en_US", "parameters": ["42"]},
+    )
+    assert (await finished(reply_pool, template.command_id))["state"] == "accepted"
+    [call] = whatsapp_api.graph.calls("send")
+    body = json.loads(call.body)
+    assert (body["to"], body["type"]) == (f"+{CLIENT_OUT}", "template")
+    assert body["template"]["name"] == "order_update"
+    assert body["template"]["language"]["code"] == "en_US"
