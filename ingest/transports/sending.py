@@ -132,6 +132,35 @@ def require_key(config: Mapping[str, Any], key: str) -> str:
     )
 
 
+def check_shape(
+    message: OutboundMessage,
+    *,
+    provider: str,
+    max_attachments: int,
+    max_bytes: int | None,
+    templates: bool = False,
+) -> None:
+    """The rules every provider shares: something to send, a WhatsApp template only where
+    `templates`, at most `max_attachments`, none declared over `max_bytes` (per attachment;
+    None: no per-attachment limit)."""
+    if message.whatsapp_template is not None and not templates:
+        raise SendRejected("unsupported", f"a WhatsApp template cannot go out on {provider}")
+    nothing = not (message.text or "").strip() and not message.attachments
+    if message.whatsapp_template is None and nothing:
+        raise SendRejected("empty", "nothing to send: no text and no attachment")
+    if len(message.attachments) > max_attachments:
+        raise SendRejected(
+            "too_many_attachments", f"{provider} takes at most {max_attachments} attachments"
+        )
+    for attachment in message.attachments:
+        if max_bytes is not None and attachment.size is not None and attachment.size > max_bytes:
+            raise SendRejected(
+                "attachment_too_large",
+                f"attachment {attachment.upload_id} is over {provider}'s limit of "
+                f"{max_bytes // (1024 * 1024)} MB",
+            )
+
+
 def load_senders(
     settings: Settings, client: httpx.AsyncClient, store: ObjectStore
 ) -> dict[Transport, MessageSender]:

@@ -40,3 +40,16 @@ def split_text(text: str, limit: int) -> list[str]:
         rest = rest[cut + 1 :]
     parts.append(rest)
     return [part for part in parts if part.strip()]
+
+
+def texts_and_caption(
+    text: str | None, has_attachments: bool, text_max: int, caption_max: int
+) -> tuple[list[str], str | None]:
+    """How a reply's text goes out next to attachments: as the first attachment's caption when
+    it fits one, else as text messages of its own (split at `text_max`) sent first."""
+    body = text or ""
+    if not body.strip():
+        return [], None
+    if has_attachments and text_length(body) <= caption_max:
+        return [], body
+    return split_text(body, text_max), None

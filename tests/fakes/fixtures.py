@@ -6,11 +6,13 @@ recorded requests left from another test). `fake_provider_settings` points crm-i
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import pytest
+import structlog
 
 from ingest.config import Transport, load_settings
 from ingest.objectstore import ObjectStore, open_store
@@ -18,6 +20,13 @@ from ingest.transports.fetching import MediaDownload, MediaRef, MediaSource, loa
 from ingest.transports.http_download import media_http_client
 from ingest.transports.sending import MessageSender, OutboundAttachment, load_senders
 from tests.fakes.harness import FakeServer
+from tests.fakes.smtp import (  # noqa: F401 (fixtures, registered here)
+    _smtp_fake,
+    _smtp_tls_fakes,
+    smtp_server,
+    smtp_tls_servers,
+    tls_certificate,
+)
 from tests.fakes.telegram import TelegramFake
 from tests.fakes.twilio import TwilioFake
 from tests.fakes.whatsapp import WhatsAppFake
@@ -160,3 +169,15 @@ async def stored_attachment(
     """Bytes put in the store as an upload would be, described as the dispatcher does."""
     stored = await store.put_bytes(f"uploads/{upload_id}", data, mimetype)
     return OutboundAttachment(upload_id, stored.url, name, mimetype, stored.size)
+
+
+@contextmanager
+def logged(caplog: pytest.LogCaptureFixture) -> Iterator[list[str]]:
+    """Every log line of the block as text, structlog's and the stdlib's (httpx, aiosmtplib),
+    filled in when the block ends."""
+    caplog.set_level(logging.DEBUG)
+    lines: list[str] = []
+    with structlog.testing.capture_logs() as captured:
+        yield lines
+    lines.extend(repr(line) for line in captured)
+    lines.append(caplog.text)

@@ -4,13 +4,13 @@ attachments streamed from a real file:// object store."""
 from __future__ import annotations
 
 import json
-import logging
+import traceback
 import uuid
 from typing import Any
 
 import pytest
 
-from ingest.objectstore import ObjectStore
+from ingest.objectstore import ObjectStore, StoreUnavailable
 from ingest.transports.sending import (
     OutboundMessage,
     SendOutcomeUnknown,
@@ -18,7 +18,7 @@ from ingest.transports.sending import (
     SendTransient,
 )
 from ingest.transports.textparts import split_text, text_length
-from tests.fakes.fixtures import senders, stored_attachment
+from tests.fakes.fixtures import logged, senders, stored_attachment
 from tests.fakes.harness import Scripted
 from tests.fakes.telegram import TelegramFake
 
@@ -209,12 +209,12 @@ async def test_refused_token_is_rejected_and_never_shown(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     telegram_api.add_bot(TOKEN)
-    caplog.set_level(logging.DEBUG)
-    with pytest.raises(SendRejected) as caught:
+    with logged(caplog) as logs, pytest.raises(SendRejected) as caught:
         await send(provider_settings, file_store, message(), {"bot_token": token})
     assert "bot_token" in caught.value.message
     assert token not in str(caught.value)
-    assert token not in caplog.text
+    assert any("provider refused" in line for line in logs)
+    assert token not in "".join(logs)
 
 
 async def test_scheduled_message_id_zero_is_not_returned(
@@ -287,3 +287,47 @@ async def test_no_answer_in_time_is_an_unknown_outcome(
     with pytest.raises(SendOutcomeUnknown) as caught:
         await send(provider_settings, file_store, message(), outbound_timeout_s=0.2)
     assert TOKEN not in str(caught.value)
+
+
+async def test_undeclared_size_over_the_limit_is_cut_mid_upload(
+    telegram_api: TelegramFake,
+    provider_settings: dict[str, str],
+    file_store: ObjectStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("ingest.transports.telegram.send.DOCUMENT_MAX", 100_000)
+    telegram_api.add_bot(TOKEN)
+    stored = await stored_attachment(file_store, 7, bytes(300_000), "big.bin", None)
+    undeclared = type(stored)(7, stored.url, "big.bin", None, None)
+    with pytest.raises(SendRejected) as caught:
+        await send(provider_settings, file_store, message(attachments=(undeclared,)))
+    assert caught.value.code == "attachment_too_large"
+    assert telegram_api.sent == []
+
+
+async def test_store_unavailable_is_transient(
+    telegram_api: TelegramFake, provider_settings: dict[str, str], file_store: ObjectStore
+) -> None:
+    telegram_api.add_bot(TOKEN)
+    stored = await stored_attachment(file_store, 8, b"data", "a.bin", None)
+
+    class DownStore:
+        def get(self, key_or_url: str) -> Any:
+            raise StoreUnavailable("store down")
+
+    async with senders(provider_settings, DownStore()) as by_transport:  # type: ignore[arg-type]
+        with pytest.raises(SendTransient) as caught:
+            await by_transport["telegram"].send(
+                message(attachments=(stored,)), {"bot_token": TOKEN}
+            )
+    assert caught.value.code == "store_unavailable"
+    assert telegram_api.sent == []
+
+
+async def test_refused_connection_traceback_holds_no_token(
+    provider_settings: dict[str, str], file_store: ObjectStore
+) -> None:
+    overrides = provider_settings | {"telegram_api_url": "http://127.0.0.1:9"}
+    with pytest.raises(SendTransient) as caught:
+        await send(overrides, file_store, message())
+    assert TOKEN not in "".join(traceback.format_exception(caught.value))

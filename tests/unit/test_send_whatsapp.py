@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import uuid
 from typing import Any
 
@@ -18,7 +17,7 @@ from ingest.transports.sending import (
     SendTransient,
     WhatsAppTemplate,
 )
-from tests.fakes.fixtures import senders, stored_attachment
+from tests.fakes.fixtures import logged, senders, stored_attachment
 from tests.fakes.harness import Scripted
 from tests.fakes.whatsapp import VERSION, WhatsAppFake
 
@@ -194,14 +193,14 @@ async def test_bad_token_is_rejected_and_never_shown(
     file_store: ObjectStore,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.DEBUG)
     wrong = "EAAG-not-the-token-9876543210"
-    with pytest.raises(SendRejected) as caught:
+    with logged(caplog) as logs, pytest.raises(SendRejected) as caught:
         await send(provider_settings, file_store, message(), CONFIG | {"access_token": wrong})
     assert caught.value.code == "190"
     assert "access_token" in caught.value.message
     assert wrong not in str(caught.value)
-    assert wrong not in caplog.text
+    assert any("provider refused" in line for line in logs)
+    assert wrong not in "".join(logs)
 
 
 async def test_server_error_without_an_envelope_is_transient(
@@ -233,3 +232,15 @@ async def test_check_names_missing_keys_and_rules(
         with pytest.raises(SendRejected, match="template goes out alone"):
             sender.check(message(whatsapp_template=template), CONFIG)
     assert graph.graph.requests == []
+
+
+async def test_a_failed_later_message_reports_those_already_accepted(
+    graph: WhatsAppFake, provider_settings: dict[str, str], file_store: ObjectStore
+) -> None:
+    graph.pair_burst = 1  # the second message to the same user hits the pair rate
+    photo = await stored_attachment(file_store, 9, b"\xff\xd8", "a.jpg", "image/jpeg")
+    with pytest.raises(SendTransient) as caught:
+        await send(provider_settings, file_store, message(text="t" * 2000, attachments=(photo,)))
+    (first,) = graph.sent
+    assert first.body["type"] == "text"  # too long for a caption: it went first, alone
+    assert caught.value.accepted_ids == (first.wamid,)

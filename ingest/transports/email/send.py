@@ -12,6 +12,7 @@ Message-ID and the server's DATA reply, which names the relay's own id when it r
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -22,6 +23,7 @@ from urllib.parse import unquote, urlsplit
 import aiosmtplib
 
 from ingest.config import Transport
+from ingest.logs import get_logger
 from ingest.transports.http_send import filename, stored_bytes
 from ingest.transports.sending import (
     OutboundMessage,
@@ -30,12 +32,15 @@ from ingest.transports.sending import (
     SendRejected,
     SendResult,
     SendTransient,
+    check_shape,
     require_key,
 )
 
 if TYPE_CHECKING:
     from ingest.config import Settings
     from ingest.objectstore import ObjectStore
+
+log = get_logger(__name__)
 
 ATTACHMENTS_MAX = 25 * 1024 * 1024
 MAX_ATTACHMENTS = 20
@@ -65,6 +70,7 @@ def smtp_settings(smtp_url: str) -> dict[str, Any]:
 
 
 def _classify(exc: aiosmtplib.SMTPResponseException, stage: str) -> SendError:
+    log.info("smtp refused", stage=stage, code=exc.code)
     text = f"smtp {stage}: {exc.code} {exc.message}"[:300]
     if isinstance(exc, aiosmtplib.SMTPAuthenticationError) or exc.code == 535:
         return SendRejected(
@@ -85,14 +91,7 @@ class EmailSender:
     def check(self, message: OutboundMessage, config: Mapping[str, Any]) -> None:
         smtp_settings(require_key(config, "smtp_url"))
         require_key(config, "from_address")
-        if message.whatsapp_template is not None:
-            raise SendRejected("unsupported", "a WhatsApp template cannot go out by email")
-        if not (message.text or "").strip() and not message.attachments:
-            raise SendRejected("empty", "nothing to send: no text and no attachment")
-        if len(message.attachments) > MAX_ATTACHMENTS:
-            raise SendRejected(
-                "too_many_attachments", f"at most {MAX_ATTACHMENTS} attachments per email"
-            )
+        check_shape(message, provider="email", max_attachments=MAX_ATTACHMENTS, max_bytes=None)
         if sum(a.size or 0 for a in message.attachments) > ATTACHMENTS_MAX:
             raise SendRejected("attachment_too_large", "attachments are over 25 MB in all")
 
@@ -149,10 +148,17 @@ class EmailSender:
             reply = await smtp.data(email.as_bytes())
         except aiosmtplib.SMTPResponseException as exc:
             raise _classify(exc, stage) from exc
-        except aiosmtplib.SMTPNotSupported as exc:  # e.g. AUTH or TLS the server lacks
-            raise SendRejected("smtp_unsupported", f"smtp {stage}: {exc}"[:300]) from exc
         except (aiosmtplib.SMTPException, OSError) as exc:
             kind = type(exc).__name__
+            if isinstance(exc.__cause__ or exc, ssl.SSLCertVerificationError):
+                raise SendRejected(
+                    "tls_certificate",
+                    "smtp: the server's TLS certificate is not trusted (wrong host in smtp_url, "
+                    "or a CA missing from the system's bundle)",
+                ) from exc
+            if stage != "DATA" and kind in ("SMTPException", "SMTPNotSupported"):
+                # The server lacks what smtp_url asks for (AUTH, a mechanism, STARTTLS).
+                raise SendRejected("smtp_unsupported", f"smtp {stage}: {exc}"[:300]) from exc
             if stage == "DATA":
                 raise SendOutcomeUnknown(
                     "outcome_unknown", f"smtp DATA: no complete answer ({kind})"

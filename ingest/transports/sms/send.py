@@ -23,6 +23,7 @@ from ingest.transports.sending import (
     SendRejected,
     SendResult,
     SendTransient,
+    check_shape,
     require_key,
 )
 
@@ -83,17 +84,12 @@ class TwilioSender:
                 "channel has no from (nor messaging_service_sid): run crm-ingest channel set "
                 "<channel id> --config from=+1…",
             )
-        if message.whatsapp_template is not None:
-            raise SendRejected("unsupported", "a WhatsApp template cannot go out as an SMS")
+        check_shape(message, provider="SMS", max_attachments=MAX_MEDIA, max_bytes=None)
         body = message.text or ""
         if len(body) > BODY_MAX:
             raise SendRejected(
                 "too_long", f"SMS text is {len(body)} characters; Twilio takes at most {BODY_MAX}"
             )
-        if not body.strip() and not message.attachments:
-            raise SendRejected("empty", "nothing to send: no text and no attachment")
-        if len(message.attachments) > MAX_MEDIA:
-            raise SendRejected("too_many_attachments", f"at most {MAX_MEDIA} attachments per MMS")
         for attachment in message.attachments:
             if not attachment.url.startswith(("https://", "http://")):
                 raise SendRejected(

@@ -32,9 +32,10 @@ from ingest.transports.sending import (
     SendRejected,
     SendResult,
     SendTransient,
+    check_shape,
     require_key,
 )
-from ingest.transports.textparts import split_text, text_length
+from ingest.transports.textparts import texts_and_caption
 
 if TYPE_CHECKING:
     import httpx
@@ -100,39 +101,24 @@ class TelegramSender:
 
     def check(self, message: OutboundMessage, config: Mapping[str, Any]) -> None:
         require_key(config, "bot_token")
-        if message.whatsapp_template is not None:
-            raise SendRejected("unsupported", "a WhatsApp template cannot go out on Telegram")
-        if not (message.text or "").strip() and not message.attachments:
-            raise SendRejected("empty", "nothing to send: no text and no attachment")
-        if len(message.attachments) > MAX_ATTACHMENTS:
-            raise SendRejected(
-                "too_many_attachments", f"at most {MAX_ATTACHMENTS} attachments per reply"
-            )
-        for attachment in message.attachments:
-            if attachment.size is not None and attachment.size > DOCUMENT_MAX:
-                raise SendRejected(
-                    "attachment_too_large",
-                    f"attachment {attachment.upload_id} is over Telegram's 50 MB upload limit",
-                )
+        check_shape(
+            message, provider="Telegram", max_attachments=MAX_ATTACHMENTS, max_bytes=DOCUMENT_MAX
+        )
 
     def plan(self, message: OutboundMessage) -> list[_Call]:
         """The Bot API calls of one reply, in order."""
         chat_id: int | str = int(message.to) if message.to.lstrip("-").isdigit() else message.to
-        text = message.text or ""
-        fits_caption = bool(message.attachments) and text_length(text) <= CAPTION_MAX
-        calls: list[_Call] = []
-        if text.strip() and not fits_caption:
-            calls += [
-                _Call("sendMessage", {"chat_id": chat_id, "text": p})
-                for p in split_text(text, TEXT_MAX)
-            ]
+        texts, caption = texts_and_caption(
+            message.text, bool(message.attachments), TEXT_MAX, CAPTION_MAX
+        )
+        calls = [_Call("sendMessage", {"chat_id": chat_id, "text": text}) for text in texts]
         for n, attachment in enumerate(message.attachments):
             method, field_name = (
                 ("sendPhoto", "photo") if _is_photo(attachment) else ("sendDocument", "document")
             )
             fields: dict[str, Any] = {"chat_id": chat_id}
-            if n == 0 and fits_caption and text.strip():
-                fields["caption"] = text
+            if n == 0 and caption is not None:
+                fields["caption"] = caption
             calls.append(_Call(method, fields, attachment, field_name))
         reply_to = (message.reply_to or "").rpartition(":")[2]
         if calls and reply_to.isdigit():

@@ -25,9 +25,10 @@ from ingest.transports.sending import (
     SendRejected,
     SendResult,
     SendTransient,
+    check_shape,
     require_key,
 )
-from ingest.transports.textparts import split_text, text_length
+from ingest.transports.textparts import texts_and_caption
 
 if TYPE_CHECKING:
     import httpx
@@ -90,18 +91,13 @@ class WhatsAppSender:
         template = message.whatsapp_template
         if template is not None and (message.text or message.attachments):
             raise SendRejected("unsupported", "a template goes out alone: no text or attachments")
-        if template is None and not (message.text or "").strip() and not message.attachments:
-            raise SendRejected("empty", "nothing to send: no text, template or attachment")
-        if len(message.attachments) > MAX_ATTACHMENTS:
-            raise SendRejected(
-                "too_many_attachments", f"at most {MAX_ATTACHMENTS} attachments per reply"
-            )
-        for attachment in message.attachments:
-            if attachment.size is not None and attachment.size > DOCUMENT_MAX:
-                raise SendRejected(
-                    "attachment_too_large",
-                    f"attachment {attachment.upload_id} is over WhatsApp's 100 MB limit",
-                )
+        check_shape(
+            message,
+            provider="WhatsApp",
+            max_attachments=MAX_ATTACHMENTS,
+            max_bytes=DOCUMENT_MAX,
+            templates=True,
+        )
 
     async def send(self, message: OutboundMessage, config: Mapping[str, Any]) -> SendResult:
         self.check(message, config)
@@ -146,22 +142,20 @@ class WhatsAppSender:
                 parameters = [{"type": "text", "text": p} for p in template.parameters]
                 spec["components"] = [{"type": "body", "parameters": parameters}]
             return [{"type": "template", "template": spec}]
-        text = message.text or ""
-        caption = bool(message.attachments) and text_length(text) <= CAPTION_MAX
-        bodies: list[dict[str, Any]] = []
-        if text.strip() and not caption:
-            bodies += [
-                {"type": "text", "text": {"preview_url": False, "body": part}}
-                for part in split_text(text, TEXT_MAX)
-            ]
+        texts, caption = texts_and_caption(
+            message.text, bool(message.attachments), TEXT_MAX, CAPTION_MAX
+        )
+        bodies: list[dict[str, Any]] = [
+            {"type": "text", "text": {"preview_url": False, "body": text}} for text in texts
+        ]
         for n, attachment in enumerate(message.attachments):
             media_id = await self._upload(attachment, number, auth)
             kind = "image" if _is_image(attachment) else "document"
             media: dict[str, Any] = {"id": media_id}
             if kind == "document" and attachment.name:
                 media["filename"] = attachment.name
-            if n == 0 and caption and text.strip():
-                media["caption"] = text
+            if n == 0 and caption is not None:
+                media["caption"] = caption
             bodies.append({"type": kind, kind: media})
         return bodies
 
