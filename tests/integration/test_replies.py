@@ -12,6 +12,8 @@ import json
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from email import message_from_bytes
+from email.policy import SMTP as SMTP_POLICY
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from ingest.config import Settings
 from ingest.embedded import ResolvedServices
 from sql.db import create_pool
 from tests.fakes.fixtures import fake_provider_settings
+from tests.fakes.smtp import SmtpFake
 from tests.fakes.telegram import TelegramFake
 from tests.fakes.twilio import TwilioFake
 from tests.fakes.whatsapp import WhatsAppFake
@@ -42,6 +45,8 @@ from tests.integration.replies import (
     sender_member,
 )
 from tests.integration.signing import (
+    eml,
+    post_email,
     post_telegram,
     post_whatsapp,
     signed_channel,
@@ -480,3 +485,52 @@ async def test_outside_the_window_only_a_template_goes_out(
     assert (body["to"], body["type"]) == (f"+{CLIENT_OUT}", "template")
     assert body["template"]["name"] == "order_update"
     assert body["template"]["language"]["code"] == "en_US"
+
+
+# --- email: threading into the client's mailbox ----------------------------------------------
+
+
+async def test_email_replies_thread_into_the_conversation(
+    reply_settings: Settings,
+    reply_pool: asyncpg.Pool,
+    reply_gateway: Gateway,
+    reply_consumer: None,
+    smtp_server: SmtpFake,
+) -> None:
+    channel = await signed_channel(
+        reply_pool, "email", smtp_url=smtp_server.url(), from_address="support@shop.example.com"
+    )
+    assert (await post_email(reply_gateway, channel, eml("reply"))).status_code == 200
+    chat_id = await chat_of(reply_pool, channel)
+    user = await new_user(reply_pool, channel.tenant_id)
+    first = await publish(
+        reply_settings, tenant_id=channel.tenant_id, chat_id=chat_id, user_id=user, text="Glad!"
+    )
+    row = await finished(reply_pool, first.command_id)
+    assert row["state"] == "accepted"
+    [received] = smtp_server.received
+    assert received.rcpt_tos == ["peter@example.org"]
+    mail = message_from_bytes(received.data, policy=SMTP_POLICY)
+    # The Message-ID was generated and recorded before the send, on the from_address domain.
+    assert mail["Message-ID"] == row["email_message_id"]
+    assert row["email_message_id"].endswith("@shop.example.com>")
+    assert mail["In-Reply-To"] == "<reply-2@mail.example.org>"
+    assert mail["References"].split() == [
+        "<ticket-88-0@shop.example.com>",
+        "<ticket-88-1@shop.example.com>",
+        "<reply-2@mail.example.org>",
+    ]
+    assert mail["Subject"] == "Re: Your ticket #88"
+
+    # The next reply threads onto ours, the conversation's latest email now.
+    second = await publish(
+        reply_settings, tenant_id=channel.tenant_id, chat_id=chat_id, user_id=user, text="Also…"
+    )
+    assert (await finished(reply_pool, second.command_id))["state"] == "accepted"
+    again = message_from_bytes(smtp_server.received[1].data, policy=SMTP_POLICY)
+    assert again["In-Reply-To"] == row["email_message_id"]
+    assert again["References"].split()[-2:] == [
+        "<reply-2@mail.example.org>",
+        row["email_message_id"],
+    ]
+    assert again["Subject"] == "Re: Your ticket #88"
