@@ -45,11 +45,14 @@ from tests.integration.replies import (
     sender_member,
 )
 from tests.integration.signing import (
+    AUTH_TOKEN,
     eml,
     post_email,
+    post_sms,
     post_telegram,
     post_whatsapp,
     signed_channel,
+    sms_fields,
     tg_payload,
     wa_message,
     wa_statuses,
@@ -534,3 +537,60 @@ async def test_email_replies_thread_into_the_conversation(
         row["email_message_id"],
     ]
     assert again["Subject"] == "Re: Your ticket #88"
+
+
+# --- SMS: Twilio's StatusCallback settles the reply ------------------------------------------
+
+TWILIO_ACCOUNT = "ACb2722d11b73d22b594c81d79aed6b8d2"  # the captures' account
+OUR_NUMBER, CLIENT_PHONE = "+18446151430", "+18017916516"
+PUBLIC_URL = "https://crm.example.com/webhooks/sms/acme"
+
+
+async def test_sms_reply_names_our_callback_and_its_status_settles_it(
+    reply_settings: Settings,
+    reply_pool: asyncpg.Pool,
+    reply_gateway: Gateway,
+    reply_consumer: None,
+    twilio_api: TwilioFake,
+) -> None:
+    twilio_api.add_account(TWILIO_ACCOUNT, AUTH_TOKEN)
+    channel = await signed_channel(
+        reply_pool,
+        "sms",
+        account_sid=TWILIO_ACCOUNT,
+        public_url=PUBLIC_URL,
+        **{"from": OUR_NUMBER},
+    )
+    inbound = sms_fields("basic_text")
+    assert (
+        await post_sms(reply_gateway, channel, inbound, signed_url=PUBLIC_URL)
+    ).status_code == 200
+    chat_id = await chat_of(reply_pool, channel)
+    command = await publish(
+        reply_settings, tenant_id=channel.tenant_id, chat_id=chat_id, text="Ok!"
+    )
+    row = await finished(reply_pool, command.command_id)
+    assert row["state"] == "accepted"
+    [sent] = twilio_api.sent
+    assert sent.form["To"] == [CLIENT_PHONE]
+    assert sent.form["From"] == [OUR_NUMBER]
+    assert sent.form["Body"] == ["Ok!"]
+    assert sent.form["StatusCallback"] == [PUBLIC_URL]
+    assert row["provider_message_ids"] == [sent.sid]
+
+    status = sms_fields(
+        "status_delivered",
+        MessageSid=sent.sid,
+        SmsSid=sent.sid,
+        MessageStatus="sent",
+        SmsStatus="sent",
+        AccountSid=TWILIO_ACCOUNT,
+    )
+    assert (
+        await post_sms(reply_gateway, channel, status, signed_url=PUBLIC_URL)
+    ).status_code == 200
+    member = await eventually(
+        lambda: sender_member(reply_pool, row["message_id"]), lambda m: m["sent_at"] is not None
+    )
+    assert member["sent_at"] is not None
+    assert member["read_at"] is None
