@@ -43,20 +43,11 @@ async def _raw_values(message: Any) -> Any:
     return message.body
 
 
-def build_broker(
-    settings: Settings,
-    pool: asyncpg.Pool,
-    *,
-    publish_dead_letter: PublishDeadLetter,
-    publish_chat_events: Publish,
-    **broker_options: Any,
-) -> tuple[KafkaBroker, OutboxRelay]:
-    """The consumer's broker. Dead letters and chat events leave through a plain aiokafka
-    producer (publishing each through FastStream cost ~90 µs; ingest/asyncapi.py documents
-    those topics)."""
-    broker = KafkaBroker(
+def consumer_broker(settings: Settings, client_id: str, **broker_options: Any) -> KafkaBroker:
+    """A broker for consumers: logging routed, graceful stop, FastStream's metrics."""
+    return KafkaBroker(
         settings.kafka_bootstrap_servers,
-        client_id="crm-ingest-consumer",
+        client_id=client_id,
         enable_idempotence=settings.producer_idempotence,
         # FastStream's per-message lines go through our structlog setup, at DEBUG: the
         # "batch committed" line below says what matters once per batch. Its import gave this
@@ -71,6 +62,20 @@ def build_broker(
         log_level=logging.DEBUG,
         **broker_options,
     )
+
+
+def build_broker(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    *,
+    publish_dead_letter: PublishDeadLetter,
+    publish_chat_events: Publish,
+    **broker_options: Any,
+) -> tuple[KafkaBroker, OutboxRelay]:
+    """The consumer's broker. Dead letters and chat events leave through a plain aiokafka
+    producer (publishing each through FastStream cost ~90 µs; ingest/asyncapi.py documents
+    those topics)."""
+    broker = consumer_broker(settings, "crm-ingest-consumer", **broker_options)
     pipeline = build_pipeline(
         settings,
         pool,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -27,7 +26,6 @@ from handlers.outbound.dispatcher import Dispatcher, Limits
 from handlers.pipeline import producer_publishers
 from ingest.channels import ChannelDirectory
 from ingest.config import Settings
-from ingest.logs import routed_logger
 from ingest.objectstore import ObjectStore, StoredObject, StoreUnavailable, open_store
 from ingest.transports.http_download import media_http_client
 from ingest.transports.sending import load_senders
@@ -143,6 +141,8 @@ def subscribe_dispatcher(broker: KafkaBroker, settings: Settings, dispatcher: Di
 @contextlib.asynccontextmanager
 async def running_dispatcher(settings: Settings) -> AsyncIterator[KafkaBroker]:
     """`crm-ingest outbound work`: the dispatcher alone, with its own outbox relay."""
+    from handlers.app import consumer_broker  # handlers.app runs the dispatcher too
+
     pool = await create_pool(
         settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
     )
@@ -153,14 +153,7 @@ async def running_dispatcher(settings: Settings) -> AsyncIterator[KafkaBroker]:
         ):
             relay = OutboxRelay(pool, chat_events, retention_hours=settings.outbox_retention_hours)
             async with open_dispatcher(settings, pool, dead_letter, relay.wake) as dispatcher:
-                broker = KafkaBroker(
-                    settings.kafka_bootstrap_servers,
-                    client_id="crm-ingest-outbound",
-                    enable_idempotence=settings.producer_idempotence,
-                    logger=routed_logger("faststream"),
-                    graceful_timeout=settings.shutdown_timeout_s,
-                    log_level=logging.DEBUG,
-                )
+                broker = consumer_broker(settings, "crm-ingest-outbound")
                 subscribe_dispatcher(broker, settings, dispatcher)
                 await broker.start()
                 stop = asyncio.Event()

@@ -20,10 +20,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, TypeVar
 
 import asyncpg
@@ -32,9 +30,10 @@ from pydantic import ValidationError
 
 from handlers import chat_events
 from handlers.chat_events import Payload, enqueue
-from handlers.ingestor import TRANSIENT_ERRORS, Backoff, DeadLetter, Record
+from handlers.ingestor import TRANSIENT_ERRORS, Backoff, DeadLetter, Record, log_dead_letter
 from handlers.outbound.plan import Channels, InvalidCommand, Plan, build_plan, reply_refs
-from handlers.pg import pg_text, without_nul
+from handlers.outbound.records import Recorded, fail_command, record_command
+from handlers.pg import without_nul
 from handlers.statuses import settle_statuses
 from ingest import metrics
 from ingest.config import Transport
@@ -59,17 +58,6 @@ class Limits:
     max_attempts: int = 5
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 30.0
-
-
-@dataclass(frozen=True, slots=True)
-class Recorded:
-    """The command's message as recorded: what its chat events name."""
-
-    tenant_id: uuid.UUID
-    client_id: int
-    chat_id: int
-    message_id: int
-    command_id: uuid.UUID
 
 
 class Dispatcher:
@@ -168,69 +156,10 @@ class Dispatcher:
         return await self._send(plan, target_or_none)
 
     async def _record(self, plan: Plan) -> Recorded | None:
-        command, channel = plan.command, plan.channel
         async with self._pool.acquire() as proxy, proxy.transaction():
-            conn = pooled(proxy)
-            member_id = await _reply_member(conn, command, channel.transport)
-            claimed = await conn.fetchrow(
-                QUERIES["claim_command"],
-                command.command_id,
-                command.tenant_id,
-                command.chat_id,
-                channel.id,
-                command.user_id,
-                plan.message.to,
-                plan.message.email_message_id,
-            )
-            if claimed is None:
-                return None
-            target = Recorded(
-                command.tenant_id,
-                plan.client_id,
-                command.chat_id,
-                claimed["message_id"],
-                command.command_id,
-            )
-            at: datetime = claimed["created_at"]
-            text = pg_text(plan.text)
-            await conn.execute(
-                QUERIES["insert_reply_message"],
-                target.message_id,
-                command.chat_id,
-                member_id,
-                text,
-                at,
-            )
-            uploads = [a.upload_id for a in plan.message.attachments]
-            if uploads:
-                await conn.execute(QUERIES["link_reply_attachments"], target.message_id, uploads)
-            await conn.execute(QUERIES["advance_last_message_at"], [command.chat_id], [at])
-            events = [
-                chat_events.message_created(
-                    tenant_id=command.tenant_id,
-                    client_id=plan.client_id,
-                    chat_id=command.chat_id,
-                    member_id=member_id,
-                    message_id=target.message_id,
-                    transport=channel.transport,
-                    text=text,
-                    sent_at=None,
-                    attachments=[
-                        chat_events.attachment(
-                            a.upload_id, "file", f"upload:{a.upload_id}", a.mimetype, a.name, a.size
-                        )
-                        for a in plan.message.attachments
-                    ],
-                    command_id=command.command_id,
-                    at=at,
-                )
-            ]
-            if plan.refusal is not None:
-                events += await _fail(
-                    conn, target, "failed", plan.refusal.code, plan.refusal.message, False
-                )
-            await enqueue(conn, [(event, command.command_id) for event in events])
-        self._wake()
+            target = await record_command(pooled(proxy), plan)
+        if target is not None:
+            self._wake()
         return target
 
     async def _send(self, plan: Plan, target: Recorded) -> str:
@@ -247,7 +176,13 @@ class Dispatcher:
                 if exc.accepted_ids:
                     # Some parts went out (a long text is several messages): resending the
                     # whole would repeat them, so the rest is reported, not retried.
-                    await self._durably(functools.partial(self._partial, plan, target, exc))
+                    reason = (
+                        f"{len(exc.accepted_ids)} part(s) went out before {exc.code}: "
+                        f"{exc.message}; the rest is not sent again automatically"
+                    )
+                    await self._finish_failed(
+                        target, "failed", "partially_sent", reason, False, plan, exc.accepted_ids
+                    )
                     return "partial"
                 if isinstance(exc, SendTransient):
                     if attempts >= self._limits.max_attempts:
@@ -291,33 +226,8 @@ class Dispatcher:
         )
         await self._sleep(delay)
 
-    async def _partial(self, plan: Plan, target: Recorded, exc: SendError) -> None:
-        refs = reply_refs(plan.transport, plan.message.to, exc.accepted_ids)
-        reason = (
-            f"{len(exc.accepted_ids)} part(s) went out before {exc.code}: {exc.message}; "
-            "the rest is not sent again automatically"
-        )
-        async with self._pool.acquire() as proxy, proxy.transaction():
-            conn = pooled(proxy)
-            events = await _fail(
-                conn, target, "failed", "partially_sent", reason, False, exc.accepted_ids
-            )
-            if events:
-                meta = {"direction": "outbound", "command_id": str(target.command_id)}
-                await conn.execute(
-                    QUERIES["record_reply_refs"], plan.channel.id, target.message_id, meta, refs
-                )
-            await enqueue(conn, [(event, target.command_id) for event in events])
-        log.warning("reply partially sent", parts=len(refs), code=exc.code)
-        self._wake()
-
     async def _accept(self, plan: Plan, target: Recorded, result: SendResult) -> None:
         refs = reply_refs(plan.transport, plan.message.to, result.provider_message_ids)
-        meta: dict[str, Any] = {"direction": "outbound", "command_id": str(target.command_id)}
-        thread = plan.message.email_thread
-        if plan.transport == "email":
-            meta["subject"] = thread.subject if thread else None
-            meta["references"] = [r.strip("<>") for r in thread.references] if thread else []
         async with self._pool.acquire() as proxy, proxy.transaction():
             conn = pooled(proxy)
             finished = await conn.fetchval(
@@ -327,9 +237,7 @@ class Dispatcher:
             )
             if finished is None:
                 return
-            await conn.execute(
-                QUERIES["record_reply_refs"], plan.channel.id, target.message_id, meta, refs
-            )
+            await _record_refs(conn, plan, target, refs)
             events: list[Payload] = [
                 chat_events.send_accepted(
                     target.tenant_id,
@@ -348,12 +256,24 @@ class Dispatcher:
         self._wake()
 
     async def _finish_failed(
-        self, target: Recorded, state: str, code: str, reason: str, retryable: bool
+        self,
+        target: Recorded,
+        state: str,
+        code: str,
+        reason: str,
+        retryable: bool,
+        plan: Plan | None = None,
+        accepted: tuple[str, ...] = (),
     ) -> None:
+        """`accepted`: ids of the parts that did go out (recorded as refs, as if accepted)."""
+
         async def record() -> None:
             async with self._pool.acquire() as proxy, proxy.transaction():
                 conn = pooled(proxy)
-                events = await _fail(conn, target, state, code, reason, retryable)
+                events = await fail_command(conn, target, state, code, reason, retryable, accepted)
+                if events and plan is not None and accepted:
+                    refs = reply_refs(plan.transport, plan.message.to, accepted)
+                    await _record_refs(conn, plan, target, refs)
                 await enqueue(conn, [(event, target.command_id) for event in events])
 
         await self._durably(record)
@@ -373,74 +293,20 @@ class Dispatcher:
                 attempt += 1
 
     async def _reject(self, record: Record, exc: BaseException, transport: str) -> str:
-        log.error(
-            "command dead-lettered",
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            error_class=type(exc).__name__,
-            error=str(exc)[:500],
-        )
+        log_dead_letter("command dead-lettered", record, exc)
         await self._dead_letter(record, exc)
         metrics.observe_command(transport, "dead_lettered")
         return "dead_lettered"
 
 
-async def _fail(
-    conn: asyncpg.Connection,
-    target: Recorded,
-    state: str,
-    code: str,
-    reason: str,
-    retryable: bool,
-    provider_ids: tuple[str, ...] = (),
-) -> list[Payload]:
-    """Mark the command failed/unknown; its `message.updated` (none if it was already done)."""
-    finished = await conn.fetchval(
-        QUERIES["mark_command_failed"],
-        target.command_id,
-        state,
-        code[:100],
-        reason,
-        retryable,
-        list(provider_ids),
-    )
-    if finished is None:
-        return []
-    return [
-        chat_events.send_failed(
-            target.tenant_id,
-            target.client_id,
-            target.chat_id,
-            target.message_id,
-            target.command_id,
-            finished,
-            code=code[:100],
-            message=reason,
-            retryable=retryable,
-        )
-    ]
-
-
-async def _reply_member(
-    conn: asyncpg.Connection, command: SendCommand, transport: Transport
-) -> uuid.UUID:
-    """The member a reply is sent as: the user's (user_id set), or the chat's automated one.
-    Get-or-create: the partial unique indexes of migration 0014 arbitrate concurrent creators;
-    the loser reads the winner's row in its next statement (a new snapshot)."""
-    role = {"role": "user" if command.user_id is not None else "automated"}
-    created = await conn.fetchval(
-        QUERIES["insert_reply_member"],
-        command.tenant_id,
-        command.chat_id,
-        command.user_id,
-        transport,
-        role,
-    )
-    if created is not None:
-        return uuid.UUID(str(created))
-    found = await conn.fetchval(
-        QUERIES["find_reply_member"], command.chat_id, transport, command.user_id
-    )
-    assert found is not None, "a member conflicted on insert yet cannot be found"
-    return uuid.UUID(str(found))
+async def _record_refs(
+    conn: asyncpg.Connection, plan: Plan, target: Recorded, refs: list[str]
+) -> None:
+    """A reply's provider ids as message refs; an email's keep its thread, so the next reply
+    threads onto it."""
+    meta: dict[str, Any] = {"direction": "outbound", "command_id": str(target.command_id)}
+    thread = plan.message.email_thread
+    if plan.transport == "email":
+        meta["subject"] = thread.subject if thread else None
+        meta["references"] = [r.strip("<>") for r in thread.references] if thread else []
+    await conn.execute(QUERIES["record_reply_refs"], plan.channel.id, target.message_id, meta, refs)
