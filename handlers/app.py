@@ -133,6 +133,22 @@ class RunningConsumer:
 
 
 @contextlib.asynccontextmanager
+async def consuming(
+    broker: KafkaBroker, relay: OutboxRelay, settings: Settings
+) -> AsyncIterator[None]:
+    """The broker's subscribers consuming and the relay sweeping, until the block exits."""
+    await broker.start()
+    stop = asyncio.Event()
+    sweep = asyncio.create_task(relay.run(settings.outbox_interval_s, stop))
+    try:
+        yield
+    finally:
+        await broker.stop()
+        stop.set()
+        await sweep
+
+
+@contextlib.asynccontextmanager
 async def running_consumer(settings: Settings) -> AsyncIterator[RunningConsumer]:
     """Create the pool and the broker, consume until the block exits, then close both."""
     pool = await create_pool(
@@ -149,14 +165,7 @@ async def running_consumer(settings: Settings) -> AsyncIterator[RunningConsumer]
             async with open_dispatcher(settings, pool, dead_letter, relay.wake) as dispatcher:
                 subscribe_dispatcher(broker, settings, dispatcher)
                 settle_heap()  # before the first batch: its full collection takes ~1 s (bench)
-                await broker.start()
-                stop = asyncio.Event()
-                sweep = asyncio.create_task(relay.run(settings.outbox_interval_s, stop))
-                try:
+                async with consuming(broker, relay, settings):
                     yield RunningConsumer(broker, pool, relay)
-                finally:
-                    await broker.stop()
-                    stop.set()
-                    await sweep
     finally:
         await pool.close()

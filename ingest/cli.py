@@ -11,6 +11,7 @@ import asyncio
 import json
 import sys
 import uuid
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -201,18 +202,29 @@ async def cmd_gateway(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def cmd_consume(settings: Settings, _: argparse.Namespace) -> None:
+    from handlers.app import running_consumer
+
+    await run_until_signalled(
+        settings, running_consumer(settings), "consumer", topics=settings.inbound_topics
+    )
+
+
+async def run_until_signalled(
+    settings: Settings, running: AbstractAsyncContextManager[Any], what: str, **fields: Any
+) -> None:
+    """A consuming process (`consume`, `outbound work`): checks, `/metrics`, then `running`
+    until SIGTERM/SIGINT."""
     _require(settings, database=True, broker=True)
     await check_secrets_key(settings)
-    from handlers.app import running_consumer
     from ingest import metrics
 
     served = metrics.start_metrics_server(settings.metrics_port, settings.metrics_host)
     try:
         with stop_on_signals() as stop:
-            async with running_consumer(settings):
-                log.info("consumer running", topics=settings.inbound_topics, metrics=served.port)
+            async with running:
+                log.info(f"{what} running", metrics=served.port, **fields)
                 await stop.wait()
-            log.info("consumer stopped")
+            log.info(f"{what} stopped")
     finally:
         served.stop()
 

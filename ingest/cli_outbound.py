@@ -79,25 +79,14 @@ async def cmd_outbound_send(settings: Settings, args: argparse.Namespace) -> Non
 
 async def cmd_outbound_work(settings: Settings, _: argparse.Namespace) -> None:
     from handlers.outbound.consumer import running_dispatcher
-    from ingest import metrics
-    from ingest.cli import _require, check_secrets_key
-    from ingest.process import stop_on_signals
+    from ingest.cli import run_until_signalled
 
-    _require(settings, database=True, broker=True)
-    await check_secrets_key(settings)
-    served = metrics.start_metrics_server(settings.metrics_port, settings.metrics_host)
-    try:
-        with stop_on_signals() as stop:
-            async with running_dispatcher(settings):
-                log.info(
-                    "reply dispatcher running",
-                    topic=settings.outbound_commands_topic,
-                    metrics=served.port,
-                )
-                await stop.wait()
-            log.info("reply dispatcher stopped")
-    finally:
-        served.stop()
+    await run_until_signalled(
+        settings,
+        running_dispatcher(settings),
+        "reply dispatcher",
+        topic=settings.outbound_commands_topic,
+    )
 
 
 def add_outbound_verbs(verbs: Any, verb: Verb) -> None:

@@ -8,7 +8,6 @@ unavailable before anything was sent), FastStream seeks back and the record come
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -141,7 +140,7 @@ def subscribe_dispatcher(broker: KafkaBroker, settings: Settings, dispatcher: Di
 @contextlib.asynccontextmanager
 async def running_dispatcher(settings: Settings) -> AsyncIterator[KafkaBroker]:
     """`crm-ingest outbound work`: the dispatcher alone, with its own outbox relay."""
-    from handlers.app import consumer_broker  # handlers.app runs the dispatcher too
+    from handlers.app import consumer_broker, consuming  # handlers.app runs it too
 
     pool = await create_pool(
         settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
@@ -155,14 +154,7 @@ async def running_dispatcher(settings: Settings) -> AsyncIterator[KafkaBroker]:
             async with open_dispatcher(settings, pool, dead_letter, relay.wake) as dispatcher:
                 broker = consumer_broker(settings, "crm-ingest-outbound")
                 subscribe_dispatcher(broker, settings, dispatcher)
-                await broker.start()
-                stop = asyncio.Event()
-                sweep = asyncio.create_task(relay.run(settings.outbox_interval_s, stop))
-                try:
+                async with consuming(broker, relay, settings):
                     yield broker
-                finally:
-                    await broker.stop()
-                    stop.set()
-                    await sweep
     finally:
         await pool.close()

@@ -238,16 +238,7 @@ class Dispatcher:
             if finished is None:
                 return
             await _record_refs(conn, plan, target, refs)
-            events: list[Payload] = [
-                chat_events.send_accepted(
-                    target.tenant_id,
-                    target.client_id,
-                    target.chat_id,
-                    target.message_id,
-                    target.command_id,
-                    finished,
-                )
-            ]
+            events: list[Payload] = [chat_events.send_accepted(*target.event_ids, finished)]
             # A status the provider sent before we recorded its id settles now.
             sources = {(plan.channel.id, ref): target.command_id for ref in refs}
             events += [payload for payload, _ in await settle_statuses(conn, sources)]

@@ -28,6 +28,11 @@ class Recorded:
     message_id: int
     command_id: uuid.UUID
 
+    @property
+    def event_ids(self) -> tuple[uuid.UUID, int, int, int, uuid.UUID]:
+        """tenant, client, chat, message and command: what every chat event of it names."""
+        return (self.tenant_id, self.client_id, self.chat_id, self.message_id, self.command_id)
+
 
 async def record_command(conn: asyncpg.Connection, plan: Plan) -> Recorded | None:
     """In the caller's transaction: the reply as a chat message of its sender member, the
@@ -119,11 +124,7 @@ async def fail_command(
         return []
     return [
         chat_events.send_failed(
-            target.tenant_id,
-            target.client_id,
-            target.chat_id,
-            target.message_id,
-            target.command_id,
+            *target.event_ids,
             finished,
             code=code[:100],
             message=reason,
