@@ -75,13 +75,13 @@ def _keyring(settings: Settings) -> Keyring:
     return keyring(settings)
 
 
-def _given(items: list[str] | None) -> dict[str, str]:
+def _given(items: list[str] | None, option: str = "--config") -> dict[str, str]:
     given: dict[str, str] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             # The value may be a secret: name the key only.
-            raise CliError(f"--config expects KEY=VALUE, got one without '=' ({key[:20]!r}…)")
+            raise CliError(f"{option} expects KEY=VALUE, got one without '=' ({key[:20]!r}…)")
         given[key] = value
     return given
 

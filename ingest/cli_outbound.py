@@ -23,17 +23,8 @@ class OutboundCliError(Exception):
     """A one-line, user-facing failure (cli.main prints it as `crm-ingest: error: …`)."""
 
 
-def _params(items: list[str] | None) -> dict[str, str]:
-    params: dict[str, str] = {}
-    for item in items or []:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise OutboundCliError(f"--param expects NAME=VALUE, got {item[:40]!r}")
-        params[name] = value
-    return params
-
-
 def build_command(tenant_id: uuid.UUID, args: argparse.Namespace) -> Any:
+    from ingest.cli import _given
     from ingest.events import SendCommand
 
     try:
@@ -44,7 +35,7 @@ def build_command(tenant_id: uuid.UUID, args: argparse.Namespace) -> Any:
             user_id=args.user,
             text=args.text,
             template_id=args.template,
-            template_params=_params(args.param),
+            template_params=_given(args.param, "--param"),
             channel_id=args.channel,
         )
     except ValidationError as exc:

@@ -102,3 +102,32 @@ def test_reply_refs_match_the_inbound_adapters_ids() -> None:
     assert reply_refs("whatsapp", "15550001", ("wamid.A",)) == ["wamid.A"]
     assert provider_reply_id("telegram", "-100:5") == "5"
     assert provider_reply_id("whatsapp", "wamid.A") == "wamid.A"
+
+
+SEND = ["outbound", "send", "--chat", "42", "--user", "7"]
+
+
+def test_outbound_send_arguments_become_one_command() -> None:
+    from ingest.cli import build_parser
+    from ingest.cli_outbound import build_command
+
+    args = build_parser().parse_args(
+        [*SEND, "--template", "3", "--param", "name=Ann", "--param", "order=a=b"]
+    )
+    command = build_command(TENANT, args)
+    assert (command.chat_id, command.user_id, command.template_id) == (42, 7, 3)
+    assert command.template_params == {"name": "Ann", "order": "a=b"}
+    assert command_key(command) == f"{TENANT}:42"
+
+
+def test_outbound_send_mistakes_are_one_line_naming_what_to_fix() -> None:
+    from ingest.cli import CliError, build_parser
+    from ingest.cli_outbound import OutboundCliError, build_command
+
+    parse = build_parser().parse_args
+    with pytest.raises(CliError, match="--param expects KEY=VALUE"):
+        build_command(TENANT, parse([*SEND, "--template", "3", "--param", "name"]))
+    with pytest.raises(OutboundCliError, match="text is empty"):
+        build_command(TENANT, parse([*SEND, "--text", " "]))
+    with pytest.raises(SystemExit):  # argparse: --text and --template exclude each other
+        parse([*SEND, "--text", "a", "--template", "3"])
