@@ -91,3 +91,11 @@ async def sender_member(pool: asyncpg.Pool, message_id: int) -> Any:
            WHERE m.id = $1""",
         message_id,
     )
+
+
+async def reply(
+    settings: Settings, pool: asyncpg.Pool, channel: TenantChannel, chat_id: int, **fields: Any
+) -> tuple[SendCommand, Any]:
+    """A command into the channel's tenant's chat, published, and its row once finished."""
+    command = await publish(settings, tenant_id=channel.tenant_id, chat_id=chat_id, **fields)
+    return command, await finished(pool, command.command_id)

@@ -42,6 +42,7 @@ from tests.integration.replies import (
     new_user,
     publish,
     published_events,
+    reply,
     sender_member,
 )
 from tests.integration.signing import (
@@ -131,14 +132,9 @@ async def test_reply_goes_out_as_the_users_message_with_its_chat_events(
 ) -> None:
     channel, chat_id = telegram_chat
     user = await new_user(reply_pool, channel.tenant_id)
-    command = await publish(
-        reply_settings,
-        tenant_id=channel.tenant_id,
-        chat_id=chat_id,
-        user_id=user,
-        text="Your order has shipped",
+    command, row = await reply(
+        reply_settings, reply_pool, channel, chat_id, user_id=user, text="Your order has shipped"
     )
-    row = await finished(reply_pool, command.command_id)
     assert (row["state"], row["attempts"], row["error_code"]) == ("accepted", 1, None)
 
     # The provider received exactly the documented request (provider-apis.md §1.4).
@@ -195,10 +191,10 @@ async def test_redelivered_and_replayed_commands_are_not_sent_twice(
 ) -> None:
     channel, chat_id = telegram_chat
     user = await new_user(reply_pool, channel.tenant_id)
-    command = await publish(
-        reply_settings, tenant_id=channel.tenant_id, chat_id=chat_id, user_id=user, text="once"
+    command, done = await reply(
+        reply_settings, reply_pool, channel, chat_id, user_id=user, text="once"
     )
-    assert (await finished(reply_pool, command.command_id))["state"] == "accepted"
+    assert done["state"] == "accepted"
     # The topic's records again, as a replay or a producer's retry would bring them.
     records = await read_topic(
         reply_settings.kafka_bootstrap_servers, reply_settings.outbound_commands_topic, idle_s=1.0
@@ -207,10 +203,10 @@ async def test_redelivered_and_replayed_commands_are_not_sent_twice(
     assert len(mine) == 1
     await publish_commands(reply_settings, [command, command])
     # A later command of the same chat shares the partition: once it is done, so are the copies.
-    sentinel = await publish(
-        reply_settings, tenant_id=channel.tenant_id, chat_id=chat_id, user_id=user, text="next"
+    _sentinel, done = await reply(
+        reply_settings, reply_pool, channel, chat_id, user_id=user, text="next"
     )
-    assert (await finished(reply_pool, sentinel.command_id))["state"] == "accepted"
+    assert done["state"] == "accepted"
     assert [m.text for m in telegram_api.sent] == ["once", "next"]
     assert len(telegram_api.server.calls("api")) == 2
     # One message, one created event and one accepted event for the command.
@@ -252,8 +248,7 @@ async def test_blocked_by_the_user_fails_fast_and_says_so(
 ) -> None:
     channel, chat_id = telegram_chat
     telegram_api.blocked.add(TG_CHAT)
-    command = await publish(reply_settings, tenant_id=channel.tenant_id, chat_id=chat_id, text="x")
-    row = await finished(reply_pool, command.command_id)
+    command, row = await reply(reply_settings, reply_pool, channel, chat_id, text="x")
     assert (row["state"], row["error_retryable"], row["attempts"]) == ("failed", False, 1)
     assert len(telegram_api.server.calls("api")) == 1
     _, failed = await published_events(reply_pool, command.command_id, 2)
@@ -270,8 +265,7 @@ async def test_transient_failures_past_the_limit_fail_retryable(
 ) -> None:
     channel, chat_id = telegram_chat
     telegram_api.failing[TG_CHAT] = 5  # 502s, more than outbound_max_attempts (3)
-    command = await publish(reply_settings, tenant_id=channel.tenant_id, chat_id=chat_id, text="x")
-    row = await finished(reply_pool, command.command_id)
+    _command, row = await reply(reply_settings, reply_pool, channel, chat_id, text="x")
     assert (row["state"], row["error_retryable"], row["attempts"]) == ("failed", True, 3)
     assert len(telegram_api.server.calls("api")) == 3
     assert telegram_api.sent == []
@@ -287,8 +281,7 @@ async def test_missing_bot_token_names_the_key_and_the_command(
     channel = await signed_channel(reply_pool, "telegram")  # no bot_token
     assert (await post_telegram(reply_gateway, channel, TG_UPDATE)).status_code == 200
     chat_id = await chat_of(reply_pool, channel)
-    command = await publish(reply_settings, tenant_id=channel.tenant_id, chat_id=chat_id, text="x")
-    row = await finished(reply_pool, command.command_id)
+    _command, row = await reply(reply_settings, reply_pool, channel, chat_id, text="x")
     assert (row["state"], row["attempts"]) == ("failed", 0)
     assert (
         f"crm-ingest channel set {channel.channel_id} --config bot_token=" in row["error_message"]
@@ -402,14 +395,9 @@ async def test_inside_the_window_text_goes_out_and_statuses_settle_it(
 ) -> None:
     channel, chat_id = await whatsapp_chat(reply_pool, reply_gateway, whatsapp_api, CLIENT_IN, 3600)
     user = await new_user(reply_pool, channel.tenant_id)
-    command = await publish(
-        reply_settings,
-        tenant_id=channel.tenant_id,
-        chat_id=chat_id,
-        user_id=user,
-        text="On its way",
+    command, row = await reply(
+        reply_settings, reply_pool, channel, chat_id, user_id=user, text="On its way"
     )
-    row = await finished(reply_pool, command.command_id)
     assert row["state"] == "accepted"
     [call] = whatsapp_api.graph.calls("send")
     assert call.path == f"/v25.0/{WA_PHONE_NUMBER_ID}/messages"
@@ -463,8 +451,7 @@ async def test_outside_the_window_only_a_template_goes_out(
         reply_pool, reply_gateway, whatsapp_api, CLIENT_OUT, 25 * 3600
     )
     whatsapp_api.templates[("order_update", "en_US")] = 1
-    text = await publish(reply_settings, tenant_id=channel.tenant_id, chat_id=chat_id, text="hi")
-    row = await finished(reply_pool, text.command_id)
+    text, row = await reply(reply_settings, reply_pool, channel, chat_id, text="hi")
     assert (row["state"], row["error_code"], row["error_retryable"]) == (
         "failed",
         "outside_window",
@@ -476,13 +463,14 @@ async def test_outside_the_window_only_a_template_goes_out(
     _, failed = await published_events(reply_pool, text.command_id, 2)
     assert failed["error"]["code"] == "outside_window"
 
-    template = await publish(
+    _template, done = await reply(
         reply_settings,
-        tenant_id=channel.tenant_id,
-        chat_id=chat_id,
+        reply_pool,
+        channel,
+        chat_id,
         whatsapp_template={"name": "order_update", "language": "en_US", "parameters": ["42"]},
     )
-    assert (await finished(reply_pool, template.command_id))["state"] == "accepted"
+    assert done["state"] == "accepted"
     [call] = whatsapp_api.graph.calls("send")
     body = json.loads(call.body)
     assert (body["to"], body["type"]) == (f"+{CLIENT_OUT}", "template")
@@ -506,10 +494,9 @@ async def test_email_replies_thread_into_the_conversation(
     assert (await post_email(reply_gateway, channel, eml("reply"))).status_code == 200
     chat_id = await chat_of(reply_pool, channel)
     user = await new_user(reply_pool, channel.tenant_id)
-    first = await publish(
-        reply_settings, tenant_id=channel.tenant_id, chat_id=chat_id, user_id=user, text="Glad!"
+    _first, row = await reply(
+        reply_settings, reply_pool, channel, chat_id, user_id=user, text="Glad!"
     )
-    row = await finished(reply_pool, first.command_id)
     assert row["state"] == "accepted"
     [received] = smtp_server.received
     assert received.rcpt_tos == ["peter@example.org"]
@@ -526,10 +513,10 @@ async def test_email_replies_thread_into_the_conversation(
     assert mail["Subject"] == "Re: Your ticket #88"
 
     # The next reply threads onto ours, the conversation's latest email now.
-    second = await publish(
-        reply_settings, tenant_id=channel.tenant_id, chat_id=chat_id, user_id=user, text="Also…"
+    _second, done = await reply(
+        reply_settings, reply_pool, channel, chat_id, user_id=user, text="Also…"
     )
-    assert (await finished(reply_pool, second.command_id))["state"] == "accepted"
+    assert done["state"] == "accepted"
     again = message_from_bytes(smtp_server.received[1].data, policy=SMTP_POLICY)
     assert again["In-Reply-To"] == row["email_message_id"]
     assert again["References"].split()[-2:] == [
@@ -566,10 +553,7 @@ async def test_sms_reply_names_our_callback_and_its_status_settles_it(
         await post_sms(reply_gateway, channel, inbound, signed_url=PUBLIC_URL)
     ).status_code == 200
     chat_id = await chat_of(reply_pool, channel)
-    command = await publish(
-        reply_settings, tenant_id=channel.tenant_id, chat_id=chat_id, text="Ok!"
-    )
-    row = await finished(reply_pool, command.command_id)
+    _command, row = await reply(reply_settings, reply_pool, channel, chat_id, text="Ok!")
     assert row["state"] == "accepted"
     [sent] = twilio_api.sent
     assert sent.form["To"] == [CLIENT_PHONE]
