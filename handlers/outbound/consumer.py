@@ -9,7 +9,7 @@ unavailable before anything was sent), FastStream seeks back and the record come
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -20,7 +20,7 @@ from faststream.kafka.annotations import KafkaMessage
 
 from handlers.chat_events import OutboxRelay
 from handlers.dead_letters import DeadLetterSink, PublishDeadLetter
-from handlers.ingestor import TRANSIENT_ERRORS, Backoff
+from handlers.ingestor import TRANSIENT_ERRORS, Backoff, BatchReport, DeadLetter, Record
 from handlers.outbound.dispatcher import Dispatcher, Limits
 from handlers.pipeline import producer_publishers
 from ingest.channels import ChannelDirectory
@@ -70,8 +70,10 @@ async def open_dispatcher(
     pool: asyncpg.Pool,
     publish_dead_letter: PublishDeadLetter,
     wake: Callable[[], None],
+    dead_letter: DeadLetter | None = None,
 ) -> AsyncIterator[Dispatcher]:
-    """The dispatcher with its HTTP client, object store and channel directory, closed after."""
+    """The dispatcher with its HTTP client, object store and channel directory, closed after.
+    Dead letters go to `ingest_dead_letters` and the topic, or to `dead_letter` when given."""
     store: ObjectStore = (
         open_store(settings.media_store) if settings.media_store else UnconfiguredStore()
     )
@@ -85,7 +87,7 @@ async def open_dispatcher(
             pool,
             ChannelDirectory(settings, pool),
             load_senders(settings, client, store),
-            DeadLetterSink(pool, publish_dead_letter),
+            dead_letter or DeadLetterSink(pool, publish_dead_letter),
             store_prefix=store_prefix,
             limits=Limits(
                 settings.outbound_max_attempts,
@@ -158,3 +160,18 @@ async def running_dispatcher(settings: Settings) -> AsyncIterator[KafkaBroker]:
                     yield broker
     finally:
         await pool.close()
+
+
+async def dispatch_records(dispatcher: Dispatcher, records: Sequence[Record]) -> BatchReport:
+    """Commands read by `crm-ingest replay` or `dlq replay`, executed one by one in order, as
+    the live subscriber would: a command already done does nothing (`already_present`)."""
+    report = BatchReport(records=len(records))
+    for record in records:
+        outcome = await dispatcher.handle(record)
+        if outcome == "dead_lettered":
+            report.dead_lettered += 1
+        elif outcome == "already_done":
+            report.outcome.already_present += 1
+        else:
+            report.outcome.messages_created += 1
+    return report

@@ -21,6 +21,7 @@ import asyncpg
 import pytest
 
 from handlers.app import running_consumer
+from handlers.replay import Range, replay_dead_letters, replay_topic
 from ingest.commands import publish_commands
 from ingest.config import Settings
 from ingest.embedded import ResolvedServices
@@ -578,3 +579,49 @@ async def test_sms_reply_names_our_callback_and_its_status_settles_it(
     )
     assert member["sent_at"] is not None
     assert member["read_at"] is None
+
+
+# --- ops: replaying the commands topic and dead-lettered commands ----------------------------
+
+
+async def test_replay_of_the_commands_topic_and_of_a_dead_letter_go_through_the_dispatcher(
+    reply_settings: Settings,
+    reply_pool: asyncpg.Pool,
+    telegram_api: TelegramFake,
+    telegram_chat: tuple[Any, int],
+) -> None:
+    channel, chat_id = telegram_chat
+    command, done = await reply(reply_settings, reply_pool, channel, chat_id, text="first")
+    assert done["state"] == "accepted"
+    # A user the host creates only later: the command is dead-lettered, then replayed.
+    user_id = await reply_pool.fetchval("SELECT coalesce(max(id), 0) + 1000 FROM core_users")
+    early = await publish(
+        reply_settings, tenant_id=channel.tenant_id, chat_id=chat_id, user_id=user_id, text="x"
+    )
+    dead = await eventually(
+        lambda: reply_pool.fetchrow(
+            "SELECT id, error_message FROM ingest_dead_letters WHERE event_id = $1",
+            early.command_id,
+        ),
+        lambda row: row is not None,
+    )
+    assert dead["error_message"] == f"unknown user {user_id}"
+
+    commands = reply_settings.outbound_commands_topic
+    summary = await replay_topic(reply_settings, commands, Range(from_offset=0), idle_timeout_s=1.0)
+    mine = await reply_pool.fetchval(
+        "SELECT count(*) FROM ingest_outbound_commands WHERE chat_id = $1", chat_id
+    )
+    assert mine == 1
+    assert summary.already_present >= 1  # ours among the topic's commands, none executed again
+    assert [m.text for m in telegram_api.sent] == ["first"]
+
+    await reply_pool.execute(
+        "INSERT INTO core_users (id, tenant_id) VALUES ($1, $2)", user_id, channel.tenant_id
+    )
+    result = await replay_dead_letters(reply_settings, [dead["id"]])
+    assert (result["replayed"], result["still_failing"], result["created"]) == (1, 0, 1)
+    row = await finished(reply_pool, early.command_id)
+    assert row["state"] == "accepted"
+    assert [m.text for m in telegram_api.sent] == ["first", "x"]
+    assert command.command_id != early.command_id
