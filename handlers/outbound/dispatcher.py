@@ -86,7 +86,18 @@ class Dispatcher:
 
     async def handle(self, record: Record) -> str:
         """Execute one command record; returns its outcome (a metrics label). Raises only when
-        PostgreSQL is unavailable before anything was sent: the record is then redelivered."""
+        PostgreSQL is unavailable before anything was sent: the record is then redelivered.
+        Anything else that fails (PostgreSQL refusing a value, a bug) dead-letters the record
+        rather than stall the partition; its row, if any, keeps its state for `dlq replay`."""
+        try:
+            return await self._handle(record)
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as exc:
+            log.exception("command failed unexpectedly")
+            return await self._reject(record, exc, "unknown")
+
+    async def _handle(self, record: Record) -> str:
         try:
             command = decode_command(without_nul(record.value or b""))
         except ValidationError as exc:
