@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from email import message_from_bytes
@@ -25,6 +26,7 @@ from handlers.replay import Range, replay_dead_letters, replay_topic
 from ingest.commands import publish_commands
 from ingest.config import Settings
 from ingest.embedded import ResolvedServices
+from ingest.objectstore import open_store
 from sql.db import create_pool
 from tests.fakes.fixtures import fake_provider_settings
 from tests.fakes.smtp import SmtpFake
@@ -625,3 +627,58 @@ async def test_replay_of_the_commands_topic_and_of_a_dead_letter_go_through_the_
     assert row["state"] == "accepted"
     assert [m.text for m in telegram_api.sent] == ["first", "x"]
     assert command.command_id != early.command_id
+
+
+# --- attachments: stored uploads only --------------------------------------------------------
+
+
+async def test_stored_uploads_go_out_and_others_are_refused(
+    reply_settings: Settings,
+    reply_pool: asyncpg.Pool,
+    telegram_api: TelegramFake,
+    telegram_chat: tuple[Any, int],
+) -> None:
+    channel, chat_id = telegram_chat
+    data = b"%PDF-1.7 invoice " * 1000
+    store = open_store(reply_settings.media_store)
+    try:
+        stored = await store.put_bytes(f"uploads/{uuid.uuid4().hex}", data, "application/pdf")
+    finally:
+        await store.close()
+    insert = """INSERT INTO core_uploads (tenant_id, hash, path, name, size, mimetype)
+                VALUES ($1, $2, $3, $4, $5, $6) RETURNING id"""
+    upload = await reply_pool.fetchval(
+        insert,
+        channel.tenant_id,
+        stored.sha256,
+        stored.url,
+        "invoice.pdf",
+        len(data),
+        "application/pdf",
+    )
+    # A provider-hosted file whose bytes were never fetched: its path is not in the store.
+    pending = await reply_pool.fetchval(
+        insert, channel.tenant_id, "", "telegram:AgADBAAD", "photo.jpg", 0, "image/jpeg"
+    )
+    command, row = await reply(
+        reply_settings, reply_pool, channel, chat_id, text="Your invoice", attachments=[upload]
+    )
+    assert row["state"] == "accepted"
+    [sent] = telegram_api.sent
+    assert (sent.method, sent.caption) == ("sendDocument", "Your invoice")
+    assert sent.upload is not None
+    assert (sent.upload.data, sent.upload.filename) == (data, "invoice.pdf")
+    linked = await reply_pool.fetch(
+        "SELECT upload_id FROM crm_chat_message_attachments WHERE message_id = $1",
+        row["message_id"],
+    )
+    assert [r["upload_id"] for r in linked] == [upload]
+    created, _ = await published_events(reply_pool, command.command_id, 2)
+    assert [a["upload_id"] for a in created["attachments"]] == [upload]
+
+    _, refused = await reply(
+        reply_settings, reply_pool, channel, chat_id, text="photo", attachments=[pending]
+    )
+    assert (refused["state"], refused["error_code"]) == ("failed", "attachment_not_stored")
+    assert refused["error_message"] == f"attachment {pending} is not stored"
+    assert len(telegram_api.sent) == 1
