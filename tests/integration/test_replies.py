@@ -8,6 +8,7 @@ consumer groups, database) pointed at them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -20,14 +21,17 @@ from typing import Any
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from handlers.app import running_consumer
+from handlers.outbound.records import reply_member
 from handlers.replay import Range, replay_dead_letters, replay_topic
 from ingest.commands import publish_commands
 from ingest.config import Settings
 from ingest.embedded import ResolvedServices
+from ingest.events import SendCommand
 from ingest.objectstore import open_store
-from sql.db import create_pool
+from sql.db import create_pool, pooled
 from tests.fakes.fixtures import fake_provider_settings
 from tests.fakes.smtp import SmtpFake
 from tests.fakes.telegram import TelegramFake
@@ -682,3 +686,57 @@ async def test_stored_uploads_go_out_and_others_are_refused(
     assert (refused["state"], refused["error_code"]) == ("failed", "attachment_not_stored")
     assert refused["error_message"] == f"attachment {pending} is not stored"
     assert len(telegram_api.sent) == 1
+
+
+async def test_a_reply_to_a_message_names_it_at_the_provider(
+    reply_settings: Settings,
+    reply_pool: asyncpg.Pool,
+    telegram_api: TelegramFake,
+    telegram_chat: tuple[Any, int],
+) -> None:
+    channel, chat_id = telegram_chat
+    inbound = await reply_pool.fetchval(
+        "SELECT message_id FROM ingest_message_refs WHERE channel_id = $1", channel.channel_id
+    )
+    _, row = await reply(
+        reply_settings, reply_pool, channel, chat_id, text="About that", reply_to_message_id=inbound
+    )
+    assert row["state"] == "accepted"
+    [sent] = telegram_api.sent
+    assert sent.reply_to_message_id == TG_UPDATE["message"]["message_id"]
+    accepted = REGISTRY.get_sample_value(
+        "crm_ingest_outbound_commands_total", {"transport": "telegram", "outcome": "accepted"}
+    )
+    assert accepted is not None
+    assert accepted >= 1
+
+
+async def test_concurrent_first_replies_of_a_user_share_one_member(
+    reply_pool: asyncpg.Pool, telegram_chat: tuple[Any, int]
+) -> None:
+    """The partial unique index decides: the second creator waits for the first, then reads
+    its member instead of adding another."""
+    channel, chat_id = telegram_chat
+    user = await new_user(reply_pool, channel.tenant_id)
+    command = SendCommand(
+        command_id=uuid.uuid4(),
+        tenant_id=channel.tenant_id,
+        chat_id=chat_id,
+        user_id=user,
+        text="x",
+    )
+    async with reply_pool.acquire() as first, reply_pool.acquire() as second:
+        outer = first.transaction()
+        await outer.start()
+        mine = await reply_member(pooled(first), command, "telegram")
+        async with second.transaction():
+            racing = asyncio.create_task(reply_member(pooled(second), command, "telegram"))
+            await asyncio.sleep(0.3)
+            assert not racing.done()  # waiting on the first transaction's index entry
+            await outer.commit()
+            theirs = await racing
+    assert theirs == mine
+    members = await reply_pool.fetchval(
+        "SELECT count(*) FROM crm_chat_members WHERE chat_id = $1 AND user_id = $2", chat_id, user
+    )
+    assert members == 1
