@@ -113,7 +113,7 @@ class ProviderHTTP:
 async def _read_capped(response: httpx.Response) -> bytes:
     chunks: list[bytes] = []
     total = 0
-    async for chunk in response.aiter_raw():
+    async for chunk in response.aiter_bytes():  # decoded: providers gzip their answers
         total += len(chunk)
         if total > ANSWER_MAX:
             break

@@ -14,7 +14,8 @@ host (lookaside.fbsbx.com's role) on another, and an optional CDN on a third.
   `link`, templates against `templates` (132001 unknown name or language, 132000 wrong
   parameter count), and returns `{messaging_product, contacts, messages:[{id: "wamid.…"}]}`.
   Recipients in `window_closed` get the send accepted and a `failed` status with 131047 in
-  `statuses` (or a synchronous 131047 with `sync_window_errors`). Over `throughput` sends per
+  `statuses` (or a synchronous 131047 with `sync_window_errors`); `status_webhook(wamid,
+  status)` builds the webhook body a later status would post. Over `throughput` sends per
   second → 130429; the same recipient over `pair_burst` within 6 s → 131056.
 - Scriptable routes: "media_info", "media_download", "cdn", "send", "upload".
 """
@@ -308,16 +309,9 @@ class WhatsAppFake:
         wamid = f"wamid.FAKE{len(self.sent) + 1:08d}{wa_id}"
         self.sent.append(SentMessage(wamid, number, body))
         if outside:
-            self.statuses.append(
-                {
-                    "id": wamid,
-                    "status": "failed",
-                    "recipient_id": wa_id,
-                    "errors": [{"code": 131047, "title": "Re-engagement message"}],
-                }
-            )
+            self.status_webhook(wamid, "failed", error=(131047, "Re-engagement message"))
         else:
-            self.statuses.append({"id": wamid, "status": "sent", "recipient_id": wa_id})
+            self.status_webhook(wamid, "sent")
         return JSONResponse(
             {
                 "messaging_product": "whatsapp",
@@ -325,6 +319,36 @@ class WhatsAppFake:
                 "messages": [{"id": wamid}],
             }
         )
+
+    def status_webhook(
+        self, wamid: str, status: str, *, error: tuple[int, str] | None = None
+    ) -> dict[str, Any]:
+        """The status webhook Meta would post for a sent message (the shape of
+        tests/payloads/whatsapp/status_*.json); its element is also kept in `statuses`."""
+        sent = next(m for m in self.sent if m.wamid == wamid)
+        element: dict[str, Any] = {
+            "id": wamid,
+            "status": status,
+            "timestamp": str(int(self.clock.now())),
+            "recipient_id": str(sent.body["to"]).lstrip("+"),
+        }
+        if error is not None:
+            element["errors"] = [{"code": error[0], "title": error[1]}]
+        self.statuses.append(element)
+        value = {
+            "messaging_product": "whatsapp",
+            "metadata": {
+                "display_phone_number": "15550783881",
+                "phone_number_id": sent.phone_number_id,
+            },
+            "statuses": [element],
+        }
+        return {
+            "object": "whatsapp_business_account",
+            "entry": [
+                {"id": "102290129340398", "changes": [{"value": value, "field": "messages"}]}
+            ],
+        }
 
     def _invalid(self, body: Any) -> Response | None:
         if not isinstance(body, dict) or body.get("messaging_product") != "whatsapp":

@@ -4,6 +4,8 @@ between "certainly not accepted" and "may have been accepted", over real sockets
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -91,6 +93,14 @@ async def test_hang_up_after_the_request_arrived_is_unknown(
 async def test_accepted_answer_is_returned(http: ProviderHTTP, api: FakeServer) -> None:
     answer = await http.post(f"{api.url}/send", what="test", classify=classify, json_body={})
     assert answer == {"id": "1"}
+
+
+async def test_a_compressed_answer_is_read(http: ProviderHTTP, api: FakeServer) -> None:
+    body = gzip.compress(json.dumps({"id": "wamid.Z"}).encode())
+    headers = {"content-encoding": "gzip", "content-type": "application/json"}
+    api.script("send", Scripted(200, body=body, headers=headers))
+    answer = await http.post(f"{api.url}/send", what="test", classify=classify, json_body={})
+    assert answer == {"id": "wamid.Z"}
 
 
 async def test_no_answer_in_time_is_unknown(http: ProviderHTTP, api: FakeServer) -> None:

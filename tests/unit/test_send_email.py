@@ -203,3 +203,15 @@ async def test_an_untrusted_certificate_is_refused(
         await send(server, file_store, message())
     assert caught.value.code == "tls_certificate"
     assert server.received == []
+
+
+async def test_headers_cannot_be_injected(smtp_server: SmtpFake, file_store: ObjectStore) -> None:
+    forged = EmailThread("Order\r\nBcc: victim@example.com", None, ())
+    await send(smtp_server, file_store, message(email_thread=forged))
+    email = parsed(smtp_server.received[0].data)
+    assert email["Subject"] == "Re: Order Bcc: victim@example.com"
+    assert email["Bcc"] is None
+    with pytest.raises(SendRejected) as caught:
+        await send(smtp_server, file_store, message(to="a@b.example\r\nBcc: victim@example.com"))
+    assert caught.value.code == "bad_header"
+    assert len(smtp_server.received) == 1

@@ -200,7 +200,7 @@ async def test_server_error_is_transient_and_a_retry_succeeds(
     assert (await send(provider_settings, file_store, message())).provider_message_ids
 
 
-@pytest.mark.parametrize("token", [TOKEN.replace("ABC", "XYZ"), "not-a-token"])
+@pytest.mark.parametrize("token", [TOKEN.replace("ABC", "XYZ"), "not-a-token", f"{TOKEN}/../../x?"])
 async def test_refused_token_is_rejected_and_never_shown(
     token: str,
     telegram_api: TelegramFake,
@@ -331,3 +331,31 @@ async def test_refused_connection_traceback_holds_no_token(
     with pytest.raises(SendTransient) as caught:
         await send(overrides, file_store, message())
     assert TOKEN not in "".join(traceback.format_exception(caught.value))
+
+
+async def test_a_photo_telegram_cannot_take_goes_as_a_document(
+    telegram_api: TelegramFake, provider_settings: dict[str, str], file_store: ObjectStore
+) -> None:
+    telegram_api.add_bot(TOKEN)
+    refused = {
+        "ok": False,
+        "error_code": 400,
+        "description": "Bad Request: PHOTO_INVALID_DIMENSIONS",
+    }
+    telegram_api.server.script("api", Scripted(400, json=refused))
+    panorama = await stored_attachment(file_store, 10, b"\xff\xd8wide", "wide.jpg", "image/jpeg")
+    result = await send(
+        provider_settings, file_store, message(text="the view", attachments=(panorama,))
+    )
+    assert [c.path.rpartition("/")[2] for c in telegram_api.server.calls("api")] == [
+        "sendPhoto",
+        "sendDocument",
+    ]
+    (sent,) = telegram_api.sent
+    assert sent.upload is not None
+    assert (sent.method, sent.caption, sent.upload.data) == (
+        "sendDocument",
+        "the view",
+        b"\xff\xd8wide",
+    )
+    assert result.provider_message_ids == (f"{CHAT}:1",)

@@ -20,6 +20,7 @@ from ingest.transports.sending import (
 from tests.fakes.fixtures import logged, senders, stored_attachment
 from tests.fakes.harness import Scripted
 from tests.fakes.whatsapp import VERSION, WhatsAppFake
+from tests.unit.test_whatsapp import one_status
 
 TOKEN = "EAAG-fake-access-token-0123456789"
 NUMBER = "106540352242922"
@@ -244,3 +245,20 @@ async def test_a_failed_later_message_reports_those_already_accepted(
     (first,) = graph.sent
     assert first.body["type"] == "text"  # too long for a caption: it went first, alone
     assert caught.value.accepted_ids == (first.wamid,)
+
+
+async def test_status_webhooks_refer_to_the_returned_wamid(
+    graph: WhatsAppFake, provider_settings: dict[str, str], file_store: ObjectStore
+) -> None:
+    result = await send(provider_settings, file_store, message())
+    (wamid,) = result.provider_message_ids
+    webhook = graph.status_webhook(wamid, "read")
+    value = webhook["entry"][0]["changes"][0]["value"]
+    assert value["metadata"]["phone_number_id"] == NUMBER
+    assert [(s["id"], s["status"], s["recipient_id"]) for s in value["statuses"]] == [
+        (wamid, "read", WA_ID)
+    ]
+    assert [s["status"] for s in graph.statuses] == ["sent", "read"]
+    # Our own webhook adapter reads it as the status of that message.
+    status = one_status(webhook)
+    assert (status.external_message_id, status.status) == (wamid, "read")

@@ -104,10 +104,12 @@ class EmailSender:
         email["Message-ID"] = message.email_message_id or make_msgid(domain=domain)
         email["Date"] = formatdate(localtime=False, usegmt=True)
         thread = message.email_thread
-        subject = thread.subject if thread is not None and thread.subject else None
-        if subject is not None and not subject.lower().startswith("re:"):
+        # One line: a subject folded or forged with CR/LF cannot add headers.
+        subject = " ".join((thread.subject or "").split()) if thread is not None else ""
+        if subject and not subject.lower().startswith("re:"):
             subject = f"Re: {subject}"
-        email["Subject"] = subject or (message.text or "").strip().split("\n")[0][:78]
+        first_line = " ".join((message.text or "").strip().split("\n")[0].split())
+        email["Subject"] = subject or first_line[:78]
         if thread is not None and thread.in_reply_to:
             email["In-Reply-To"] = thread.in_reply_to
         if thread is not None and (thread.references or thread.in_reply_to):
@@ -134,7 +136,12 @@ class EmailSender:
     async def send(self, message: OutboundMessage, config: Mapping[str, Any]) -> SendResult:
         self.check(message, config)
         connection = smtp_settings(require_key(config, "smtp_url"))
-        email = await self.build(message, config)
+        try:
+            email = await self.build(message, config)
+        except ValueError as exc:  # the email package refuses a header with CR/LF in it
+            raise SendRejected(
+                "bad_header", "a recipient or message id holds a line break"
+            ) from exc
         envelope_from = parseaddr(str(email["From"]))[1]
         smtp = aiosmtplib.SMTP(timeout=self._timeout, **connection)
         stage = "connect"

@@ -11,11 +11,14 @@ scheduled instead of sending) is not returned.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import quote
 
 from ingest.config import Transport
+from ingest.logs import get_logger
 from ingest.transports.http_download import ErrorResponse
 from ingest.transports.http_send import (
     Multipart,
@@ -43,12 +46,16 @@ if TYPE_CHECKING:
     from ingest.config import Settings
     from ingest.objectstore import ObjectStore
 
+log = get_logger(__name__)
+
 TEXT_MAX = 4096
 CAPTION_MAX = 1024
 PHOTO_MAX = 10 * 1024 * 1024
 DOCUMENT_MAX = 50 * 1024 * 1024
 PHOTO_TYPES = frozenset({"image/jpeg", "image/png", "image/webp"})
 MAX_ATTACHMENTS = 10
+# What the Bot API answers for a photo it cannot take as a photo.
+PHOTO_REFUSALS = re.compile(r"PHOTO_INVALID_DIMENSIONS|IMAGE_PROCESS_FAILED|PHOTO_EXT_INVALID")
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +142,7 @@ class TelegramSender:
         unnumbered = 0
         for call in self.plan(message):
             try:
-                result = await self._call(token, call)
+                result = await self._call_photo_or_document(token, call)
             except SendError as exc:
                 exc.accepted_ids = tuple(ids)
                 raise
@@ -151,8 +158,22 @@ class TelegramSender:
             detail["unnumbered"] = unnumbered
         return SendResult(tuple(ids), detail)
 
+    async def _call_photo_or_document(self, token: str, call: _Call) -> dict[str, Any]:
+        """A photo Telegram cannot process (dimensions, ratio, format) goes again as a
+        document: the refusal means nothing was sent."""
+        try:
+            return await self._call(token, call)
+        except SendRejected as exc:
+            if call.method != "sendPhoto" or not PHOTO_REFUSALS.search(exc.message):
+                raise
+            log.info("photo refused, sending it as a document", code=exc.code)
+        return await self._call(
+            token, _Call("sendDocument", call.fields, call.attachment, "document")
+        )
+
     async def _call(self, token: str, call: _Call) -> dict[str, Any]:
-        url = f"{self._base}/bot{token}/{call.method}"
+        # Quoted: a token holding "/" or "?" must not reach another path of the API.
+        url = f"{self._base}/bot{quote(token, safe=':')}/{call.method}"
         what = f"telegram {call.method}"
         if call.attachment is None:
             answer = await self._http.post(url, what=what, classify=classify, json_body=call.fields)
