@@ -33,6 +33,7 @@ from ingest.events import SendCommand
 from ingest.objectstore import open_store
 from sql.db import create_pool, pooled
 from tests.fakes.fixtures import fake_provider_settings
+from tests.fakes.harness import Scripted
 from tests.fakes.smtp import SmtpFake
 from tests.fakes.telegram import TelegramFake
 from tests.fakes.twilio import TwilioFake
@@ -740,3 +741,33 @@ async def test_concurrent_first_replies_of_a_user_share_one_member(
         "SELECT count(*) FROM crm_chat_members WHERE chat_id = $1 AND user_id = $2", chat_id, user
     )
     assert members == 1
+
+
+async def test_a_split_text_cut_short_is_not_resent(
+    reply_settings: Settings,
+    reply_pool: asyncpg.Pool,
+    telegram_api: TelegramFake,
+    telegram_chat: tuple[Any, int],
+) -> None:
+    """Over 4096 characters a Telegram reply is two messages; the first goes out, the second
+    gets a 502. Retrying the whole would repeat the first, so it fails `partially_sent` with
+    the first part's id recorded."""
+    channel, chat_id = telegram_chat
+    first_part = {"ok": True, "result": {"message_id": 77, "chat": {"id": TG_CHAT}, "date": 0}}
+    telegram_api.server.script(
+        "api",
+        Scripted(200, json=first_part),
+        Scripted(502, json={"ok": False, "error_code": 502, "description": "Bad Gateway"}),
+    )
+    _, row = await reply(reply_settings, reply_pool, channel, chat_id, text="word " * 1000)
+    assert (row["state"], row["error_code"], row["error_retryable"]) == (
+        "failed",
+        "partially_sent",
+        False,
+    )
+    assert row["provider_message_ids"] == [f"{TG_CHAT}:77"]
+    assert len(telegram_api.server.calls("api")) == 2  # not a third
+    ref = await reply_pool.fetchval(
+        "SELECT external_id FROM ingest_message_refs WHERE message_id = $1", row["message_id"]
+    )
+    assert ref == f"{TG_CHAT}:77"
