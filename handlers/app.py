@@ -30,6 +30,7 @@ from handlers.dead_letters import PublishDeadLetter
 from handlers.ingestor import correlation_ids
 from handlers.kept_webhooks import record_kept_webhooks
 from handlers.media.runtime import running_media_worker
+from handlers.outbound.consumer import open_dispatcher, subscribe_dispatcher
 from handlers.pipeline import build_pipeline, producer_publishers
 from ingest import metrics
 from ingest.config import Settings
@@ -45,20 +46,11 @@ async def _raw_values(message: Any) -> Any:
     return message.body
 
 
-def build_broker(
-    settings: Settings,
-    pool: asyncpg.Pool,
-    *,
-    publish_dead_letter: PublishDeadLetter,
-    publish_chat_events: Publish,
-    **broker_options: Any,
-) -> tuple[KafkaBroker, OutboxRelay]:
-    """The consumer's broker. Dead letters and chat events leave through a plain aiokafka
-    producer (publishing each through FastStream cost ~90 µs; ingest/asyncapi.py documents
-    those topics)."""
-    broker = KafkaBroker(
+def consumer_broker(settings: Settings, client_id: str, **broker_options: Any) -> KafkaBroker:
+    """A broker for consumers: logging routed, graceful stop, FastStream's metrics."""
+    return KafkaBroker(
         settings.kafka_bootstrap_servers,
-        client_id="crm-ingest-consumer",
+        client_id=client_id,
         enable_idempotence=settings.producer_idempotence,
         # FastStream's per-message lines go through our structlog setup, at DEBUG: the
         # "batch committed" line below says what matters once per batch. Its import gave this
@@ -73,6 +65,20 @@ def build_broker(
         log_level=logging.DEBUG,
         **broker_options,
     )
+
+
+def build_broker(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    *,
+    publish_dead_letter: PublishDeadLetter,
+    publish_chat_events: Publish,
+    **broker_options: Any,
+) -> tuple[KafkaBroker, OutboxRelay]:
+    """The consumer's broker. Dead letters and chat events leave through a plain aiokafka
+    producer (publishing each through FastStream cost ~90 µs; ingest/asyncapi.py documents
+    those topics)."""
+    broker = consumer_broker(settings, "crm-ingest-consumer", **broker_options)
     pipeline = build_pipeline(
         settings,
         pool,
@@ -146,6 +152,22 @@ class RunningConsumer:
 
 
 @contextlib.asynccontextmanager
+async def consuming(
+    broker: KafkaBroker, relay: OutboxRelay, settings: Settings
+) -> AsyncIterator[None]:
+    """The broker's subscribers consuming and the relay sweeping, until the block exits."""
+    await broker.start()
+    stop = asyncio.Event()
+    sweep = asyncio.create_task(relay.run(settings.outbox_interval_s, stop))
+    try:
+        yield
+    finally:
+        await broker.stop()
+        stop.set()
+        await sweep
+
+
+@contextlib.asynccontextmanager
 async def running_consumer(settings: Settings) -> AsyncIterator[RunningConsumer]:
     """Create the pool and the broker, consume until the block exits, then close both."""
     pool = await create_pool(
@@ -157,22 +179,19 @@ async def running_consumer(settings: Settings) -> AsyncIterator[RunningConsumer]
             broker, relay = build_broker(
                 settings, pool, publish_dead_letter=dead_letter, publish_chat_events=chat_events
             )
-            settle_heap()  # before the first batch: its full collection takes ~1 s in the bench
-            await broker.start()
-            stop = asyncio.Event()
-            sweep = asyncio.create_task(relay.run(settings.outbox_interval_s, stop))
-            try:
-                # The media fetcher beside the consumer; it stops (finishing or handing back
-                # its downloads) before the relay, so its last chat events still go out.
-                if settings.media_worker_in_consume:
-                    async with running_media_worker(settings, pool, on_queued=relay.wake):
+            # The reply dispatcher rides along (its own group; `crm-ingest outbound work` runs
+            # it alone).
+            async with open_dispatcher(settings, pool, dead_letter, relay.wake) as dispatcher:
+                subscribe_dispatcher(broker, settings, dispatcher)
+                settle_heap()  # before the first batch: its full collection takes ~1 s (bench)
+                async with consuming(broker, relay, settings):
+                    # The media fetcher beside the consumer; it stops (finishing or handing
+                    # back its downloads) before the relay, so its last chat events go out.
+                    if settings.media_worker_in_consume:
+                        async with running_media_worker(settings, pool, on_queued=relay.wake):
+                            yield RunningConsumer(broker, pool, relay)
+                    else:
+                        log.info("media fetching left to `crm-ingest media work` processes")
                         yield RunningConsumer(broker, pool, relay)
-                else:
-                    log.info("media fetching left to `crm-ingest media work` processes")
-                    yield RunningConsumer(broker, pool, relay)
-            finally:
-                await broker.stop()
-                stop.set()
-                await sweep
     finally:
         await pool.close()

@@ -159,18 +159,24 @@ def message_created(
     message_id: int,
     transport: str,
     text: str,
-    sent_at: datetime,
+    sent_at: datetime | None,
     attachments: Sequence[Payload],
+    command_id: UUID | None = None,
+    at: datetime | None = None,
 ) -> Payload:
+    """`command_id` set: an outbound message (a reply), not yet sent, so `sent_at` is null and
+    `at` says when it was recorded."""
     event_id = make_chat_event_id("message.created", message_id)
     return {
-        **_base("message.created", event_id, tenant_id, client_id, chat_id, sent_at),
+        **_base("message.created", event_id, tenant_id, client_id, chat_id, at or sent_at),
         "member_id": str(member_id),
         "message_id": message_id,
         "transport": transport,
         "text": text,
         "sent_at": timestamp(sent_at),
         "attachments": list(attachments),
+        "direction": "inbound" if command_id is None else "outbound",
+        "command_id": None if command_id is None else str(command_id),
     }
 
 
@@ -186,6 +192,8 @@ def _updated(
     status: str | None,
     sent_at: datetime | None,
     read_at: datetime | None,
+    command_id: UUID | None = None,
+    error: Payload | None = None,
 ) -> Payload:
     return {
         **_base("message.updated", event_id, tenant_id, client_id, chat_id, at),
@@ -196,6 +204,8 @@ def _updated(
         "sent_at": timestamp(sent_at),
         "read_at": timestamp(read_at),
         "attachment": None,
+        "command_id": None if command_id is None else str(command_id),
+        "error": error,
     }
 
 
@@ -225,6 +235,7 @@ def message_edited(
 
 
 def status_changed(row: asyncpg.Record) -> Payload:
+    """A provider status settled onto a message; `command_id` is set when it is a reply."""
     event_id = make_chat_event_id("message.updated", row["message_id"], "status", row["status"])
     return _updated(
         event_id,
@@ -238,6 +249,60 @@ def status_changed(row: asyncpg.Record) -> Payload:
         row["status"],
         row["sent_at"],
         row["read_at"],
+        row["command_id"],
+    )
+
+
+def send_accepted(
+    tenant_id: UUID, client_id: int, chat_id: int, message_id: int, command_id: UUID, at: datetime
+) -> Payload:
+    """The provider took an outbound message (`status: accepted`)."""
+    event_id = make_chat_event_id("message.updated", message_id, "status", "accepted")
+    return _updated(
+        event_id,
+        tenant_id,
+        client_id,
+        chat_id,
+        at,
+        message_id,
+        "status",
+        None,
+        "accepted",
+        None,
+        None,
+        command_id,
+    )
+
+
+def send_failed(
+    tenant_id: UUID,
+    client_id: int,
+    chat_id: int,
+    message_id: int,
+    command_id: UUID,
+    at: datetime,
+    *,
+    code: str,
+    message: str,
+    retryable: bool,
+) -> Payload:
+    """An outbound message that did not go out, or whose fate is unknown (`outcome_unknown`)."""
+    event_id = make_chat_event_id("message.updated", message_id, "failed")
+    error = {"code": code, "message": message, "retryable": retryable}
+    return _updated(
+        event_id,
+        tenant_id,
+        client_id,
+        chat_id,
+        at,
+        message_id,
+        "failed",
+        None,
+        None,
+        None,
+        None,
+        command_id,
+        error,
     )
 
 

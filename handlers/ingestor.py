@@ -202,15 +202,7 @@ class Ingestor:
             return await apply_batch(pooled(proxy), events)
 
     async def _reject(self, record: Record, exc: BaseException, report: BatchReport) -> None:
-        log.error(
-            "event dead-lettered",
-            **record_ids(record),
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            error_class=type(exc).__name__,
-            error=str(exc)[:500],
-        )
+        log_dead_letter("event dead-lettered", record, exc)
         await self._dead_letter(record, exc)
         report.dead_lettered += 1
 
@@ -229,6 +221,19 @@ def record_ids(record: Record) -> dict[str, str]:
         for name, value in record.headers
         if name in _LOGGED_HEADERS
     }
+
+
+def log_dead_letter(event: str, record: Record, exc: BaseException) -> None:
+    """The one log line of a record that goes to the dead letters: where it was, and why."""
+    log.error(
+        event,
+        **record_ids(record),
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        error_class=type(exc).__name__,
+        error=str(exc)[:500],
+    )
 
 
 def correlation_ids(records: Sequence[Record], limit: int = 20) -> list[str]:

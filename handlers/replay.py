@@ -24,12 +24,14 @@ from pydantic import ValidationError
 
 from handlers.dead_letters import DeadLetterSink
 from handlers.ingestor import BatchReport, Record
+from handlers.outbound.consumer import dispatch_records, open_dispatcher
 from handlers.pipeline import build_pipeline, producer_publishers
 from ingest.config import Settings
 from ingest.events import (
     MessageEvent,
     RawWebhook,
     StatusEvent,
+    decode_command,
     decode_event,
     decode_raw_webhook,
     encode_event,
@@ -149,13 +151,25 @@ async def replay_topic(
         active = {tp for tp in partitions if tp in starts}
         for tp in active:
             summary.partitions[tp.partition] = {"from": starts[tp], "read": 0}
-        async with producer_publishers(settings) as (dead_letter, chat_events):
+        commands = topic == settings.outbound_commands_topic
+        async with (
+            producer_publishers(settings) as (dead_letter, chat_events),
+            contextlib.AsyncExitStack() as stack,
+        ):
             pipeline = (
                 None
                 if pool is None
                 else build_pipeline(
                     settings, pool, publish_dead_letter=dead_letter, publish_chat_events=chat_events
                 )
+            )
+            # The commands topic goes through the reply dispatcher: executed once, per id.
+            dispatcher = (
+                await stack.enter_async_context(
+                    open_dispatcher(settings, pool, dead_letter, pipeline.relay.wake)
+                )
+                if commands and pool is not None and pipeline is not None
+                else None
             )
             last_record = time.monotonic()
             while active and time.monotonic() - last_record < idle_timeout_s:
@@ -174,7 +188,9 @@ async def replay_topic(
                 last_record = time.monotonic()
                 summary.read += len(batch)
                 if pipeline is None:
-                    summary.invalid += sum(1 for r in batch if not _valid(r))
+                    summary.invalid += sum(1 for r in batch if not _valid(r, commands))
+                elif dispatcher is not None:
+                    summary.add(await dispatch_records(dispatcher, batch))
                 else:
                     summary.add(await pipeline.ingestor.handle(batch))
                     if reemit:
@@ -189,9 +205,9 @@ async def replay_topic(
     return summary
 
 
-def _valid(record: Record) -> bool:
+def _valid(record: Record, command: bool = False) -> bool:
     try:
-        decode_event(record.value or b"")
+        (decode_command if command else decode_event)(record.value or b"")
     except ValidationError:
         return False
     return True
@@ -314,7 +330,17 @@ async def replay_dead_letters(
                 records += [_stored(row, event) for event in outcome.events]
                 if outcome.still_kept is not None:
                     still[row["id"]] = outcome.still_kept
-            report = await pipeline.ingestor.handle(records) if records else BatchReport()
+            # Dead-lettered commands go to the reply dispatcher, everything else to the ingestor.
+            commands = [r for r in records if r.topic == settings.outbound_commands_topic]
+            events = [r for r in records if r.topic != settings.outbound_commands_topic]
+            report = await pipeline.ingestor.handle(events) if events else BatchReport()
+            if commands:
+                async with open_dispatcher(
+                    settings, pool, dead_letter, pipeline.relay.wake, record_failure
+                ) as dispatcher:
+                    executed = await dispatch_records(dispatcher, commands)
+                report.outcome.messages_created += executed.outcome.messages_created
+                report.outcome.already_present += executed.outcome.already_present
             replayed = [
                 row["id"]
                 for row in rows

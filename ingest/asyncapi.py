@@ -16,7 +16,7 @@ from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
 
 from ingest.config import TRANSPORTS, Settings
-from ingest.events import ChatEvent, InboundEvent, RawWebhook
+from ingest.events import ChatEvent, InboundEvent, RawWebhook, SendCommand
 
 SHIPPED = "asyncapi.json"
 
@@ -51,10 +51,30 @@ def build_specification(settings: Settings) -> AsyncAPI:
         "tenant:chat; deterministic event ids (dedupe on event_id).",
         schema=ChatEvent,
     )
+
+    async def dispatch(command: SendCommand) -> None:  # documentation only
+        del command
+
+    broker.subscriber(
+        settings.outbound_commands_topic,
+        group_id=settings.outbound_consumer_group,
+        title=f"{settings.outbound_commands_topic}:consume",
+        description="The reply dispatcher executes each message.send command once (per "
+        "command_id), in partition order; outcomes appear as chat events. Commands that "
+        "cannot be a message go to the dead-letter topic.",
+    )(dispatch)
+    broker.publisher(
+        settings.outbound_commands_topic,
+        title=f"{settings.outbound_commands_topic}:publish",
+        description="Other services (and `crm-ingest outbound send`) publish message.send "
+        "commands here; key = tenant:chat, so one chat's replies go out in order.",
+        schema=SendCommand,
+    )
     broker.publisher(
         settings.dlq_topic,
         title=f"{settings.dlq_topic}:publish",
-        description="Inbound records that can never succeed as they are, value unchanged; "
+        description="Inbound records and commands that can never succeed as they are, value "
+        "unchanged; "
         "headers source-topic, source-partition, source-offset, error-class, error-message.",
         schema=bytes,
     )

@@ -11,6 +11,7 @@ import asyncio
 import json
 import sys
 import uuid
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -74,13 +75,13 @@ def _keyring(settings: Settings) -> Keyring:
     return keyring(settings)
 
 
-def _given(items: list[str] | None) -> dict[str, str]:
+def _given(items: list[str] | None, option: str = "--config") -> dict[str, str]:
     given: dict[str, str] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             # The value may be a secret: name the key only.
-            raise CliError(f"--config expects KEY=VALUE, got one without '=' ({key[:20]!r}…)")
+            raise CliError(f"{option} expects KEY=VALUE, got one without '=' ({key[:20]!r}…)")
         given[key] = value
     return given
 
@@ -201,18 +202,29 @@ async def cmd_gateway(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def cmd_consume(settings: Settings, _: argparse.Namespace) -> None:
+    from handlers.app import running_consumer
+
+    await run_until_signalled(
+        settings, running_consumer(settings), "consumer", topics=settings.inbound_topics
+    )
+
+
+async def run_until_signalled(
+    settings: Settings, running: AbstractAsyncContextManager[Any], what: str, **fields: Any
+) -> None:
+    """A consuming process (`consume`, `outbound work`): checks, `/metrics`, then `running`
+    until SIGTERM/SIGINT."""
     _require(settings, database=True, broker=True)
     await check_secrets_key(settings)
-    from handlers.app import running_consumer
     from ingest import metrics
 
     served = metrics.start_metrics_server(settings.metrics_port, settings.metrics_host)
     try:
         with stop_on_signals() as stop:
-            async with running_consumer(settings):
-                log.info("consumer running", topics=settings.inbound_topics, metrics=served.port)
+            async with running:
+                log.info(f"{what} running", metrics=served.port, **fields)
                 await stop.wait()
-            log.info("consumer stopped")
+            log.info(f"{what} stopped")
     finally:
         served.stop()
 
@@ -490,6 +502,10 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("channel", type=uuid.UUID, metavar="CHANNEL_ID")
     rotate.add_argument("key", metavar="KEY")
     add_grace(rotate)
+
+    from ingest.cli_outbound import add_outbound_verbs
+
+    add_outbound_verbs(verbs, verb)
 
     secrets = verbs.add_parser("secrets", help="Channel secrets at rest: keys and re-keying.")
     secrets_verbs = secrets.add_subparsers(dest="secrets_verb", required=True, metavar="VERB")

@@ -116,6 +116,14 @@ class Settings(BaseSettings):
     # Replies: a provider call's connect / each read / each write (HTTP), or each SMTP step.
     outbound_timeout_s: float = Field(default=30.0, gt=0, le=600)
 
+    # Replies (handlers/outbound/). A transient provider failure is retried while the command
+    # holds its partition (the chat's order), at most this many attempts, each wait the
+    # provider's retry-after or the backoff, capped: attempts x cap stays well under the
+    # consumer's max.poll.interval (300 s), or the group would rebalance mid-retry.
+    outbound_max_attempts: int = Field(default=5, ge=1, le=20)
+    outbound_backoff_initial_s: float = Field(default=1.0, gt=0, le=60)
+    outbound_backoff_max_s: float = Field(default=30.0, gt=0, le=60)
+
     # Identity
     default_phone_region: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
 
@@ -197,6 +205,15 @@ class Settings(BaseSettings):
     @property
     def dlq_topic(self) -> str:
         return self.topic("inbound.dlq")
+
+    @property
+    def outbound_commands_topic(self) -> str:
+        return self.topic("outbound.commands")
+
+    @property
+    def outbound_consumer_group(self) -> str:
+        """The dispatcher's own group: its offsets never wait for the inbound batches'."""
+        return f"{self.consumer_group}-outbound"
 
     @property
     def chat_events_topic(self) -> str:

@@ -225,7 +225,32 @@ def with_media_store(settings: Settings) -> Settings:
     return settings.model_copy(update={"media_store": media})
 
 
-def describe(channels: list[dict[str, Any]], base_url: str, settings: Settings) -> str:
+async def reply_example(settings: Settings) -> str:
+    """`crm-ingest outbound send` for the demo chat, as the demo user, ready to paste (with the
+    environment that reaches this stack's database and broker)."""
+    conn = await connect(settings.database_url)
+    try:
+        user = await conn.fetchval(QUERIES["demo_user"], DEMO_TENANT_ID)
+        chat = await conn.fetchval(QUERIES["demo_chat"], DEMO_TENANT_ID)
+    finally:
+        await conn.close()
+    env = {
+        "DATABASE_URL": settings.database_url,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "CRM_INGEST_TOPIC_PREFIX": settings.topic_prefix,
+        "CRM_INGEST_PRODUCER_IDEMPOTENCE": str(settings.producer_idempotence).lower(),
+    }
+    words = ["crm-ingest", "outbound", "send", "--chat", str(chat or "CHAT_ID")]
+    words += ["--user", str(user), "--text", "Thanks, we are on it"]
+    line = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " " + shlex.join(words)
+    if chat is None:
+        line += "  # CHAT_ID: the chat a curl above creates (crm_chats.id)"
+    return line
+
+
+def describe(
+    channels: list[dict[str, Any]], base_url: str, settings: Settings, reply: str | None = None
+) -> str:
     lines = ["", "crm-ingest dev is running.", f"  database: {settings.database_url}"]
     lines += [f"  media store: {settings.media_store}", ""]
     for channel in channels:
@@ -245,6 +270,13 @@ def describe(channels: list[dict[str, Any]], base_url: str, settings: Settings) 
                 "    " + shlex.join(curl + photo),
                 "",
             ]
+    if reply is not None:
+        lines += [
+            "  reply from the CRM (needs the channel's bot_token / access_token / ... set with",
+            "  crm-ingest channel set; without it the reply fails naming the missing key):",
+            "    " + reply,
+            "",
+        ]
     lines += ["  Ctrl-C stops everything.", ""]
     return "\n".join(lines)
 
@@ -269,7 +301,8 @@ async def run_dev(settings: Settings, stop: asyncio.Event, *, host: str, port: i
             # uvicorn exposes a flag, not an event: print the URLs only once it listens.
             while not server.started and not serving.done():  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
-            sys.stdout.write(describe(channels, f"http://{host}:{http_port}", settings))
+            reply = await reply_example(settings)
+            sys.stdout.write(describe(channels, f"http://{host}:{http_port}", settings, reply))
             sys.stdout.flush()
             await until_stopped(stop, serving, on_stop=lambda: setattr(server, "should_exit", True))
         log.info("dev stack stopped")

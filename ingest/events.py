@@ -296,6 +296,20 @@ class _ChatEvent(_Model):
     occurred_at: AwareDatetime
 
 
+Direction = Literal["inbound", "outbound"]
+# `accepted`: the provider took an outbound message; the rest come from provider statuses.
+ChatMessageStatus = Literal["accepted", "sent", "delivered", "read", "failed"]
+
+
+class SendFailure(_Model):
+    """Why an outbound message failed: the provider's code (or ours) and whether a retry,
+    later or after a fix, could help."""
+
+    code: str
+    message: str
+    retryable: bool
+
+
 class MessageCreated(_ChatEvent):
     event_type: Literal["message.created"] = "message.created"
     member_id: uuid.UUID
@@ -304,6 +318,8 @@ class MessageCreated(_ChatEvent):
     text: str
     sent_at: AwareDatetime | None
     attachments: list[ChatAttachment] = Field(default_factory=list)
+    direction: Direction = "inbound"
+    command_id: uuid.UUID | None = None  # the message.send command of an outbound message
 
 
 class AttachmentOutcome(_Model):
@@ -321,12 +337,14 @@ class AttachmentOutcome(_Model):
 class MessageUpdated(_ChatEvent):
     event_type: Literal["message.updated"] = "message.updated"
     message_id: int
-    change: Literal["edited", "status", "attachment"]
+    change: Literal["edited", "status", "attachment", "failed"]
     text: str | None = None  # the new text, for edits
-    status: MessageStatus | None = None  # for status changes
+    status: ChatMessageStatus | None = None  # for status changes
     sent_at: AwareDatetime | None = None
     read_at: AwareDatetime | None = None
     attachment: AttachmentOutcome | None = None  # for attachment changes
+    command_id: uuid.UUID | None = None  # set on the updates of an outbound message
+    error: SendFailure | None = None  # for change "failed"
 
 
 class ClientCreated(_ChatEvent):
@@ -378,3 +396,81 @@ AnyChatEvent = (
 )
 ChatEvent = Annotated[AnyChatEvent, Field(discriminator="event_type")]
 chat_event_adapter: TypeAdapter[AnyChatEvent] = TypeAdapter(ChatEvent)
+
+
+# --- Commands: replies other services ask us to send (topic crm.outbound.commands) --------
+
+
+class WhatsAppTemplateRef(_Model):
+    """A Meta-approved template: the only thing WhatsApp delivers outside the 24-hour window."""
+
+    name: str = Field(min_length=1, max_length=512)
+    language: str = Field(
+        min_length=2, max_length=20, pattern=r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]+)*$"
+    )
+    parameters: list[str] = Field(default_factory=list, max_length=100)  # body values, in order
+
+
+class SendCommand(_Model):
+    """`message.send`: write into a chat as a CRM user (or as the system, `user_id` null).
+
+    Exactly one of `text`, `template_id` (a crm_message_templates row of the tenant, its
+    `{{name}}` placeholders filled from `template_params`) and `whatsapp_template`. Keyed
+    `<tenant_id>:<chat_id>`, so one chat's commands are executed in order; executed once per
+    `command_id`, however often it is delivered.
+    """
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    type: Literal["message.send"] = "message.send"
+    command_id: uuid.UUID
+    tenant_id: uuid.UUID
+    chat_id: int = Field(ge=1, le=2**31 - 1)
+    user_id: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    text: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
+    template_id: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    template_params: dict[str, str] = Field(default_factory=dict)
+    whatsapp_template: WhatsAppTemplateRef | None = None
+    attachments: list[Annotated[int, Field(ge=1, le=2**31 - 1)]] = Field(
+        default_factory=list, max_length=10
+    )
+    channel_id: uuid.UUID | None = None  # null: the channel of the client's last inbound message
+    reply_to_message_id: int | None = Field(default=None, ge=1, le=2**31 - 1)  # crm message id
+
+    @model_validator(mode="after")
+    def _one_content(self) -> SendCommand:
+        given = [
+            name
+            for name in ("text", "template_id", "whatsapp_template")
+            if getattr(self, name) is not None
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                "exactly one of text, template_id, whatsapp_template is required"
+                f" (got {', '.join(given) or 'none'})"
+            )
+        if self.text is not None and not self.text.strip() and not self.attachments:
+            raise ValueError("text is empty and there are no attachments")
+        return self
+
+
+def command_key(command: SendCommand) -> str:
+    """The Kafka key of a command: its chat, so one chat's replies keep their order."""
+    return chat_key(command.tenant_id, command.chat_id)
+
+
+def encode_command(command: SendCommand) -> bytes:
+    return command.model_dump_json().encode()
+
+
+def decode_command(raw: bytes) -> SendCommand:
+    """Parse one command; raises pydantic.ValidationError on anything not in the contract."""
+    return SendCommand.model_validate_json(raw)
+
+
+def command_headers(command: SendCommand) -> list[tuple[str, bytes]]:
+    return [
+        ("event-type", command.type.encode()),
+        ("event-id", str(command.command_id).encode()),
+        ("schema-version", str(command.schema_version).encode()),
+        ("content-type", b"application/json"),
+    ]

@@ -135,6 +135,42 @@ for _outcome in OUTCOMES:
     CONSUMER_EVENTS.labels(_outcome)
 
 
+# --- reply dispatcher -----------------------------------------------------------------------
+
+SEND_OUTCOMES = (
+    "accepted",
+    "rejected",
+    "refused",
+    "transient_exhausted",
+    "partial",
+    "unknown",
+    "dead_lettered",
+    "already_done",
+)
+OUTBOUND_COMMANDS = Counter(
+    "crm_ingest_outbound_commands",
+    "message.send commands by transport and outcome: accepted, rejected (by the provider), "
+    "refused (by a rule before the call), transient_exhausted, partial (some parts of a "
+    "split text went out), unknown, dead_lettered, "
+    "already_done (redelivered or replayed).",
+    ["transport", "outcome"],
+)
+SEND_SECONDS = Histogram(
+    "crm_ingest_send_seconds",
+    "Time of one provider call of the reply dispatcher, failed ones included.",
+    ["transport"],
+    buckets=_DB_BUCKETS,
+)
+
+
+def observe_command(transport: str, outcome: str) -> None:
+    OUTBOUND_COMMANDS.labels(transport_label(transport), outcome).inc()
+
+
+def observe_send(transport: str, seconds: float) -> None:
+    SEND_SECONDS.labels(transport_label(transport)).observe(seconds)
+
+
 def transport_label(transport: str) -> str:
     return transport if transport in TRANSPORTS else UNKNOWN
 

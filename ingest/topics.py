@@ -11,7 +11,12 @@ from ingest.config import Settings
 
 
 def service_topics(settings: Settings) -> list[str]:
-    return [*settings.inbound_topics, settings.dlq_topic, settings.chat_events_topic]
+    return [
+        *settings.inbound_topics,
+        settings.dlq_topic,
+        settings.chat_events_topic,
+        settings.outbound_commands_topic,
+    ]
 
 
 async def ensure_topics(settings: Settings) -> list[str]:

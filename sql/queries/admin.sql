@@ -47,3 +47,16 @@ SELECT id, tenant_id FROM ingest_channels WHERE id = ANY($1::uuid[]);
 -- channel_configs --
 -- Every channel's stored config (the start-up check that CRM_INGEST_SECRETS_KEY opens them)
 SELECT id, transport, config FROM ingest_channels;
+
+-- demo_user --
+-- The demo tenant's first CRM user (crm-ingest dev's replies are written as it), made once
+WITH found AS (SELECT id FROM core_users WHERE tenant_id = $1 ORDER BY id LIMIT 1),
+made AS (
+    INSERT INTO core_users (tenant_id) SELECT $1 WHERE NOT EXISTS (SELECT 1 FROM found)
+    RETURNING id
+)
+SELECT id FROM found UNION ALL SELECT id FROM made;
+
+-- demo_chat --
+-- The demo tenant's latest chat, if a webhook made one already
+SELECT id FROM crm_chats WHERE tenant_id = $1 ORDER BY id DESC LIMIT 1;

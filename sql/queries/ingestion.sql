@@ -279,4 +279,7 @@ SET sent_at = coalesce(moved.sent_at, m.sent_at),
 FROM moved, crm_chats AS c
 WHERE m.id = moved.message_id AND c.id = m.chat_id
 RETURNING c.tenant_id, c.client_id, m.chat_id, m.id AS message_id, moved.channel_id,
-          moved.external_id, moved.status, moved.status_at, m.sent_at, m.read_at;
+          moved.external_id, moved.status, moved.status_at, m.sent_at, m.read_at,
+          -- a reply's status events carry its command (one index probe, replies only match)
+          (SELECT oc.command_id FROM ingest_outbound_commands AS oc
+           WHERE oc.message_id = m.id) AS command_id;

@@ -335,4 +335,32 @@ def test_dev_runs_the_pasted_curl_and_stops_cleanly(tmp_path: Path) -> None:
     assert re.search(r"/webhooks/telegram/\S+", out_again).group(0) == re.search(
         r"/webhooks/telegram/\S+", out
     ).group(0)
+    # Its printed reply names the demo chat now; pasted, it publishes a command that the dev
+    # stack's dispatcher fails, naming the channel key it lacks and how to set it.
+    reply = next(
+        line.strip() for line in out_again.splitlines() if " crm-ingest outbound send " in line
+    )
+    path = f"{Path(CLI[0]).parent}:{env.get('PATH', '')}"
+    sent = subprocess.run(
+        reply, shell=True, env={**env, "PATH": path}, capture_output=True, text=True, timeout=60
+    )
+    assert sent.returncode == 0, sent.stderr
+    command_id = json.loads(sent.stdout)["command_id"]
+    database_again = re.search(r"database: (\S+)", out_again).group(1)  # a new port each run
+
+    async def failed() -> Any:
+        conn = await connect(database_again)
+        try:
+            return await conn.fetchrow(
+                "SELECT state, error_message FROM ingest_outbound_commands WHERE command_id = $1",
+                uuid.UUID(command_id),
+            )
+        finally:
+            await conn.close()
+
+    row = asyncio.run(eventually(failed, lambda r: r is not None and r["state"] == "failed"))
+    assert row is not None
+    assert row["state"] == "failed"
+    assert "--config bot_token=" in row["error_message"]
+    assert "crm-ingest channel set " in row["error_message"]
     assert stop(again, signal.SIGINT) == 0

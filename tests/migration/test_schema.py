@@ -139,12 +139,38 @@ async def test_documented_indexes_exist_exactly(migrated_url: str) -> None:
     documented = documented_indexes()
     assert {k: actual.get(k) for k in documented} == documented
     # The documented extensions (README, "Schema"): the member upsert's ON CONFLICT arbiter,
-    # and the two case-insensitive email probes of find_identities (0015).
+    # and the two case-insensitive email probes of find_identities (0015); the arbiters of a
+    # reply's sender member, a CRM user's or the automated one (0014).
     assert set(actual) - set(documented) == {
         "idx_crm_chat_members_contact_transport_unique",
         "idx_crm_clients_tenant_lower_email",
         "idx_crm_client_contacts_lower_email",
+        "idx_crm_chat_members_user_transport_unique",
+        "idx_crm_chat_members_automated_unique",
     }
+
+
+async def test_outbound_commands_table(migrated_url: str) -> None:
+    """The command id decides "executed once"; states are the documented five, and a failed
+    or unknown command always says why."""
+    conn = await connect(migrated_url)
+    try:
+        primary = await conn.fetchval(
+            """SELECT array_agg(a.attname::text) FROM pg_index ix
+               JOIN pg_attribute a ON a.attrelid = ix.indrelid AND a.attnum = ANY(ix.indkey)
+               WHERE ix.indrelid = 'ingest_outbound_commands'::regclass AND ix.indisprimary"""
+        )
+        checks = await conn.fetch(
+            """SELECT pg_get_constraintdef(oid) AS definition FROM pg_constraint
+               WHERE conrelid = 'ingest_outbound_commands'::regclass AND contype = 'c'"""
+        )
+    finally:
+        await conn.close()
+    assert primary == ["command_id"]
+    definitions = " ".join(r["definition"] for r in checks)
+    for state in ("pending", "sending", "accepted", "failed", "unknown"):
+        assert f"'{state}'" in definitions
+    assert "error_code IS NOT NULL" in definitions
 
 
 async def test_documented_foreign_keys_exist_exactly(migrated_url: str) -> None:

@@ -33,9 +33,13 @@ def test_payload_schemas_are_the_contract_models() -> None:
         "ClientUpdated",
         "ClientIdentityConflict",
         "AttachmentOutcome",
+        "SendCommand",
     ):
         assert model in schemas
     assert "schema_version" in schemas["MessageEvent"]["properties"]
+    assert {"command_id", "whatsapp_template", "template_params"} <= set(
+        schemas["SendCommand"]["properties"]
+    )
 
 
 def test_kept_webhooks_are_documented_on_the_dead_letter_topic() -> None:

@@ -16,6 +16,7 @@ from ingest.events import chat_event_adapter, uuid5_text
 
 TENANT = uuid.UUID("11111111-1111-4111-8111-111111111111")
 MEMBER = uuid.UUID("22222222-2222-4222-8222-222222222222")
+COMMAND = uuid.UUID("33333333-3333-4333-8333-333333333333")
 AT = datetime(2024, 5, 14, 7, 21, 7, 250000, tzinfo=UTC)
 NAIVE = datetime(2024, 5, 14, 9, 0)  # columns hold UTC wall time
 
@@ -94,6 +95,7 @@ PAYLOADS = {
             status_at=NAIVE,
             sent_at=NAIVE,
             read_at=NAIVE,
+            command_id=None,
         )
     ),
     "message.updated attachment stored": chat_events.attachment_changed(
@@ -117,6 +119,36 @@ PAYLOADS = {
             "mimetype": None,
             "error": "channel has no bot_token",
         },
+    ),
+    "message.created outbound": chat_events.message_created(
+        tenant_id=TENANT,
+        client_id=7,
+        chat_id=9,
+        member_id=MEMBER,
+        message_id=43,
+        transport="telegram",
+        text="Your order has shipped",
+        sent_at=None,
+        attachments=[],
+        command_id=COMMAND,
+        at=AT,
+    ),
+    "message.updated accepted": chat_events.send_accepted(TENANT, 7, 9, 43, COMMAND, AT),
+    "message.updated status of a reply": chat_events.status_changed(
+        row(
+            tenant_id=TENANT,
+            client_id=7,
+            chat_id=9,
+            message_id=43,
+            status="delivered",
+            status_at=NAIVE,
+            sent_at=NAIVE,
+            read_at=None,
+            command_id=COMMAND,
+        )
+    ),
+    "message.updated failed": chat_events.send_failed(
+        TENANT, 7, 9, 43, COMMAND, AT, code="131047", message="outside the window", retryable=False
     ),
 }
 
