@@ -63,7 +63,7 @@ async def test_dispatcher_killed_mid_send_does_not_send_twice(
         chat_id = await chat_of(pool, channel)
 
         # The fake takes the request and holds its answer far longer than the test waits.
-        telegram_api.server.script("api", Scripted(200, json=HELD, delay_s=120))
+        telegram_api.server.script("sendmessage", Scripted(200, json=HELD, delay_s=120))
         env = cli_env(settings, **as_env(provider_settings))
         log = tmp_path / "outbound.log"
         dispatcher = processes.start(env, log, "outbound", "work")
@@ -72,7 +72,7 @@ async def test_dispatcher_killed_mid_send_does_not_send_twice(
         async def in_flight() -> bool:
             row = await command_row(pool, command.command_id)
             return (
-                bool(telegram_api.server.calls("api"))
+                bool(telegram_api.server.calls("sendmessage"))
                 and row is not None
                 and row["state"] == "sending"
             )
@@ -90,7 +90,7 @@ async def test_dispatcher_killed_mid_send_does_not_send_twice(
             1,
         )
         # Not sent again: the provider saw one request, ever.
-        assert len(telegram_api.server.calls("api")) == 1
+        assert len(telegram_api.server.calls("sendmessage")) == 1
         failed = await eventually(
             lambda: command_events(pool, command.command_id), lambda found: len(found) >= 2
         )

@@ -146,7 +146,7 @@ async def test_reply_goes_out_as_the_users_message_with_its_chat_events(
     assert (row["state"], row["attempts"], row["error_code"]) == ("accepted", 1, None)
 
     # The provider received exactly the documented request (provider-apis.md §1.4).
-    [call] = telegram_api.server.calls("api")
+    [call] = telegram_api.server.calls("sendmessage")
     assert (call.method, call.path) == ("POST", f"/bot{BOT_TOKEN}/sendMessage")
     assert call.headers["content-type"] == "application/json"
     assert json.loads(call.body) == {"chat_id": TG_CHAT, "text": "Your order has shipped"}
@@ -216,7 +216,7 @@ async def test_redelivered_and_replayed_commands_are_not_sent_twice(
     )
     assert done["state"] == "accepted"
     assert [m.text for m in telegram_api.sent] == ["once", "next"]
-    assert len(telegram_api.server.calls("api")) == 2
+    assert len(telegram_api.server.calls("sendmessage")) == 2
     # One message, one created event and one accepted event for the command.
     events = await command_events(reply_pool, command.command_id)
     assert [(e["event_type"], e.get("change")) for e in events] == [
@@ -258,7 +258,7 @@ async def test_blocked_by_the_user_fails_fast_and_says_so(
     telegram_api.blocked.add(TG_CHAT)
     command, row = await reply(reply_settings, reply_pool, channel, chat_id, text="x")
     assert (row["state"], row["error_retryable"], row["attempts"]) == ("failed", False, 1)
-    assert len(telegram_api.server.calls("api")) == 1
+    assert len(telegram_api.server.calls("sendmessage")) == 1
     _, failed = await published_events(reply_pool, command.command_id, 2)
     assert failed["change"] == "failed"
     assert failed["error"]["retryable"] is False
@@ -275,7 +275,7 @@ async def test_transient_failures_past_the_limit_fail_retryable(
     telegram_api.failing[TG_CHAT] = 5  # 502s, more than outbound_max_attempts (3)
     _command, row = await reply(reply_settings, reply_pool, channel, chat_id, text="x")
     assert (row["state"], row["error_retryable"], row["attempts"]) == ("failed", True, 3)
-    assert len(telegram_api.server.calls("api")) == 3
+    assert len(telegram_api.server.calls("sendmessage")) == 3
     assert telegram_api.sent == []
 
 
@@ -294,7 +294,7 @@ async def test_missing_bot_token_names_the_key_and_the_command(
     assert (
         f"crm-ingest channel set {channel.channel_id} --config bot_token=" in row["error_message"]
     )
-    assert telegram_api.server.calls("api") == []
+    assert telegram_api.server.calls("sendmessage") == []
 
 
 async def test_templates_render_literally_and_a_missing_parameter_fails(
@@ -370,7 +370,7 @@ async def test_another_tenants_chat_or_channel_is_dead_lettered_and_nothing_else
     for command in (foreign_chat, foreign_channel):
         assert await command_row(reply_pool, command.command_id) is None
         assert await command_events(reply_pool, command.command_id) == []
-    assert telegram_api.server.calls("api") == []
+    assert telegram_api.server.calls("sendmessage") == []
 
 
 # --- WhatsApp: the 24-hour window both ways, and statuses that settle a reply ----------------
@@ -755,7 +755,7 @@ async def test_a_split_text_cut_short_is_not_resent(
     channel, chat_id = telegram_chat
     first_part = {"ok": True, "result": {"message_id": 77, "chat": {"id": TG_CHAT}, "date": 0}}
     telegram_api.server.script(
-        "api",
+        "sendmessage",
         Scripted(200, json=first_part),
         Scripted(502, json={"ok": False, "error_code": 502, "description": "Bad Gateway"}),
     )
@@ -766,7 +766,7 @@ async def test_a_split_text_cut_short_is_not_resent(
         False,
     )
     assert row["provider_message_ids"] == [f"{TG_CHAT}:77"]
-    assert len(telegram_api.server.calls("api")) == 2  # not a third
+    assert len(telegram_api.server.calls("sendmessage")) == 2  # not a third
     ref = await reply_pool.fetchval(
         "SELECT external_id FROM ingest_message_refs WHERE message_id = $1", row["message_id"]
     )
