@@ -301,6 +301,13 @@ async def test_store_down_for_ten_seconds_then_jobs_complete(
                 update["update_id"] = update["message"]["message_id"] = 7000 + n
                 update["message"]["photo"][-1]["file_id"] = file_id
                 assert (await post_telegram(pipeline.gateway, channel, update)).is_success
+            # Under load the consumer may take a while to write the messages: wait until all four
+            # jobs exist and have been retried, then keep the store down for 10 s at least.
+            await eventually(
+                lambda: media_jobs(pool, channel.tenant_id),
+                lambda found: len(found) == 4 and all(j["attempts"] >= 2 for j in found),
+                within=90,
+            )
             await asyncio.sleep(max(0.0, 10 - (time.monotonic() - down_at)))
             waiting = await media_jobs(pool, channel.tenant_id)
             with moto_on(port):  # back, at the same address, with its bucket
