@@ -46,9 +46,23 @@ async def _raw_values(message: Any) -> Any:
     return message.body
 
 
+class ConsumerBroker(KafkaBroker):
+    """FastStream's KafkaBroker, its subscribers started together. `KafkaBroker.start` starts
+    them one after another, and each waits for its consumer group's join (about 5 s on the
+    embedded broker): with three groups (inbound, kept webhooks, replies) a consumer took 16 s
+    to its first row. Started together, the joins overlap."""
+
+    async def start(self) -> None:
+        await self.connect()
+        await asyncio.gather(*(subscriber.start() for subscriber in self.subscribers))
+        for publisher in self.publishers:
+            await publisher.start()
+        self.running = True
+
+
 def consumer_broker(settings: Settings, client_id: str, **broker_options: Any) -> KafkaBroker:
     """A broker for consumers: logging routed, graceful stop, FastStream's metrics."""
-    return KafkaBroker(
+    return ConsumerBroker(
         settings.kafka_bootstrap_servers,
         client_id=client_id,
         enable_idempotence=settings.producer_idempotence,

@@ -45,7 +45,11 @@ def telegram_events(channel: TenantChannel, *names: str) -> list[Event]:
 
 @pytest.fixture
 async def ops(services: ResolvedServices) -> AsyncIterator[tuple[Settings, asyncpg.Pool]]:
-    async with pipeline_and_pool(services, "ops", outbox_interval_s=0.2) as pipeline:
+    # No media worker: the scenario's chat events are ingestion's own (a photo's fetch outcome
+    # is an event of tests/integration/test_media_pipeline.py).
+    async with pipeline_and_pool(
+        services, "ops", outbox_interval_s=0.2, media_worker_in_consume=False
+    ) as pipeline:
         yield pipeline
 
 
