@@ -8,191 +8,48 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import uuid
 from contextlib import AbstractAsyncContextManager
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime
+from typing import Any
 
-import asyncpg
-
-from ingest.config import TRANSPORTS, Settings, SettingsError, load_settings
-from ingest.errors import ChannelConfigError
+from ingest.cli_base import CliError, print_json, require
+from ingest.cli_channels import check_secrets_key, keyring_of
+from ingest.config import Settings, SettingsError, load_settings
 from ingest.logs import configure_logging, get_logger
 from ingest.process import http_server, serve_until_signalled, stop_on_signals
 
-if TYPE_CHECKING:
-    from ingest.credentials import Keyring
-
 log = get_logger("crm_ingest.cli")
-
-
-class CliError(Exception):
-    """A one-line, user-facing failure."""
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, default=str) + "\n")
-    sys.stdout.flush()
-
-
-def _require(settings: Settings, *, database: bool = False, broker: bool = False) -> None:
-    if database and not settings.database_url:
-        raise CliError("DATABASE_URL is not set")
-    if broker and not settings.kafka_bootstrap_servers:
-        raise CliError("KAFKA_BOOTSTRAP_SERVERS is not set")
 
 
 # --- verbs -------------------------------------------------------------------------------
 
 
 async def cmd_migrate(settings: Settings, _: argparse.Namespace) -> None:
-    _require(settings, database=True)
+    require(settings, database=True)
     from ingest import admin
 
-    keys = _keyring(settings) if settings.secrets_key.get_secret_value() else None
-    _print_json(await admin.migrate(settings.database_url, keys))
+    keys = keyring_of(settings) if settings.secrets_key.get_secret_value() else None
+    print_json(await admin.migrate(settings.database_url, keys))
 
 
 async def cmd_topics(settings: Settings, _: argparse.Namespace) -> None:
-    _require(settings, broker=True)
+    require(settings, broker=True)
     from ingest.topics import ensure_topics
 
-    _print_json({"created": await ensure_topics(settings)})
+    print_json({"created": await ensure_topics(settings)})
 
 
 async def cmd_tenant_add(settings: Settings, args: argparse.Namespace) -> None:
-    _require(settings, database=True)
+    require(settings, database=True)
     from ingest import admin
 
-    _print_json(await admin.add_tenant(settings.database_url, args.id or uuid.uuid4(), args.name))
-
-
-def _keyring(settings: Settings) -> Keyring:
-    from ingest.credentials import keyring
-
-    return keyring(settings)
-
-
-def _given(items: list[str] | None, option: str = "--config") -> dict[str, str]:
-    given: dict[str, str] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            # The value may be a secret: name the key only.
-            raise CliError(f"{option} expects KEY=VALUE, got one without '=' ({key[:20]!r}…)")
-        given[key] = value
-    return given
-
-
-def _masked(view: dict[str, Any], shown: list[str]) -> dict[str, Any]:
-    from ingest.credentials import masked_config
-
-    return {**view, "config": masked_config(view["transport"], view["config"], shown)}
-
-
-async def cmd_channel_add(settings: Settings, args: argparse.Namespace) -> None:
-    _require(settings, database=True)
-    from ingest import admin
-
-    given = _given(args.config)
-    try:
-        channel = await admin.add_channel(
-            settings.database_url,
-            args.tenant,
-            args.transport,
-            given,
-            name=args.name,
-            keyring=_keyring(settings),
-        )
-    except (ChannelConfigError, LookupError) as exc:
-        raise CliError(str(exc)) from exc
-    _print_json(_masked(channel, sorted(set(channel["config"]) - set(given))))
-
-
-async def cmd_channel_set(settings: Settings, args: argparse.Namespace) -> None:
-    await _change_channel(settings, args.channel, _given(args.config), None, args.grace_hours)
-
-
-async def cmd_channel_rotate(settings: Settings, args: argparse.Namespace) -> None:
-    await _change_channel(settings, args.channel, {}, args.key, args.grace_hours)
-
-
-async def _change_channel(
-    settings: Settings,
-    channel_id: uuid.UUID,
-    given: dict[str, str],
-    rotate: str | None,
-    grace_hours: float,
-) -> None:
-    _require(settings, database=True)
-    from ingest import admin
-    from ingest.transports import config_keys
-
-    if rotate is None and not given:
-        raise CliError("name at least one --config KEY=VALUE to set")
-    try:
-        change = await admin.change_channel(
-            settings.database_url,
-            channel_id,
-            given,
-            rotate=rotate,
-            grace=timedelta(hours=grace_hours),
-            keyring=_keyring(settings),
-        )
-    except (ChannelConfigError, LookupError) as exc:
-        raise CliError(str(exc)) from exc
-    view = change.view
-    printed = _masked(view, change.generated)
-    printed["changed"] = change.changed
-    printed["previous_accepted_until"] = {
-        name: until.isoformat() for name, until in change.previous_until.items()
-    }
-    notes = {k.name: k.rotation for k in config_keys(view["transport"]) if k.rotation}
-    printed["next_steps"] = [notes[name] for name in change.changed if name in notes]
-    if view["transport"] == "telegram" and "secret_token" in change.changed:
-        printed["next_steps"].append(
-            'curl -sS "https://api.telegram.org/bot$BOT_TOKEN/setWebhook"'
-            f' -d "url=https://<your public host>{view["webhook_path"]}"'
-            f' -d "secret_token={view["config"]["secret_token"]}"'
-        )
-    _print_json(printed)
-
-
-async def cmd_secrets_generate_key(settings: Settings, _: argparse.Namespace) -> None:
-    from ingest.credentials import generate_key
-
-    sys.stdout.write(generate_key() + "\n")
-
-
-async def cmd_secrets_rekey(settings: Settings, _: argparse.Namespace) -> None:
-    _require(settings, database=True)
-    from ingest import admin
-
-    _print_json({"rekeyed": await admin.rekey(settings.database_url, _keyring(settings))})
-
-
-async def check_secrets_key(settings: Settings) -> None:
-    """At start: CRM_INGEST_SECRETS_KEY is set and opens the stored channel secrets. A database
-    that cannot be reached now is not an error here (the process waits for it)."""
-    from ingest import admin
-    from sql.db import connect
-
-    keys = _keyring(settings)
-    try:
-        conn = await asyncio.wait_for(connect(settings.database_url), timeout=5.0)
-    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-        log.warning("secrets key not checked: database unreachable", error=type(exc).__name__)
-        return
-    try:
-        await admin.check_keyring(conn, keys)
-    finally:
-        await conn.close()
+    print_json(await admin.add_tenant(settings.database_url, args.id or uuid.uuid4(), args.name))
 
 
 async def cmd_gateway(settings: Settings, args: argparse.Namespace) -> None:
-    _require(settings, database=True, broker=True)
+    require(settings, database=True, broker=True)
     await check_secrets_key(settings)
     from ingest.gateway import create_gateway
 
@@ -214,7 +71,7 @@ async def run_until_signalled(
 ) -> None:
     """A consuming process (`consume`, `outbound work`): checks, `/metrics`, then `running`
     until SIGTERM/SIGINT."""
-    _require(settings, database=True, broker=True)
+    require(settings, database=True, broker=True)
     await check_secrets_key(settings)
     from ingest import metrics
 
@@ -232,11 +89,11 @@ async def run_until_signalled(
 async def cmd_asyncapi(settings: Settings, _: argparse.Namespace) -> None:
     from ingest.asyncapi import generate
 
-    _print_json(generate(settings))
+    print_json(generate(settings))
 
 
 async def cmd_replay(settings: Settings, args: argparse.Namespace) -> None:
-    _require(settings, database=not args.dry_run, broker=True)
+    require(settings, database=not args.dry_run, broker=True)
     from handlers.replay import Range, replay_topic
 
     def progress(state: dict[str, Any]) -> None:
@@ -255,18 +112,18 @@ async def cmd_replay(settings: Settings, args: argparse.Namespace) -> None:
         )
     except LookupError as exc:
         raise CliError(str(exc)) from exc
-    _print_json({**summary.as_dict(), "dry_run": args.dry_run})
+    print_json({**summary.as_dict(), "dry_run": args.dry_run})
 
 
 async def cmd_dlq_list(settings: Settings, args: argparse.Namespace) -> None:
-    _require(settings, database=True)
+    require(settings, database=True)
     from handlers.replay import list_dead_letters
 
-    _print_json(await list_dead_letters(settings, include_replayed=args.all, limit=args.limit))
+    print_json(await list_dead_letters(settings, include_replayed=args.all, limit=args.limit))
 
 
 async def cmd_dlq_replay(settings: Settings, args: argparse.Namespace) -> None:
-    _require(settings, database=True, broker=True)
+    require(settings, database=True, broker=True)
     if not args.all and not args.id:
         raise CliError("name dead letters with --id, or replay every pending one with --all")
     from handlers.replay import replay_dead_letters
@@ -284,7 +141,7 @@ async def cmd_dlq_replay(settings: Settings, args: argparse.Namespace) -> None:
         adapters = load_adapters(settings.default_phone_region)
         reparse = Reparser(channels, adapters, store)
         ids = None if args.all else args.id
-        _print_json(await replay_dead_letters(settings, ids, reparse=reparse))
+        print_json(await replay_dead_letters(settings, ids, reparse=reparse))
     finally:
         await channels.close()
         if store is not None:
@@ -292,7 +149,7 @@ async def cmd_dlq_replay(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def cmd_media_list(settings: Settings, args: argparse.Namespace) -> None:
-    _require(settings, database=True)
+    require(settings, database=True)
     from handlers.media import jobs
     from sql.db import create_pool
 
@@ -301,13 +158,13 @@ async def cmd_media_list(settings: Settings, args: argparse.Namespace) -> None:
     pool = await create_pool(settings.database_url, min_size=1, max_size=1)
     try:
         for job in await jobs.list_jobs(pool, args.status, args.limit):
-            _print_json(job)
+            print_json(job)
     finally:
         await pool.close()
 
 
 async def cmd_media_retry(settings: Settings, args: argparse.Namespace) -> None:
-    _require(settings, database=True)
+    require(settings, database=True)
     if not args.failed and not args.id:
         raise CliError(
             "name fetch jobs with --id UPLOAD_ID, or requeue every failed one with --failed"
@@ -323,11 +180,11 @@ async def cmd_media_retry(settings: Settings, args: argparse.Namespace) -> None:
             requeued += await jobs.requeue(pool, None)
     finally:
         await pool.close()
-    _print_json({"requeued": requeued})
+    print_json({"requeued": requeued})
 
 
 async def cmd_media_work(settings: Settings, _: argparse.Namespace) -> None:
-    _require(settings, database=True, broker=True)
+    require(settings, database=True, broker=True)
     if not settings.media_store:
         raise CliError("CRM_INGEST_MEDIA_STORE is not set (file:///abs/dir or s3://bucket/prefix)")
     from handlers.media.runtime import run_media_work
@@ -468,66 +325,13 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--id", type=uuid.UUID, help="tenant id (default: a new UUID)")
     add.add_argument("--name", default="", help="display name")
 
-    channel = verbs.add_parser("channel", help="Manage provider channels.")
-    channel_verbs = channel.add_subparsers(dest="channel_verb", required=True, metavar="VERB")
-    add = verb("add", cmd_channel_add, "Register a provider channel of a tenant.", channel_verbs)
-    add.add_argument("--tenant", type=uuid.UUID, required=True, help="tenant id")
-    add.add_argument("--transport", choices=TRANSPORTS, required=True)
-    add.add_argument("--name", default="", help="a label for operators")
-    add.add_argument(
-        "--config", action="append", metavar="KEY=VALUE", help="channel setting (repeatable)"
-    )
+    from ingest.cli_channels import add_channel_verbs
 
-    def add_grace(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument(
-            "--grace-hours",
-            type=float,
-            default=admin_grace_hours(),
-            metavar="H",
-            help="hours the replaced secret is still accepted (default 24; 0 = not at all)",
-        )
-
-    change = verb("set", cmd_channel_set, "Add or change config keys of a channel.", channel_verbs)
-    change.add_argument("channel", type=uuid.UUID, metavar="CHANNEL_ID")
-    change.add_argument(
-        "--config", action="append", metavar="KEY=VALUE", help="channel setting (repeatable)"
-    )
-    add_grace(change)
-    rotate = verb(
-        "rotate",
-        cmd_channel_rotate,
-        "Replace a generated secret (e.g. secret_token) and print the new value once.",
-        channel_verbs,
-    )
-    rotate.add_argument("channel", type=uuid.UUID, metavar="CHANNEL_ID")
-    rotate.add_argument("key", metavar="KEY")
-    add_grace(rotate)
-
+    add_channel_verbs(verbs, verb)
     from ingest.cli_outbound import add_outbound_verbs
 
     add_outbound_verbs(verbs, verb)
-
-    secrets = verbs.add_parser("secrets", help="Channel secrets at rest: keys and re-keying.")
-    secrets_verbs = secrets.add_subparsers(dest="secrets_verb", required=True, metavar="VERB")
-    verb(
-        "generate-key",
-        cmd_secrets_generate_key,
-        "Print a new CRM_INGEST_SECRETS_KEY value.",
-        secrets_verbs,
-    )
-    verb(
-        "rekey",
-        cmd_secrets_rekey,
-        "Re-encrypt every channel's secrets with the first key of CRM_INGEST_SECRETS_KEY.",
-        secrets_verbs,
-    )
     return parser
-
-
-def admin_grace_hours() -> float:
-    from ingest.admin import DEFAULT_GRACE
-
-    return DEFAULT_GRACE.total_seconds() / 3600
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,30 +1,24 @@
 """`crm-ingest outbound …`: the reply dispatcher alone (`work`), and one command by hand
-(`send`, for ops and demos). Kept apart from cli.py, which wires every other verb."""
+(`send`, for ops and demos)."""
 
 from __future__ import annotations
 
 import argparse
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
 
+from ingest.cli_base import CliError, Verb, print_json, require
 from ingest.config import Settings
 from ingest.errors import PublishUnavailable
 from ingest.logs import get_logger
 
 log = get_logger("crm_ingest.cli")
 
-Verb = Callable[..., argparse.ArgumentParser]
-
-
-class OutboundCliError(Exception):
-    """A one-line, user-facing failure (cli.main prints it as `crm-ingest: error: …`)."""
-
 
 def build_command(tenant_id: uuid.UUID, args: argparse.Namespace) -> Any:
-    from ingest.cli import _given
+    from ingest.cli_base import given_pairs
     from ingest.events import SendCommand
 
     try:
@@ -35,22 +29,21 @@ def build_command(tenant_id: uuid.UUID, args: argparse.Namespace) -> Any:
             user_id=args.user,
             text=args.text,
             template_id=args.template,
-            template_params=_given(args.param, "--param"),
+            template_params=given_pairs(args.param, "--param"),
             channel_id=args.channel,
         )
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "command"
-        raise OutboundCliError(f"{where}: {first['msg'].removeprefix('Value error, ')}") from exc
+        raise CliError(f"{where}: {first['msg'].removeprefix('Value error, ')}") from exc
 
 
 async def cmd_outbound_send(settings: Settings, args: argparse.Namespace) -> None:
-    from ingest.cli import CliError, _print_json, _require
     from ingest.commands import publish_commands
     from sql import QUERIES
     from sql.db import connect
 
-    _require(settings, database=True, broker=True)
+    require(settings, database=True, broker=True)
     if args.param and args.template is None:
         raise CliError("--param is for --template")
     conn = await connect(settings.database_url)
@@ -63,9 +56,9 @@ async def cmd_outbound_send(settings: Settings, args: argparse.Namespace) -> Non
     try:
         command = build_command(chat["tenant_id"], args)
         await publish_commands(settings, [command])
-    except (OutboundCliError, PublishUnavailable) as exc:
+    except PublishUnavailable as exc:
         raise CliError(str(exc)) from exc
-    _print_json({"command_id": str(command.command_id)})
+    print_json({"command_id": str(command.command_id)})
 
 
 async def cmd_outbound_work(settings: Settings, _: argparse.Namespace) -> None:

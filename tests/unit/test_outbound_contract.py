@@ -121,13 +121,14 @@ def test_outbound_send_arguments_become_one_command() -> None:
 
 
 def test_outbound_send_mistakes_are_one_line_naming_what_to_fix() -> None:
-    from ingest.cli import CliError, build_parser
-    from ingest.cli_outbound import OutboundCliError, build_command
+    from ingest.cli import build_parser
+    from ingest.cli_base import CliError
+    from ingest.cli_outbound import build_command
 
     parse = build_parser().parse_args
     with pytest.raises(CliError, match="--param expects KEY=VALUE"):
         build_command(TENANT, parse([*SEND, "--template", "3", "--param", "name"]))
-    with pytest.raises(OutboundCliError, match="text is empty"):
+    with pytest.raises(CliError, match="text is empty"):
         build_command(TENANT, parse([*SEND, "--text", " "]))
     with pytest.raises(SystemExit):  # argparse: --text and --template exclude each other
         parse([*SEND, "--text", "a", "--template", "3"])
