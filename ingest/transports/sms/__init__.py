@@ -1,4 +1,4 @@
-"""Twilio (SMS/MMS): all that speaks its language (webhooks; next media and sending)."""
+"""Twilio (SMS/MMS): all that speaks its language (webhooks, media download, sending)."""
 
 from ingest.transports.sms.webhook import (
     SIGNATURE_HEADER,

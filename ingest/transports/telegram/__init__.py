@@ -1,4 +1,4 @@
-"""Telegram Bot API: all that speaks its language (webhooks; next media and sending)."""
+"""Telegram Bot API: all that speaks its language (webhooks, media download, sending)."""
 
 from ingest.transports.telegram.webhook import (
     SECRET_HEADER,

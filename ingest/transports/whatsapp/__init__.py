@@ -1,4 +1,4 @@
-"""WhatsApp Cloud API: all that speaks its language (webhooks; next media and sending)."""
+"""WhatsApp Cloud API: all that speaks its language (webhooks, media download, sending)."""
 
 from ingest.transports.whatsapp.webhook import (
     MAX_UPDATES,
