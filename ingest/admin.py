@@ -7,7 +7,7 @@ decrypted, for the caller to mask before printing (`credentials.masked_config`).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -46,32 +46,49 @@ def default_keyring() -> Keyring:
     return credentials.keyring(load_settings())
 
 
+Reseal = Callable[[asyncpg.Record, dict[str, Any]], dict[str, Any] | None]
+
+
+async def _reseal_each(conn: asyncpg.Connection, reseal: Reseal) -> int:
+    """Every channel, each locked in a short transaction of its own (gateways and consumers
+    never wait long): `reseal` returns its new stored config, or None to leave it. Returns how
+    many changed."""
+    changed = 0
+    for channel_id in await conn.fetch(sql.QUERIES["channel_ids"]):
+        async with conn.transaction():
+            row = await conn.fetchrow(sql.QUERIES["lock_channel"], channel_id["id"])
+            if row is None:
+                continue  # deleted since the ids were read
+            new = reseal(row, _stored(row))
+            if new is not None:
+                await conn.fetchrow(sql.QUERIES["update_channel_config"], row["id"], new)
+                changed += 1
+    return changed
+
+
 async def migrate(database_url: str, keyring: Keyring | None = None) -> dict[str, Any]:
     """SQL migrations, then channel secrets still stored in plaintext encrypted (idempotent: a
     sealed value is left as it is). The key is needed only when there is something to seal."""
+
+    def seal_plaintext(row: asyncpg.Record, stored: dict[str, Any]) -> dict[str, Any] | None:
+        nonlocal keyring
+        plain = [
+            name
+            for name in credentials.secret_names(row["transport"])
+            if name in stored and not str(stored[name]).startswith(credentials.PREFIX)
+        ]
+        if not plain:
+            return None
+        keyring = keyring or default_keyring()
+        return {
+            **stored,
+            **{name: keyring.seal(row["id"], name, str(stored[name])) for name in plain},
+        }
+
     conn = await connect(database_url)
     try:
         applied = await sql.migrate(conn)
-        sealed = 0
-        for channel_id in await conn.fetch(sql.QUERIES["channel_ids"]):
-            async with conn.transaction():
-                row = await conn.fetchrow(sql.QUERIES["lock_channel"], channel_id["id"])
-                if row is None:
-                    continue  # deleted since the ids were read
-                stored = _stored(row)
-                plain = [
-                    name
-                    for name in credentials.secret_names(row["transport"])
-                    if name in stored and not str(stored[name]).startswith(credentials.PREFIX)
-                ]
-                if not plain:
-                    continue
-                keyring = keyring or default_keyring()
-                for name in plain:
-                    stored[name] = keyring.seal(row["id"], name, str(stored[name]))
-                await conn.fetchrow(sql.QUERIES["update_channel_config"], row["id"], stored)
-                sealed += 1
-        return {"applied": applied, "channels_encrypted": sealed}
+        return {"applied": applied, "channels_encrypted": await _reseal_each(conn, seal_plaintext)}
     finally:
         await conn.close()
 
@@ -202,30 +219,22 @@ async def change_channel(
 
 
 async def rekey(database_url: str, keyring: Keyring) -> int:
-    """Re-seal every channel secret not yet sealed with the newest key. Channel by channel, each
-    in its own short transaction, so gateways and consumers (holding every key) never stop."""
+    """Re-seal every channel secret not yet sealed with the newest key, while every running
+    process holds all the keys (README, Credentials)."""
+
+    def reseal_old(row: asyncpg.Record, stored: dict[str, Any]) -> dict[str, Any] | None:
+        sealed = [stored[n] for n in credentials.secret_names(row["transport"]) if n in stored]
+        sealed += [e["value"] for e in (stored.get(credentials.PREVIOUS) or {}).values()]
+        if all(keyring.is_current(value) for value in sealed):
+            return None
+        opened = credentials.open_config(keyring, row["transport"], row["id"], stored)
+        return credentials.seal_config(
+            keyring, row["transport"], row["id"], opened.config, opened.previous
+        )
+
     conn = await connect(database_url)
-    rekeyed = 0
     try:
-        for channel_id in await conn.fetch(sql.QUERIES["channel_ids"]):
-            async with conn.transaction():
-                row = await conn.fetchrow(sql.QUERIES["lock_channel"], channel_id["id"])
-                if row is None:
-                    continue  # deleted since the ids were read
-                stored = _stored(row)
-                sealed = [
-                    stored[n] for n in credentials.secret_names(row["transport"]) if n in stored
-                ]
-                sealed += [e["value"] for e in (stored.get(credentials.PREVIOUS) or {}).values()]
-                if all(keyring.is_current(value) for value in sealed):
-                    continue
-                opened = credentials.open_config(keyring, row["transport"], row["id"], stored)
-                resealed = credentials.seal_config(
-                    keyring, row["transport"], row["id"], opened.config, opened.previous
-                )
-                await conn.fetchrow(sql.QUERIES["update_channel_config"], row["id"], resealed)
-                rekeyed += 1
-        return rekeyed
+        return await _reseal_each(conn, reseal_old)
     finally:
         await conn.close()
 
