@@ -8,7 +8,6 @@ tenant's size shows as a ratio largest / smallest well above 1.0."""
 
 from __future__ import annotations
 
-import json
 import random
 import time
 import uuid
@@ -26,12 +25,11 @@ from ingest.bench.measure import BenchError, PhaseResult, cpu_share, cpu_snapsho
 from ingest.bench.workload import (
     BASE_DATE,
     BenchChannel,
-    telegram_request,
+    telegram_event,
     telegram_update,
 )
 from ingest.events import MessageEvent, encode_event, event_headers
 from ingest.process import settle_heap
-from ingest.transports.base import ParseContext
 from ingest.transports.telegram import TelegramAdapter
 from sql import parse_queries
 from sql.db import connect, create_pool
@@ -89,15 +87,8 @@ def _measured_events(
             profile=("Anna", None, f"user_{user}", None),
             attachment=False,
         )
-        ctx = ParseContext(
-            channel=large.as_channel(),
-            received_at=received + timedelta(milliseconds=i),
-            correlation_id=f"growth-{step}-{i}",
-        )
-        body = json.dumps(update, separators=(",", ":")).encode()
-        (event,) = adapter.handle(telegram_request(large, body), ctx).events
-        assert isinstance(event, MessageEvent)
-        out.append(event)
+        at = received + timedelta(milliseconds=i)
+        out.append(telegram_event(adapter, large, update, at, f"growth-{step}-{i}"))
     return out
 
 
@@ -121,6 +112,16 @@ async def _prefill(
 
 async def _counts(conn: asyncpg.Connection) -> dict[str, int]:
     row = await conn.fetchrow(QUERIES["growth_counts"])
+    assert row is not None
+    return {k: int(v) for k, v in row.items()}
+
+
+async def _buffers(conn: asyncpg.Connection, pool: asyncpg.Pool) -> dict[str, int]:
+    """The database's block counters, the Ingestor's connection's own counts included: its
+    pending statistics are flushed first (they would otherwise wait up to its idle interval)."""
+    async with pool.acquire() as ingesting:
+        await ingesting.execute("SELECT pg_stat_force_next_flush()")
+    row = await conn.fetchrow(QUERIES["growth_buffers"])
     assert row is not None
     return {k: int(v) for k, v in row.items()}
 
@@ -160,6 +161,7 @@ async def growth(url: str, large: BenchChannel, spec: GrowthSpec, seed: int) -> 
                 for offset, e in enumerate(events)
             ]  # fmt: skip
             before_rows = await _counts(conn)
+            before_blocks = await _buffers(conn, pool)
             settle_heap()
             before = cpu_snapshot()
             started = time.perf_counter()
@@ -167,6 +169,7 @@ async def growth(url: str, large: BenchChannel, spec: GrowthSpec, seed: int) -> 
                 await ingestor.handle(records[start : start + spec.batch_records])
             seconds = time.perf_counter() - started
             after = cpu_snapshot()
+            after_blocks = await _buffers(conn, pool)
             after_rows = await _counts(conn)
             grown = {k: after_rows[k] - before_rows[k] for k in after_rows}
             want = {"identities": len(fresh), "messages": len(events), "clients": len(fresh)}
@@ -178,6 +181,16 @@ async def growth(url: str, large: BenchChannel, spec: GrowthSpec, seed: int) -> 
                     "identities": before_rows["identities"],
                     "messages": before_rows["messages"],
                     "prefill_s": round(prefill_s, 1),
+                    "database_mb": round(before_blocks["bytes"] / 2**20),
+                    "shared_buffers_mb": round(before_blocks["shared_buffers"] / 2**20),
+                    # Blocks per event found in shared_buffers / read from outside them (the
+                    # OS cache here: the reads cost PostgreSQL CPU, not disk waits).
+                    "blocks_hit_per_event": round(
+                        (after_blocks["blks_hit"] - before_blocks["blks_hit"]) / len(events), 1
+                    ),
+                    "blocks_read_per_event": round(
+                        (after_blocks["blks_read"] - before_blocks["blks_read"]) / len(events), 2
+                    ),
                     "events": len(events),
                     "known_senders": known_count,
                     "seconds": round(seconds, 3),

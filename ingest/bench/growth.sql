@@ -62,3 +62,10 @@ SELECT channel_id, contact_value || ':1', message_id, 0 FROM s;
 SELECT (SELECT count(*) FROM ingest_identities) AS identities,
        (SELECT count(*) FROM crm_chat_messages) AS messages,
        (SELECT count(*) FROM crm_clients) AS clients;
+
+-- growth_buffers --
+-- Blocks this database found in shared_buffers and read from outside them, its size, and shared_buffers itself
+SELECT d.blks_hit, d.blks_read, pg_database_size(current_database()) AS bytes,
+       pg_size_bytes(current_setting('shared_buffers')) AS shared_buffers
+FROM pg_stat_database AS d
+WHERE d.datname = current_database();

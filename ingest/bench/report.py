@@ -116,7 +116,10 @@ def _growth_lines(growth: dict[str, Any] | None) -> list[str]:
         shown = f"PostgreSQL {pg:.0f}" if pg else "PostgreSQL not seen"
         lines.append(
             f"g  at {size['identities']:,} identities, {size['messages']:,} messages:"
-            f" {shown} · Python {spent.get('bench', 0.0):.0f} µs CPU per event"
+            f" {shown} · Python {spent.get('bench', 0.0):.0f} µs CPU per event;"
+            f" blocks per event {size['blocks_hit_per_event']:.0f} hit,"
+            f" {size['blocks_read_per_event']:.1f} read (database {size['database_mb']:,} MB,"
+            f" shared_buffers {size['shared_buffers_mb']:,} MB)"
         )
     ratio = growth["largest_over_smallest"]
     shown = " · ".join(

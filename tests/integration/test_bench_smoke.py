@@ -85,6 +85,9 @@ async def test_bench_runs_every_phase_and_reports_every_figure(
     for size in growth["sizes"]:
         assert size["events"] == 200
         assert size["known_senders"] == 180
+        assert size["blocks_hit_per_event"] > 0  # the known senders' rows are read
+        assert size["blocks_read_per_event"] >= 0
+        assert size["database_mb"] > 0
         assert size["cpu_us_per_event"]["bench"] > 0  # the Ingestor runs in the bench process
         if services.database_source == "embedded":  # a server of its own is not seen
             assert size["cpu_us_per_event"]["postgres"] > 0
