@@ -61,6 +61,19 @@ class GrowthSpec:
     small_tenants: int
     batch_records: int
 
+    @property
+    def known_senders(self) -> int:
+        return self.events - max(1, round(self.events * NEW_SENDER_SHARE))
+
+    def check(self) -> None:
+        """Each size's known senders are all different: the smallest size must hold them."""
+        if self.known_senders > sizes(self.identities)[0] // 2:
+            need = self.known_senders * 2 * round(1 / SIZE_STEPS[0])
+            raise BenchError(
+                f"--growth-identities {self.identities} is too small for --growth-events"
+                f" {self.events}: use at least {need}, or fewer events"
+            )
+
 
 def sizes(total: int) -> list[int]:
     return sorted({max(2, round(total * step)) for step in SIZE_STEPS})
@@ -129,14 +142,9 @@ async def _buffers(conn: asyncpg.Connection, pool: asyncpg.Pool) -> dict[str, in
 async def growth(url: str, large: BenchChannel, spec: GrowthSpec, seed: int) -> PhaseResult:
     """Pre-fill, then measure at each size of `sizes(spec.identities)`; raises BenchError if a
     known sender got a second client or a message was lost."""
+    spec.check()
     rng = random.Random(seed * 104_729)
-    smallest = sizes(spec.identities)[0]
-    known_count = spec.events - max(1, round(spec.events * NEW_SENDER_SHARE))
-    if known_count > smallest // 2:
-        raise BenchError(
-            f"growth: {known_count} known senders per size need --growth-identities of at least"
-            f" {known_count * 2 * round(1 / SIZE_STEPS[0])}"
-        )
+    known_count = spec.known_senders
     tenants = [uuid.UUID(int=rng.getrandbits(128), version=4) for _ in range(spec.small_tenants)]
     channels = [uuid.UUID(int=rng.getrandbits(128), version=4) for _ in tenants]
     conn = await connect(url)

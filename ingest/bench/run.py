@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -32,6 +33,13 @@ async def run_bench(settings: Settings, args: argparse.Namespace) -> dict[str, A
     logging.getLogger("httpx").setLevel(logging.WARNING)
     load_at_start = round(os.getloadavg()[0], 2)
     began = time.perf_counter()
+    growth_spec = growth.GrowthSpec(
+        identities=args.growth_identities,
+        events=args.growth_events,
+        small_tenants=args.growth_tenants,
+        batch_records=settings.batch_max_records,
+    )
+    growth_spec.check()  # an impossible size fails before anything is started
     workload = generate(args.events, args.tenants, args.seed)
     generated_s = time.perf_counter() - began
     tag = uuid.uuid4().hex[:8]
@@ -70,12 +78,7 @@ async def run_bench(settings: Settings, args: argparse.Namespace) -> dict[str, A
             results["growth"] = await growth.growth(
                 urls["growth"],
                 workload.channels[0],
-                growth.GrowthSpec(
-                    identities=args.growth_identities,
-                    events=args.growth_events,
-                    small_tenants=args.growth_tenants,
-                    batch_records=run.batch_max_records,
-                ),
+                dataclasses.replace(growth_spec, batch_records=run.batch_max_records),
                 args.seed,
             )
             consumer = run.model_copy(update={"database_url": urls["consumer"]})
