@@ -12,14 +12,19 @@ verifying its rows afterwards (a phase that loses rows raises, the command exits
   e. ratios            d/b, d/c, d/min(a, b), against the issue's targets
   f. gateway           bare ASGI vs Telegram webhooks on the same uvicorn stack, and webhook ->
                        committed row latency at a fixed request rate with the consumer running
+  g. growth            phase s's write path (the consumer's Ingestor, no Kafka) at three table
+                       sizes up to --growth-identities identities and messages, one large tenant
+                       among many small ones, batches of many different known senders: CPU per
+                       event by size and largest / smallest (it must stay flat, about 1.0)
 
 Output: a table on stdout, then one JSON line (`--json-only`: only the JSON).
 
 Modules: `workload` (the generator), `services` (databases and topics), `kafka_phases` (load, a),
-`db_phases` (b, c, d, with `rows`: the rows they must leave), `gateway_phase` (f, with
-`children`, `http_client` and `server`, the child processes' entry point), `measure` (results,
-CPU accounting), `report` (ratios, targets, table, JSON) and `run` (the driver). This module
-holds the command's arguments; the phases are imported only when the command runs.
+`db_phases` (b, c, d, s, with `rows`: the rows they must leave), `growth` (g, its SQL in
+growth.sql), `gateway_phase` (f, with `children`, `http_client` and `server`, the child
+processes' entry point), `measure` (results, CPU accounting), `report` (ratios, targets, table,
+JSON) and `run` (the driver). This module holds the command's arguments; the phases are imported
+only when the command runs.
 """
 
 from __future__ import annotations
@@ -76,5 +81,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=os.cpu_count() or 1,
         help="consumer processes in phase d, one group (default: one per core)",
+    )
+    add(
+        "--growth-identities",
+        type=_positive_int,
+        default=100_000,
+        help="phase g: identities (and messages) pre-filled at the largest size (default 100000)",
+    )
+    add(
+        "--growth-events",
+        type=_positive_int,
+        default=5000,
+        help="phase g: events measured at each size (default 5000)",
+    )
+    add(
+        "--growth-tenants",
+        type=_positive_int,
+        default=500,
+        help="phase g: small tenants beside the large one (default 500)",
     )
     add("--json-only", action="store_true", help="print only the JSON line")

@@ -346,7 +346,7 @@ async def consumer_e2e(
 # --- s. the consumer's write path alone ----------------------------------------------------
 
 
-async def _no_dead_letters(record: Record, exc: BaseException) -> None:
+async def no_dead_letters(record: Record, exc: BaseException) -> None:
     raise BenchError(f"sql path: record at offset {record.offset} dead-lettered: {exc!r}")
 
 
@@ -362,7 +362,7 @@ async def sql_path(url: str, workload: Workload, batch_records: int) -> PhaseRes
     ]
     pool = await create_pool(url, min_size=1, max_size=1)
     try:
-        ingestor = Ingestor(pool, _no_dead_letters, Backoff())
+        ingestor = Ingestor(pool, no_dead_letters, Backoff())
         settle_heap()  # as the consumer does; this process holds the whole workload
         before = cpu_snapshot()
         started = time.perf_counter()

@@ -35,6 +35,7 @@ PHASES = (
     "db_ceiling",
     "baseline",
     "sql_path",
+    "growth",
     "consumer",
     "gateway_bare",
     "gateway_telegram",
@@ -104,6 +105,31 @@ def cpu_budget(phases: dict[str, Any], cores: int) -> dict[str, Any] | None:
     }
 
 
+def _growth_lines(growth: dict[str, Any] | None) -> list[str]:
+    """Phase g's CPU per event at each table size, then largest / smallest."""
+    if not growth:
+        return []
+    lines = []
+    for size in growth["sizes"]:
+        spent = size["cpu_us_per_event"]
+        pg = spent.get("postgres") or 0.0
+        shown = f"PostgreSQL {pg:.0f}" if pg else "PostgreSQL not seen"
+        lines.append(
+            f"g  at {size['identities']:,} identities, {size['messages']:,} messages:"
+            f" {shown} · Python {spent.get('bench', 0.0):.0f} µs CPU per event;"
+            f" blocks per event {size['blocks_hit_per_event']:.0f} hit,"
+            f" {size['blocks_read_per_event']:.1f} read (database {size['database_mb']:,} MB,"
+            f" shared_buffers {size['shared_buffers_mb']:,} MB)"
+        )
+    ratio = growth["largest_over_smallest"]
+    shown = " · ".join(
+        f"{name} {'n/a' if ratio[kind] is None else format(ratio[kind], '.2f')}"
+        for kind, name in (("postgres", "PostgreSQL"), ("bench", "Python"))
+    )
+    lines.append(f"g  CPU per event, largest / smallest size: {shown}  (flat ≈ 1.0)")
+    return lines
+
+
 def _mark(target: dict[str, Any]) -> str:
     met = target["met"]
     return f"{target['target']}  {'–' if met is None else '✓' if met else '✗'}"
@@ -140,6 +166,7 @@ def format_table(report: dict[str, Any]) -> str:
                 f"{phase['label']:<38} {phase['events']:>9,} {phase['seconds']:>8.2f}"
                 f" {phase['events_per_s']:>10,.0f}  {notes.get(key, '')}".rstrip()
             )
+    lines += _growth_lines(phases.get("growth"))
     budget = report.get("cpu_budget")
     if budget:
         spent = " + ".join(
@@ -208,7 +235,16 @@ async def machine_info(services: ResolvedServices, database_url: str) -> dict[st
 
 def _argv(args: argparse.Namespace) -> list[str]:
     shown = []
-    for key in ("events", "partitions", "tenants", "seed", "gateway_requests", "gateway_rate"):
+    for key in (
+        "events",
+        "partitions",
+        "tenants",
+        "seed",
+        "gateway_requests",
+        "gateway_rate",
+        "growth_identities",
+        "growth_events",
+    ):
         shown.append(f"--{key.replace('_', '-')} {getattr(args, key)}")
     return shown
 

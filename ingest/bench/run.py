@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -21,7 +22,7 @@ async def run_bench(settings: Settings, args: argparse.Namespace) -> dict[str, A
     """Run every phase on fresh databases and topics; print the table and the JSON line."""
     from pydantic import SecretStr
 
-    from ingest.bench import db_phases, gateway_phase, kafka_phases
+    from ingest.bench import db_phases, gateway_phase, growth, kafka_phases
     from ingest.bench import services as svc
     from ingest.bench.report import build_report, machine_info, print_report
     from ingest.bench.workload import generate
@@ -32,6 +33,13 @@ async def run_bench(settings: Settings, args: argparse.Namespace) -> dict[str, A
     logging.getLogger("httpx").setLevel(logging.WARNING)
     load_at_start = round(os.getloadavg()[0], 2)
     began = time.perf_counter()
+    growth_spec = growth.GrowthSpec(
+        identities=args.growth_identities,
+        events=args.growth_events,
+        small_tenants=args.growth_tenants,
+        batch_records=settings.batch_max_records,
+    )
+    growth_spec.check()  # an impossible size fails before anything is started
     workload = generate(args.events, args.tenants, args.seed)
     generated_s = time.perf_counter() - began
     tag = uuid.uuid4().hex[:8]
@@ -47,7 +55,7 @@ async def run_bench(settings: Settings, args: argparse.Namespace) -> dict[str, A
         )
         keys = keyring(run)
         server = services.database_url
-        phases = ("copy", "baseline", "sql", "consumer")
+        phases = ("copy", "baseline", "sql", "consumer", "growth")
         names = {phase: f"bench_{tag}_{phase}" for phase in phases}
         made: list[str] = []
         try:
@@ -66,6 +74,12 @@ async def run_bench(settings: Settings, args: argparse.Namespace) -> dict[str, A
             results["baseline"] = await db_phases.baseline(urls["baseline"], workload, sample)
             results["sql_path"] = await db_phases.sql_path(
                 urls["sql"], workload, run.batch_max_records
+            )
+            results["growth"] = await growth.growth(
+                urls["growth"],
+                workload.channels[0],
+                dataclasses.replace(growth_spec, batch_records=run.batch_max_records),
+                args.seed,
             )
             consumer = run.model_copy(update={"database_url": urls["consumer"]})
             results["consumer"] = await db_phases.consumer_e2e(

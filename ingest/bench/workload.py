@@ -193,6 +193,23 @@ def telegram_request(channel: BenchChannel, body: bytes) -> RawRequest:
     )
 
 
+def telegram_event(
+    adapter: TelegramAdapter,
+    channel: BenchChannel,
+    update: dict[str, Any],
+    received_at: datetime,
+    correlation_id: str,
+) -> MessageEvent:
+    """The event our gateway makes of `update` arriving on `channel`."""
+    ctx = ParseContext(
+        channel=channel.as_channel(), received_at=received_at, correlation_id=correlation_id
+    )
+    body = json.dumps(update, separators=(",", ":")).encode()
+    (event,) = adapter.handle(telegram_request(channel, body), ctx).events
+    assert isinstance(event, MessageEvent)
+    return event
+
+
 def _channels(rng: random.Random, tenants: int) -> list[BenchChannel]:
     return [
         BenchChannel(_uuid(rng), _uuid(rng), "".join(rng.choices(string.ascii_letters, k=40)))
@@ -241,15 +258,8 @@ def generate(events: int, tenants: int, seed: int) -> Workload:
             attachment=i in with_attachment,
         )
         next_message[sender] += 1
-        ctx = ParseContext(
-            channel=channel.as_channel(),
-            received_at=received + timedelta(milliseconds=i),
-            correlation_id=f"bench{seed}-{i}",
-        )
-        body = json.dumps(update, separators=(",", ":")).encode()
-        (event,) = adapter.handle(telegram_request(channel, body), ctx).events
-        assert isinstance(event, MessageEvent)
-        generated.append(event)
+        at = received + timedelta(milliseconds=i)
+        generated.append(telegram_event(adapter, channel, update, at, f"bench{seed}-{i}"))
         sender_of.append(sender)
 
     # Topic order: event i at position i, each duplicate somewhere after its original.

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.integration
 ARGS = ["--events", "2000", "--gateway-requests", "200", "--gateway-rate", "200"]
 ARGS += ["--gateway-seconds", "1", "--gateway-concurrency", "8", "--seed", "3"]
 ARGS += ["--consumer-processes", "2"]
+ARGS += ["--growth-identities", "4000", "--growth-events", "200", "--growth-tenants", "20"]
 
 
 async def test_bench_runs_every_phase_and_reports_every_figure(
@@ -78,6 +79,22 @@ async def test_bench_runs_every_phase_and_reports_every_figure(
         "allowed_us_per_event",
         "cores",
     }
+    growth = printed["phases"]["growth"]
+    assert [size["identities"] for size in growth["sizes"]] == [400, 2000 + 20, 4000 + 2 * 20]
+    assert [size["messages"] for size in growth["sizes"]] == [400, 2000 + 200, 4000 + 2 * 200]
+    for size in growth["sizes"]:
+        assert size["events"] == 200
+        assert size["known_senders"] == 180
+        assert size["blocks_hit_per_event"] > 0  # the known senders' rows are read
+        assert size["blocks_read_per_event"] >= 0
+        assert size["database_mb"] > 0
+        assert size["cpu_us_per_event"]["bench"] > 0  # the Ingestor runs in the bench process
+        if services.database_source == "embedded":  # a server of its own is not seen
+            assert size["cpu_us_per_event"]["postgres"] > 0
+    if services.database_source == "embedded":
+        assert growth["largest_over_smallest"]["postgres"] > 0
+    assert growth["largest_over_smallest"]["bench"] > 0
+    assert any(line.startswith("g  CPU per event, largest / smallest size:") for line in out)
     assert printed["phases"]["baseline"]["events"] == 200
     latency = printed["phases"]["latency"]
     assert latency["p50_ms"] <= latency["p95_ms"] <= latency["p99_ms"] <= latency["max_ms"]

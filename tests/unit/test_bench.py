@@ -13,8 +13,9 @@ import pytest
 
 from ingest.bench import add_arguments
 from ingest.bench.children import settings_env
+from ingest.bench.growth import GrowthSpec, growth_ratio, sizes
 from ingest.bench.http_client import RawHttp
-from ingest.bench.measure import percentile
+from ingest.bench.measure import BenchError, percentile
 from ingest.bench.report import cpu_budget, format_table, summarize
 from ingest.bench.workload import (
     ATTACHMENT_SHARE,
@@ -232,6 +233,7 @@ def test_arguments_and_defaults() -> None:
     assert (args.events, args.partitions, args.tenants) == (100_000, 4, 4)
     assert (args.gateway_requests, args.gateway_rate, args.json_only) == (5000, 1000.0, False)
     assert args.consumer_processes == (os.cpu_count() or 1)  # as deployed: one per core
+    assert (args.growth_identities, args.growth_events, args.growth_tenants) == (100_000, 5000, 500)
     args = parser.parse_args(["--events", "10", "--json-only", "--gateway-client", "httpx"])
     assert (args.events, args.json_only, args.gateway_client) == (10, True, "httpx")
     with pytest.raises(SystemExit):
@@ -318,3 +320,51 @@ def test_sql_path_line_shows_database_and_python_cpu_per_event() -> None:
     phases["sql_path"]["cpu_us_per_event"]["postgres"] = 0.0  # DATABASE_URL: not our process
     line = next(x for x in format_table(_report(phases)).splitlines() if x.startswith("s  "))
     assert "PostgreSQL not seen · Python 61 µs CPU per event" in line
+
+
+def _growth_size(identities: int, postgres: float, python: float) -> dict[str, object]:
+    return {
+        "identities": identities,
+        "messages": identities + 5,
+        "database_mb": identities // 1000,
+        "shared_buffers_mb": 128,
+        "blocks_hit_per_event": 98.4,
+        "blocks_read_per_event": 3.21,
+        "events": 1000,
+        "seconds": 0.2,
+        "cpu_us_per_event": {"bench": python, "postgres": postgres, "broker": 0.0},
+    }
+
+
+def test_growth_lines_show_cpu_per_event_at_each_size_and_largest_over_smallest() -> None:
+    sizes = [_growth_size(10_000, 100.0, 70.0), _growth_size(100_000, 150.0, 70.0)]
+    phases = _phases(consumer=12_000)
+    phases["growth"] = {
+        "label": "g  growth (consumer SQL path)",
+        "events": 2000,
+        "seconds": 0.4,
+        "events_per_s": 5000.0,
+        "sizes": sizes,
+        "largest_over_smallest": growth_ratio(sizes),
+    }
+    lines = [x for x in format_table(_report(phases)).splitlines() if x.startswith("g  ")]
+    assert lines[1] == (
+        "g  at 10,000 identities, 10,005 messages: PostgreSQL 100 · Python 70 µs CPU per event;"
+        " blocks per event 98 hit, 3.2 read (database 10 MB, shared_buffers 128 MB)"
+    )
+    assert lines[2].startswith("g  at 100,000 identities, 100,005 messages: PostgreSQL 150 ·")
+    assert lines[3] == (
+        "g  CPU per event, largest / smallest size: PostgreSQL 1.50 · Python 1.00  (flat ≈ 1.0)"
+    )
+    sizes[0]["cpu_us_per_event"] = {"bench": 70.0, "postgres": 0.0}  # a server not started here
+    assert growth_ratio(sizes) == {"postgres": None, "bench": 1.0}
+
+
+def test_growth_sizes_and_an_impossible_size_fails_before_anything_starts() -> None:
+    assert sizes(1_000_000) == [100_000, 500_000, 1_000_000]
+    spec = GrowthSpec(identities=100_000, events=5000, small_tenants=500, batch_records=500)
+    assert spec.known_senders == 4500  # 10 % new senders
+    spec.check()  # 4,500 of the 5,000 even senders at 10,000
+    too_small = GrowthSpec(identities=4000, events=1000, small_tenants=5, batch_records=500)
+    with pytest.raises(BenchError, match=r"--growth-identities 4000 is too small.*at least 18000"):
+        too_small.check()
