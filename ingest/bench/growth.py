@@ -34,7 +34,7 @@ from ingest.transports.telegram import TelegramAdapter
 from sql import parse_queries
 from sql.db import connect, create_pool
 
-QUERIES = parse_queries(
+GROWTH_SQL = parse_queries(
     resources.files("ingest.bench").joinpath("growth.sql").read_text(encoding="utf-8")
 )
 GROWTH_USER_ID = 6_000_000_000  # Telegram user ids of pre-filled senders (base + k)
@@ -115,7 +115,7 @@ async def _prefill(
     for lo in range(first, last + 1, _PREFILL_CHUNK):
         hi = min(last, lo + _PREFILL_CHUNK - 1)
         await conn.execute(
-            QUERIES["growth_prefill"],
+            GROWTH_SQL["growth_prefill"],
             *(lo, hi, large.tenant_id, large.channel_id, GROWTH_USER_ID, *small, BASE_DATE),
         )
     # As autovacuum would leave tables of this size: statistics and the visibility map.
@@ -124,7 +124,7 @@ async def _prefill(
 
 
 async def _counts(conn: asyncpg.Connection) -> dict[str, int]:
-    row = await conn.fetchrow(QUERIES["growth_counts"])
+    row = await conn.fetchrow(GROWTH_SQL["growth_counts"])
     assert row is not None
     return {k: int(v) for k, v in row.items()}
 
@@ -134,7 +134,7 @@ async def _buffers(conn: asyncpg.Connection, pool: asyncpg.Pool) -> dict[str, in
     pending statistics are flushed first (they would otherwise wait up to its idle interval)."""
     async with pool.acquire() as ingesting:
         await ingesting.execute("SELECT pg_stat_force_next_flush()")
-    row = await conn.fetchrow(QUERIES["growth_buffers"])
+    row = await conn.fetchrow(GROWTH_SQL["growth_buffers"])
     assert row is not None
     return {k: int(v) for k, v in row.items()}
 
@@ -151,7 +151,7 @@ async def growth(url: str, large: BenchChannel, spec: GrowthSpec, seed: int) -> 
     pool = await create_pool(url, min_size=1, max_size=1)
     measured: list[dict[str, Any]] = []
     try:
-        await conn.execute(QUERIES["growth_tenants"], tenants, channels)
+        await conn.execute(GROWTH_SQL["growth_tenants"], tenants, channels)
         ingestor = Ingestor(pool, no_dead_letters, Backoff())
         filled, new_senders = 0, 0
         for step, size in enumerate(sizes(spec.identities)):
