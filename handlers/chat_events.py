@@ -188,13 +188,17 @@ def _updated(
     at: datetime | None,
     message_id: int,
     change: str,
-    text: str | None,
-    status: str | None,
-    sent_at: datetime | None,
-    read_at: datetime | None,
+    *,
+    text: str | None = None,
+    status: str | None = None,
+    sent_at: datetime | None = None,
+    read_at: datetime | None = None,
     command_id: UUID | None = None,
     error: Payload | None = None,
+    attachment: Payload | None = None,
 ) -> Payload:
+    """`message.updated`: what changed is named by `change`; the fields of other changes are
+    null."""
     return {
         **_base("message.updated", event_id, tenant_id, client_id, chat_id, at),
         "message_id": message_id,
@@ -203,7 +207,7 @@ def _updated(
         "status": status,
         "sent_at": timestamp(sent_at),
         "read_at": timestamp(read_at),
-        "attachment": None,
+        "attachment": attachment,
         "command_id": None if command_id is None else str(command_id),
         "error": error,
     }
@@ -227,10 +231,9 @@ def message_edited(
         at,
         row["id"],
         "edited",
-        text,
-        None,
-        row["sent_at"],
-        row["read_at"],
+        text=text,
+        sent_at=row["sent_at"],
+        read_at=row["read_at"],
     )
 
 
@@ -245,11 +248,10 @@ def status_changed(row: asyncpg.Record) -> Payload:
         row["status_at"],
         row["message_id"],
         "status",
-        None,
-        row["status"],
-        row["sent_at"],
-        row["read_at"],
-        row["command_id"],
+        status=row["status"],
+        sent_at=row["sent_at"],
+        read_at=row["read_at"],
+        command_id=row["command_id"],
     )
 
 
@@ -266,11 +268,8 @@ def send_accepted(
         at,
         message_id,
         "status",
-        None,
-        "accepted",
-        None,
-        None,
-        command_id,
+        status="accepted",
+        command_id=command_id,
     )
 
 
@@ -288,7 +287,6 @@ def send_failed(
 ) -> Payload:
     """An outbound message that did not go out, or whose fate is unknown (`outcome_unknown`)."""
     event_id = make_chat_event_id("message.updated", message_id, "failed")
-    error = {"code": code, "message": message, "retryable": retryable}
     return _updated(
         event_id,
         tenant_id,
@@ -297,12 +295,8 @@ def send_failed(
         at,
         message_id,
         "failed",
-        None,
-        None,
-        None,
-        None,
-        command_id,
-        error,
+        command_id=command_id,
+        error={"code": code, "message": message, "retryable": retryable},
     )
 
 
@@ -318,7 +312,7 @@ def attachment_changed(row: asyncpg.Record, outcome: Payload) -> Payload:
         status,
         row["attempts"],
     )
-    payload = _updated(
+    return _updated(
         event_id,
         row["tenant_id"],
         row["client_id"],
@@ -326,13 +320,8 @@ def attachment_changed(row: asyncpg.Record, outcome: Payload) -> Payload:
         datetime.now(UTC),
         row["message_id"],
         "attachment",
-        None,
-        None,
-        None,
-        None,
+        attachment={"upload_id": row["upload_id"], **outcome},
     )
-    payload["attachment"] = {"upload_id": row["upload_id"], **outcome}
-    return payload
 
 
 async def enqueue(conn: asyncpg.Connection, queued: Sequence[Queued]) -> None:
