@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import subprocess
-import sys
 import time
 
 from ingest.transports.fetching import MediaRef, MediaSource
+from tests.bench_support import fake_in_child
 from tests.fakes.fixtures import media_sources
 
 SERVER = """
@@ -78,19 +77,8 @@ async def measure(graph: str, hosts: str, digest: str, mib: int, count: int) -> 
 
 
 def main(mib: int, count: int) -> None:
-    child = subprocess.Popen(
-        [sys.executable, "-c", SERVER, str(mib)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert child.stdout is not None
-        graph, hosts, digest = child.stdout.readline().split()
+    with fake_in_child(SERVER, str(mib)) as (graph, hosts, digest):
         asyncio.run(measure(graph, hosts, digest, mib, count))
-    finally:
-        child.kill()
-        child.wait()
 
 
 if __name__ == "__main__":

@@ -16,8 +16,6 @@ import asyncio
 import copy
 import json
 import os
-import subprocess
-import sys
 import time
 import uuid
 
@@ -30,6 +28,7 @@ from ingest.embedded import resolve_services
 from ingest.events import MessageEvent, SendCommand
 from sql.db import create_pool, pooled
 from tests.bench_send import SERVER, TOKEN
+from tests.bench_support import fake_in_child
 from tests.integration.pipeline import isolated_pipeline
 from tests.integration.signing import adapter_events, signed_channel, telegram_headers, tg_payload
 
@@ -88,16 +87,8 @@ async def measure(api_url: str, chats: int, per_chat: int) -> None:
 
 def main(chats: int, per_chat: int) -> None:
     os.environ.setdefault("CRM_INGEST_SECRETS_KEY", generate_key())
-    child = subprocess.Popen(
-        [sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert child.stdout is not None
-        api_url = child.stdout.readline().strip()
+    with fake_in_child(SERVER) as (api_url,):
         asyncio.run(measure(api_url, chats, per_chat))
-    finally:
-        child.kill()
-        child.wait()
 
 
 if __name__ == "__main__":

@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -23,6 +21,7 @@ import uuid
 from ingest.objectstore import open_store
 from ingest.transports.sending import MessageSender, OutboundMessage
 from tests.bench_media_download import rss_mib
+from tests.bench_support import fake_in_child
 from tests.fakes.fixtures import senders, stored_attachment
 
 TOKEN = "123456:ABC-DEF1234ghIkl-zyx57W2v1u123ew11"
@@ -88,16 +87,8 @@ async def measure(api_url: str, mib: int, texts: int) -> None:
 
 
 def main(mib: int, texts: int) -> None:
-    child = subprocess.Popen(
-        [sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert child.stdout is not None
-        api_url = child.stdout.readline().strip()
+    with fake_in_child(SERVER) as (api_url,):
         asyncio.run(measure(api_url, mib, texts))
-    finally:
-        child.kill()
-        child.wait()
 
 
 if __name__ == "__main__":
