@@ -48,6 +48,18 @@ class SettingsError(ValueError):
     """A setting is invalid; the message names the environment variable."""
 
 
+_PG_SETTING = re.compile(r"^[a-z_][a-z0-9_.]*=\S.*$")
+
+
+def server_settings(value: str) -> list[str]:
+    """`name=value;name=value` as the `-c` arguments of a postgres command line."""
+    items = [item.strip() for item in value.split(";") if item.strip()]
+    bad = [item for item in items if not _PG_SETTING.match(item)]
+    if bad:
+        raise ValueError(f"{bad[0]!r} is not name=value (items are separated by ';')")
+    return items
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CRM_INGEST_", extra="ignore", frozen=True)
 
@@ -159,6 +171,16 @@ class Settings(BaseSettings):
             return None
         if not all((Path(str(value)) / exe).is_file() for exe in ("postgres", "initdb")):
             raise ValueError(f"{value} holds no postgres and initdb")
+        return value
+
+    # Server settings for the embedded PostgreSQL (`name=value;name=value`), e.g. a
+    # shared_buffers that holds the hot indexes, or pg_stat_statements for a profile.
+    pg_options: str = ""
+
+    @field_validator("pg_options")
+    @classmethod
+    def _server_settings(cls, value: str) -> str:
+        server_settings(value)
         return value
 
     # Channel secrets at rest (ingest/credentials.py): keys newest first, comma-separated.

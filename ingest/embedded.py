@@ -30,12 +30,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, Self
 
-from ingest.config import Settings
+from ingest.config import Settings, server_settings
 
 log = logging.getLogger("crm_ingest.embedded")
 
@@ -175,9 +175,11 @@ class EmbeddedPostgres(_Service):
         port: int | None = None,
         fast: bool = False,
         bin_dir: Path | None = None,
+        server_settings: Sequence[str] = (),
     ) -> None:
         super().__init__(port=port)
         self.fast = fast
+        self.server_settings = list(server_settings)
         self.bin_dir = bin_dir.resolve() if bin_dir is not None else None
         self._given_dir = data_dir.resolve() if data_dir is not None else None
         self._tmp_root: Path | None = None
@@ -212,6 +214,8 @@ class EmbeddedPostgres(_Service):
         if self.fast:
             for opt in ("fsync=off", "synchronous_commit=off", "full_page_writes=off"):
                 cmd += ["-c", opt]
+        for opt in self.server_settings:  # last wins: the operator's over the defaults above
+            cmd += ["-c", opt]
         self._log = (pgdata / _LOG_NAME).open("a+b")
         env = {**os.environ, "LC_ALL": "C"}
         self._spawn(cmd, signal.SIGQUIT, self._ready, timeout, env=env, **_user_kwargs(user))
@@ -437,6 +441,7 @@ def resolve_services(
                 data_dir / "pg" if data_dir else None,
                 fast=data_dir is None,
                 bin_dir=settings.pg_bin,
+                server_settings=server_settings(settings.pg_options),
             )
             db_url = stack.enter_context(pg).url
             db_source = "embedded"

@@ -22,6 +22,7 @@ from handlers.media.jobs import media_job
 from handlers.pg import naive_utc, pg_text
 from handlers.replay import StoredRecord
 from handlers.store import upload_row
+from ingest.bench import statements
 from ingest.bench.children import Child, children, settings_env
 from ingest.bench.kafka_phases import wait_committed
 from ingest.bench.measure import (
@@ -363,6 +364,8 @@ async def sql_path(url: str, workload: Workload, batch_records: int) -> PhaseRes
     pool = await create_pool(url, min_size=1, max_size=1)
     try:
         ingestor = Ingestor(pool, no_dead_letters, Backoff())
+        async with pool.acquire() as conn:
+            by_statement = await statements.start(pooled(conn))
         settle_heap()  # as the consumer does; this process holds the whole workload
         before = cpu_snapshot()
         started = time.perf_counter()
@@ -371,6 +374,7 @@ async def sql_path(url: str, workload: Workload, batch_records: int) -> PhaseRes
         seconds = time.perf_counter() - started
         after = cpu_snapshot()
         async with pool.acquire() as conn:
+            spent = await statements.per_event(pooled(conn), len(records)) if by_statement else None
             rows = await verify_rows(pooled(conn), workload, expected, "sql path")
     finally:
         await pool.close()
@@ -389,5 +393,6 @@ async def sql_path(url: str, workload: Workload, batch_records: int) -> PhaseRes
                 for kind, share in shares.items()
             },
             "rows": rows,
+            "postgres_by_statement": spent,
         },
     )

@@ -76,8 +76,8 @@ async def test_bench_runs_every_phase_and_reports_every_figure(
     assert set(printed["cpu_budget"]) == {
         "us_per_event",
         "total_us_per_event",
-        "allowed_us_per_event",
         "cores",
+        "events_per_s_at_this_cpu",
     }
     growth = printed["phases"]["growth"]
     assert [size["identities"] for size in growth["sizes"]] == [400, 2000 + 20, 4000 + 2 * 20]

@@ -247,3 +247,35 @@ def test_a_bin_dir_without_a_server_is_refused_naming_the_setting(tmp_path: Path
     with pytest.raises(SettingsError, match=r"^invalid setting CRM_INGEST_PG_BIN: .*holds no"):
         load_settings(pg_bin=str(tmp_path))
     assert load_settings(pg_bin="").pg_bin is None  # empty means the wheel's server
+
+
+async def test_the_embedded_server_takes_the_operators_server_settings() -> None:
+    """CRM_INGEST_PG_OPTIONS reaches the postgres command line, after (so over) our defaults."""
+    settings = load_settings(
+        pg_options="shared_buffers=48MB; track_io_timing=on;synchronous_commit=on"
+    )
+    with EmbeddedPostgres(
+        fast=True, server_settings=embedded.server_settings(settings.pg_options)
+    ) as pg:
+        conn = await asyncpg.connect(pg.url)
+        try:
+            shown = {
+                name: await conn.fetchval(f"SHOW {name}")
+                for name in ("shared_buffers", "track_io_timing", "synchronous_commit", "fsync")
+            }
+        finally:
+            await conn.close()
+    assert shown == {
+        "shared_buffers": "48MB",
+        "track_io_timing": "on",
+        "synchronous_commit": "on",  # the operator's, over fast=True's off
+        "fsync": "off",
+    }
+
+
+def test_server_settings_that_are_not_name_value_are_refused_naming_the_setting() -> None:
+    with pytest.raises(
+        SettingsError, match=r"^invalid setting CRM_INGEST_PG_OPTIONS: 'shared_buffers' is not"
+    ):
+        load_settings(pg_options="fsync=off;shared_buffers")
+    assert load_settings(pg_options=" ; ").pg_options == " ; "  # nothing: the defaults
