@@ -44,6 +44,7 @@ def _base(
     client_id: int,
     chat_id: int,
     at: datetime | None,
+    at_text: str | None = None,  # `at` already written by `timestamp`
 ) -> Payload:
     return {
         "schema_version": SCHEMA_VERSION,
@@ -52,7 +53,7 @@ def _base(
         "tenant_id": str(tenant_id),
         "client_id": client_id,
         "chat_id": chat_id,
-        "occurred_at": timestamp(at),
+        "occurred_at": at_text if at_text is not None else timestamp(at),
     }
 
 
@@ -167,13 +168,17 @@ def message_created(
     """`command_id` set: an outbound message (a reply), not yet sent, so `sent_at` is null and
     `at` says when it was recorded."""
     event_id = make_chat_event_id("message.created", message_id)
+    sent = timestamp(sent_at)  # also when it happened, for an inbound message: written once
+    base = _base(
+        "message.created", event_id, tenant_id, client_id, chat_id, at, None if at else sent
+    )
     return {
-        **_base("message.created", event_id, tenant_id, client_id, chat_id, at or sent_at),
+        **base,
         "member_id": str(member_id),
         "message_id": message_id,
         "transport": transport,
         "text": text,
-        "sent_at": timestamp(sent_at),
+        "sent_at": sent,
         "attachments": list(attachments),
         "direction": "inbound" if command_id is None else "outbound",
         "command_id": None if command_id is None else str(command_id),

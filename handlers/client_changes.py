@@ -73,7 +73,7 @@ async def fill_phones(
     one; a client.updated for each. `learned` maps each such sender to (client id, phone)."""
     if not learned:
         return []
-    causes = {learned[k][0]: k for k in sorted(learned, key=lambda k: (str(k[0]), k[1], k[2]))}
+    causes = {learned[k][0]: k for k in sorted(learned, key=lambda k: (k[0].int, k[1], k[2]))}
     ids = sorted(causes)
     phones = [learned[causes[i]][1] for i in ids]
     filled: list[Queued] = []
@@ -99,7 +99,7 @@ async def record_conflicts(
     `events` holds the newest event of each sender, `chats` the chat of each client."""
     if not conflicts:
         return []
-    ordered = sorted(conflicts, key=lambda c: (str(c.key[0]), c.key[1], c.key[2], c.linked_value))
+    ordered = sorted(conflicts, key=lambda c: (c.key[0].int, c.key[1], c.key[2], c.linked_value))
     rows = await conn.fetch(
         QUERIES["record_identity_conflicts"],
         [c.key[0] for c in ordered],

@@ -74,8 +74,10 @@ def is_placeholder(sender: Sender) -> bool:
 
 
 def _ordered(keys: Iterable[IdentityKey]) -> list[IdentityKey]:
-    """One order for every statement of a batch, so concurrent batches lock rows alike."""
-    return sorted(keys, key=lambda k: (str(k[0]), k[1], k[2]))
+    """One order for every statement of a batch, so concurrent batches lock rows alike. A
+    UUID's integer orders as PostgreSQL orders uuids (bytewise), and as their text does, at a
+    third of the cost of formatting it."""
+    return sorted(keys, key=lambda k: (k[0].int, k[1], k[2]))
 
 
 async def resolve_identities(

@@ -26,7 +26,7 @@ async def log_statuses(conn: asyncpg.Connection, statuses: Sequence[StatusEvent]
     unique = {(s.channel_id, s.external_message_id, s.status): s for s in statuses}
     if not unique:
         return
-    rows = [unique[k] for k in sorted(unique, key=lambda k: (str(k[0]), k[1], k[2]))]
+    rows = [unique[k] for k in sorted(unique, key=lambda k: (k[0].int, k[1], k[2]))]
     await conn.execute(
         QUERIES["log_statuses"],
         [s.channel_id for s in rows],
@@ -44,7 +44,7 @@ async def settle_statuses(
     """Apply the best logged status of each message ref in `sources` (refs without a message
     yet keep waiting); returns a message.updated chat event per message that moved, caused by
     the inbound event `sources` names for its ref."""
-    keys = sorted(sources, key=lambda k: (str(k[0]), k[1]))
+    keys = sorted(sources, key=lambda k: (k[0].int, k[1]))
     if not keys:
         return []
     rows = await conn.fetch(QUERIES["settle_statuses"], [k[0] for k in keys], [k[1] for k in keys])

@@ -74,13 +74,13 @@ def collapse(events: Iterable[MessageEvent]) -> list[MessageEvent]:
         kept = newest.get(key)
         if kept is None or event.version > kept.version:
             newest[key] = event
-    return [newest[k] for k in sorted(newest, key=lambda k: (str(k[0]), k[1]))]
+    return [newest[k] for k in sorted(newest, key=lambda k: (k[0].int, k[1]))]
 
 
 async def _resolve_chats(
     conn: asyncpg.Connection, pairs: set[tuple[UUID, int]], outcome: BatchOutcome
 ) -> dict[tuple[UUID, int], int]:
-    ordered = sorted(pairs, key=lambda p: (str(p[0]), p[1]))
+    ordered = sorted(pairs, key=lambda p: (p[0].int, p[1]))
     tenants, clients = [p[0] for p in ordered], [p[1] for p in ordered]
     chats = {
         (r["tenant_id"], r["client_id"]): r["id"]
