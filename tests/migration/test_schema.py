@@ -416,3 +416,25 @@ async def test_media_job_status_and_lease_are_constrained(
 
 class Rollback(Exception):
     """Leaves the test's rows behind no commit."""
+
+
+async def test_rows_updated_with_every_message_have_room_for_a_hot_update(
+    migrated_url: str,
+) -> None:
+    """0016: the identity's meta_version and the chat's last_message_at move with each message;
+    free space on their pages keeps those updates HOT (no index entries)."""
+    conn = await connect(migrated_url)
+    try:
+        options = {
+            r["relname"]: r["reloptions"]
+            for r in await conn.fetch(
+                """SELECT relname, reloptions FROM pg_class
+                   WHERE relname IN ('ingest_identities', 'crm_chats')"""
+            )
+        }
+    finally:
+        await conn.close()
+    assert options == {
+        "ingest_identities": ["fillfactor=70"],
+        "crm_chats": ["fillfactor=70"],
+    }
