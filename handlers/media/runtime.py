@@ -13,11 +13,39 @@ from handlers.media.worker import MediaWorker
 from ingest.channels import ChannelDirectory
 from ingest.config import Settings
 from ingest.logs import get_logger
-from ingest.objectstore import open_store
+from ingest.objectstore import ObjectStore, StoreError, open_store
 from ingest.transports.fetching import load_media_sources
 from ingest.transports.http_download import media_http_client
 
 log = get_logger("crm_ingest.media")
+
+# How often the worker looks for what killed puts left in the store: one directory listing,
+# or one ListMultipartUploads, so cheap.
+SWEEP_INTERVAL_S = 300.0
+
+
+def leftover_age_s(settings: Settings) -> float:
+    """A put lasts at most one download's deadline (the gateway's are shorter): twice that
+    untouched, no live put can own it."""
+    return 2 * settings.media_download_deadline_s
+
+
+async def sweep_store(
+    store: ObjectStore,
+    settings: Settings,
+    stop: asyncio.Event,
+    interval_s: float = SWEEP_INTERVAL_S,
+) -> None:
+    """Remove leftovers of killed puts at start, then every `interval_s`, until `stop`."""
+    while not stop.is_set():
+        try:
+            removed = await store.sweep(leftover_age_s(settings))
+            if removed:
+                log.info("object store leftovers removed", removed=removed)
+        except StoreError as exc:  # the store is down: the next round tries again
+            log.warning("object store sweep failed, will retry", error=str(exc))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)
 
 
 @contextlib.asynccontextmanager
@@ -46,11 +74,13 @@ async def running_media_worker(
         )
         stop = asyncio.Event()
         task = asyncio.create_task(worker.run(stop))
+        sweeping = asyncio.create_task(sweep_store(store, settings, stop))
         try:
             yield worker
         finally:
             stop.set()
             await task
+            await sweeping
     finally:
         await client.aclose()
         await store.close()

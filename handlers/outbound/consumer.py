@@ -60,6 +60,9 @@ class UnconfiguredStore:
     async def ping(self) -> bool:
         return False
 
+    async def sweep(self, older_than_s: float) -> int:
+        return 0  # nothing was ever put
+
     async def close(self) -> None:
         return None
 

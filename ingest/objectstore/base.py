@@ -54,6 +54,11 @@ class ObjectStore(Protocol):
         """True when the store answers and its directory or bucket exists."""
         ...
 
+    async def sweep(self, older_than_s: float) -> int:
+        """Removes what puts of killed processes left, untouched for `older_than_s` (temp
+        files, unfinished multipart uploads); returns how many. Never an object."""
+        ...
+
     async def close(self) -> None: ...
 
 

@@ -1,9 +1,10 @@
 """`file:///dir`: objects are files under a local (or mounted) directory.
 
-A put writes a hidden temp file in the key's own directory, fsyncs it, then `os.replace`s it
-onto the key and fsyncs the directory: the key holds the old object or the whole new one,
-never part of one, even across a crash. Temp names start with "." and keys may not, so a
-crash's leftover can never be taken for an object.
+A put writes a temp file in the store's `.incoming` directory, fsyncs it, then `os.replace`s
+it onto the key and fsyncs the key's directory: the key holds the old object or the whole new
+one, never part of one, even across a crash. Keys may not start with ".", so `.incoming` is
+never a key, and a crash's leftover there can never be taken for an object; `sweep` removes
+leftovers by listing that one directory, whatever the number of objects.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,6 +25,8 @@ T = TypeVar("T")
 
 # Bytes handed to a worker thread per write or read: few thread hops, bounded memory.
 PIECE_BYTES = 1 << 20
+# Where puts write before their rename: inside the root, so on the key's filesystem.
+INCOMING = ".incoming"
 
 
 class FileStore(UrlKeyedStore):
@@ -85,6 +89,13 @@ class FileStore(UrlKeyedStore):
     async def ping(self) -> bool:
         return await asyncio.to_thread(_writable_dir, self.root)
 
+    async def sweep(self, older_than_s: float) -> int:
+        """Remove temp files no put has written to for `older_than_s`: a killed process's."""
+        try:
+            return await asyncio.to_thread(_sweep_incoming, self.root / INCOMING, older_than_s)
+        except OSError as exc:
+            raise StoreUnavailable(f"file store: {exc.strerror or exc}") from exc
+
     async def close(self) -> None:
         return None
 
@@ -105,7 +116,9 @@ def _open_temp(root: Path, final: Path) -> tuple[int, Path]:
             raise  # the store's own directory cannot exist: unavailable until fixed
         # S3 can hold both "a" and "a/b"; a directory cannot. Keys of fixed depth avoid it.
         raise StoreError(f"{final.name}: a parent of the key is an object") from exc
-    temp = final.with_name(f".{final.name}.{secrets.token_hex(8)}.tmp")
+    incoming = root / INCOMING
+    incoming.mkdir(exist_ok=True)
+    temp = incoming / f".{secrets.token_hex(12)}.tmp"
     return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644), temp
 
 
@@ -132,6 +145,25 @@ def _discard(fd: int, temp: Path | None) -> None:
         os.close(fd)
     if temp is not None:
         temp.unlink(missing_ok=True)
+
+
+def _sweep_incoming(incoming: Path, older_than_s: float) -> int:
+    # A live put writes at least every read timeout, and lasts at most a download's deadline;
+    # an unlinked temp only fails that put's rename, which its caller retries.
+    before = time.time() - older_than_s
+    removed = 0
+    try:
+        entries = list(os.scandir(incoming))
+    except FileNotFoundError:
+        return 0  # no put yet
+    for entry in entries:
+        try:
+            if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < before:
+                os.unlink(entry.path)
+                removed += 1
+        except FileNotFoundError:
+            continue  # renamed onto its key, or swept by another process, meanwhile
+    return removed
 
 
 def _writable_dir(root: Path) -> bool:

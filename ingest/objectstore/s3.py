@@ -14,6 +14,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -170,6 +171,24 @@ class S3Store(UrlKeyedStore):
             log.warning("object store not ready", store=self._base_url, reason=str(exc))
             return False
         return True
+
+    async def sweep(self, older_than_s: float) -> int:
+        """Abort multipart uploads under the prefix started more than `older_than_s` ago:
+        those of killed processes (the bucket's lifecycle rule remains the backstop)."""
+        s3 = await self._s3()
+        before = datetime.now(UTC) - timedelta(seconds=older_than_s)
+        stale: list[dict[str, str]] = []
+        async with _translated("list uploads"):
+            pages = s3.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=self.prefix
+            )
+            async for page in pages:
+                stale += [u for u in page.get("Uploads", []) if u["Initiated"] < before]
+        for upload in stale:
+            target = {"Bucket": self.bucket, "Key": upload["Key"]}
+            async with _translated(f"abort {upload['Key']}"):
+                await s3.abort_multipart_upload(**target, UploadId=upload["UploadId"])
+        return len(stale)
 
     async def close(self) -> None:
         await self._exit.aclose()
