@@ -156,6 +156,8 @@ class Settings(BaseSettings):
     media_retry_backoff_s: float = Field(default=2.0, gt=0, le=3600)
     media_retry_backoff_max_s: float = Field(default=600.0, gt=0, le=86_400)
     media_retry_window_s: float = Field(default=86_400.0, gt=0, le=30 * 86_400)
+    # Stored jobs are forgotten after this; failed and pending ones are kept.
+    media_job_retention_hours: int = Field(default=168, ge=1, le=24 * 366)
 
     # Logging and local state
     log_format: Literal["auto", "json", "console"] = "auto"

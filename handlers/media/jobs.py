@@ -202,3 +202,15 @@ async def queue_stats(pool: asyncpg.Pool) -> tuple[int, float]:
     row = await pool.fetchrow(QUERIES["media_queue_stats"])
     assert row is not None  # an aggregate always has its row
     return int(row["pending"]), float(row["oldest_age_s"])
+
+
+async def prune_stored(pool: asyncpg.Pool, retention_hours: int, batch: int = 5000) -> int:
+    """Forget jobs stored longer than `retention_hours` ago, in short transactions of at most
+    `batch` rows; returns how many."""
+    pruned = 0
+    while True:
+        status = await pool.execute(QUERIES["prune_stored_media_jobs"], retention_hours, batch)
+        deleted = int(status.split()[-1])  # "DELETE n"
+        pruned += deleted
+        if deleted < batch:
+            return pruned

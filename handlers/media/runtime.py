@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 
-from handlers.media.worker import MediaWorker
+from handlers.media import jobs
+from handlers.media.worker import DB_ERRORS, MediaWorker
 from ingest.channels import ChannelDirectory
 from ingest.config import Settings
 from ingest.logs import get_logger
@@ -35,8 +36,10 @@ async def sweep_store(
     settings: Settings,
     stop: asyncio.Event,
     interval_s: float = SWEEP_INTERVAL_S,
+    pool: asyncpg.Pool | None = None,
 ) -> None:
-    """Remove leftovers of killed puts at start, then every `interval_s`, until `stop`."""
+    """At start, then every `interval_s` until `stop`: remove leftovers of killed puts, and
+    (given the pool) forget jobs stored longer ago than their retention."""
     while not stop.is_set():
         try:
             removed = await store.sweep(leftover_age_s(settings))
@@ -44,6 +47,13 @@ async def sweep_store(
                 log.info("object store leftovers removed", removed=removed)
         except StoreError as exc:  # the store is down: the next round tries again
             log.warning("object store sweep failed, will retry", error=str(exc))
+        if pool is not None:
+            try:
+                pruned = await jobs.prune_stored(pool, settings.media_job_retention_hours)
+                if pruned:
+                    log.info("stored media jobs forgotten", pruned=pruned)
+            except DB_ERRORS as exc:
+                log.warning("media job pruning failed, will retry", error=repr(exc))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval_s)
 
@@ -74,7 +84,7 @@ async def running_media_worker(
         )
         stop = asyncio.Event()
         task = asyncio.create_task(worker.run(stop))
-        sweeping = asyncio.create_task(sweep_store(store, settings, stop))
+        sweeping = asyncio.create_task(sweep_store(store, settings, stop, pool=pool))
         try:
             yield worker
         finally:

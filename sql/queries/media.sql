@@ -133,3 +133,13 @@ SELECT count(*) AS pending,
        coalesce(extract(epoch FROM now() - min(queued_at)), 0)::float8 AS oldest_age_s
 FROM ingest_media_jobs
 WHERE status = 'pending';
+
+-- prune_stored_media_jobs --
+-- Forget up to $2 jobs whose bytes were stored longer than $1 hours ago, oldest first (their uploads keep where the bytes are)
+DELETE FROM ingest_media_jobs
+WHERE upload_id IN (
+    SELECT upload_id FROM ingest_media_jobs
+    WHERE status = 'stored' AND updated_at < now() - make_interval(hours => $1)
+    ORDER BY updated_at
+    LIMIT $2
+);

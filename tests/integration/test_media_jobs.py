@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from handlers.media import jobs
-from handlers.media.runtime import running_media_worker
+from handlers.media.runtime import running_media_worker, sweep_store
 from ingest.embedded import ResolvedServices
 from tests.fakes.harness import Scripted
 from tests.fakes.telegram import TelegramFake
@@ -186,6 +186,46 @@ async def test_retry_requeues_failed_jobs_with_a_new_window(pipeline: MediaPipel
     pending, oldest = await jobs.queue_stats(pool)
     assert pending >= 3
     assert oldest >= 0
+    await release_all(pool)
+
+
+async def test_stored_jobs_are_forgotten_after_their_retention_and_nothing_else(
+    pipeline: MediaPipeline,
+) -> None:
+    pool = pipeline.pool
+    channel = await signed_channel(pool, "telegram")
+    await jobs.prune_stored(pool, retention_hours=1)  # other tests' aged jobs: shared database
+    await photos(pipeline, channel, 7, 5000)
+    ids = sorted(r["upload_id"] for r in await wait_jobs(pool, channel.tenant_id, 7))
+    old_stored, later, fresh_stored, old_failed, old_pending = ids[:3], ids[3], *ids[4:]
+    state = "UPDATE ingest_media_jobs SET status = $2, updated_at = now() - $3::text::interval"
+    await pool.execute(state + " WHERE upload_id = ANY($1::int[])", old_stored, "stored", "2h")
+    await pool.execute(
+        state + " WHERE upload_id = ANY($1::int[])", [later, fresh_stored], "stored", "0s"
+    )
+    await pool.execute(state + " WHERE upload_id = $1", old_failed, "failed", "2h")
+    await pool.execute(state + " WHERE upload_id = $1", old_pending, "pending", "2h")
+
+    # In batches (short transactions): three of two, then the rest.
+    assert await jobs.prune_stored(pool, retention_hours=1, batch=2) == 3
+    # The worker's housekeeping round prunes another, once it is old enough, after the sweep.
+    await pool.execute(state + " WHERE upload_id = $1", later, "stored", "2h")
+    stop = asyncio.Event()
+
+    class SweptStore:
+        async def sweep(self, older_than_s: float) -> int:
+            stop.set()  # one round
+            return 0
+
+    settings = pipeline.settings.model_copy(update={"media_job_retention_hours": 1})
+    await sweep_store(SweptStore(), settings, stop, interval_s=60, pool=pool)  # type: ignore[arg-type]
+
+    left = {r["upload_id"]: r["status"] for r in await media_jobs(pool, channel.tenant_id)}
+    assert left == {fresh_stored: "stored", old_failed: "failed", old_pending: "pending"}
+    uploads = await pool.fetchval(
+        "SELECT count(*) FROM core_uploads WHERE id = ANY($1::int[])", ids
+    )
+    assert uploads == 7  # the uploads say where the bytes are; only the jobs go
     await release_all(pool)
 
 

@@ -342,6 +342,8 @@ MEDIA_JOB_INDEXES = {
     "idx_ingest_media_jobs_failed": "(upload_id) WHERE ((status)::text = 'failed'::text)",
     "idx_ingest_media_jobs_message_id": "(message_id)",
     "idx_ingest_media_jobs_channel_id": "(channel_id)",
+    # 0017: stored jobs in time order, for pruning them after their retention.
+    "idx_ingest_media_jobs_stored": "(updated_at) WHERE ((status)::text = 'stored'::text)",
 }
 
 
