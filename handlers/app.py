@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,12 +81,27 @@ def consumer_broker(settings: Settings, client_id: str, **broker_options: Any) -
     )
 
 
+class Wakeup:
+    """A call that wakes what is attached to it: the media worker starts after the broker."""
+
+    def __init__(self) -> None:
+        self._targets: list[Callable[[], None]] = []
+
+    def attach(self, target: Callable[[], None]) -> None:
+        self._targets.append(target)
+
+    def __call__(self) -> None:
+        for target in self._targets:
+            target()
+
+
 def build_broker(
     settings: Settings,
     pool: asyncpg.Pool,
     *,
     publish_dead_letter: PublishDeadLetter,
     publish_chat_events: Publish,
+    media_jobs_queued: Callable[[], None] = lambda: None,
     **broker_options: Any,
 ) -> tuple[KafkaBroker, OutboxRelay]:
     """The consumer's broker. Dead letters and chat events leave through a plain aiokafka
@@ -142,6 +157,8 @@ def build_broker(
             correlation_ids=correlation_ids(records),
         )
         relay.wake()  # chat events of this batch go out beside the next batch
+        if report.outcome.media_jobs:
+            media_jobs_queued()  # claimed now, not at the worker's next poll
 
     # A group of its own: the dead-letter topic is read for kept webhooks only, and its
     # offsets must not mix with the inbound topics' (replaying one never moves the other).
@@ -190,8 +207,13 @@ async def running_consumer(settings: Settings) -> AsyncIterator[RunningConsumer]
     try:
         publishers = producer_publishers(settings, client_id="crm-ingest-consumer-out")
         async with publishers as (dead_letter, chat_events):
+            media_jobs_queued = Wakeup()
             broker, relay = build_broker(
-                settings, pool, publish_dead_letter=dead_letter, publish_chat_events=chat_events
+                settings,
+                pool,
+                publish_dead_letter=dead_letter,
+                publish_chat_events=chat_events,
+                media_jobs_queued=media_jobs_queued,
             )
             # The reply dispatcher rides along (its own group; `crm-ingest outbound work` runs
             # it alone).
@@ -202,7 +224,11 @@ async def running_consumer(settings: Settings) -> AsyncIterator[RunningConsumer]
                     # The media fetcher beside the consumer; it stops (finishing or handing
                     # back its downloads) before the relay, so its last chat events go out.
                     if settings.media_worker_in_consume:
-                        async with running_media_worker(settings, pool, on_queued=relay.wake):
+                        async with running_media_worker(
+                            settings, pool, on_queued=relay.wake
+                        ) as worker:
+                            if worker is not None:
+                                media_jobs_queued.attach(worker.wake)
                             yield RunningConsumer(broker, pool, relay)
                     else:
                         log.info("media fetching left to `crm-ingest media work` processes")

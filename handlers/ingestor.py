@@ -93,6 +93,7 @@ class BatchReport:
         self.outcome.clients_created += other.clients_created
         self.outcome.chats_created += other.chats_created
         self.outcome.created_message_ids += other.created_message_ids
+        self.outcome.media_jobs += other.media_jobs
 
 
 @dataclass(slots=True)

@@ -60,6 +60,7 @@ class BatchOutcome:
     clients_created: int = 0
     chats_created: int = 0
     created_message_ids: list[int] = field(default_factory=list)
+    media_jobs: int = 0  # fetch jobs created: the media worker can claim them now
     # Chat events for the outbox, each with the inbound event id that caused it.
     chat_events: list[Queued] = field(default_factory=list)
     new_clients: set[int] = field(default_factory=set)
@@ -245,6 +246,7 @@ async def _store_messages(
     if attachments:
         rows = await conn.fetch(QUERIES["insert_attachments"], *_columns(attachments))
         upload_ids = [r["upload_id"] for r in rows]
+        outcome.media_jobs = sum(1 for row in attachments if row[-1])  # needs_fetch
     uploads = iter(upload_ids)
     for place, message_id, text in created:
         event = place.event
