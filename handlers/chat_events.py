@@ -43,8 +43,7 @@ def _base(
     tenant_id: UUID,
     client_id: int,
     chat_id: int,
-    at: datetime | None,
-    at_text: str | None = None,  # `at` already written by `timestamp`
+    occurred_at: str | None,  # written by `timestamp`
 ) -> Payload:
     return {
         "schema_version": SCHEMA_VERSION,
@@ -53,7 +52,7 @@ def _base(
         "tenant_id": str(tenant_id),
         "client_id": client_id,
         "chat_id": chat_id,
-        "occurred_at": at_text if at_text is not None else timestamp(at),
+        "occurred_at": occurred_at,
     }
 
 
@@ -70,7 +69,7 @@ def client_created(
 ) -> Payload:
     event_id = make_chat_event_id("client.created", client_id)
     return {
-        **_base("client.created", event_id, tenant_id, client_id, chat_id, at),
+        **_base("client.created", event_id, tenant_id, client_id, chat_id, timestamp(at)),
         "first_name": first_name,
         "last_name": last_name,
         "phone_number": phone_number,
@@ -89,7 +88,7 @@ def client_updated(
     """client.updated; `change_id` tells this change of the client from its others."""
     event_id = make_chat_event_id("client.updated", client_id, *change_id)
     return {
-        **_base("client.updated", event_id, tenant_id, client_id, chat_id, at),
+        **_base("client.updated", event_id, tenant_id, client_id, chat_id, timestamp(at)),
         "changes": list(changes),
     }
 
@@ -119,7 +118,12 @@ def identity_conflict(row: asyncpg.Record, chat_id: int, at: datetime) -> Payloa
     )
     return {
         **_base(
-            "client.identity_conflict", event_id, row["tenant_id"], row["client_id"], chat_id, at
+            "client.identity_conflict",
+            event_id,
+            row["tenant_id"],
+            row["client_id"],
+            chat_id,
+            timestamp(at),
         ),
         "contact_type": row["contact_type"],
         "contact_value": row["contact_value"],
@@ -130,7 +134,7 @@ def identity_conflict(row: asyncpg.Record, chat_id: int, at: datetime) -> Payloa
 
 def chat_created(tenant_id: UUID, client_id: int, chat_id: int, at: datetime) -> Payload:
     event_id = make_chat_event_id("chat.created", chat_id)
-    return _base("chat.created", event_id, tenant_id, client_id, chat_id, at)
+    return _base("chat.created", event_id, tenant_id, client_id, chat_id, timestamp(at))
 
 
 def attachment(
@@ -168,10 +172,9 @@ def message_created(
     """`command_id` set: an outbound message (a reply), not yet sent, so `sent_at` is null and
     `at` says when it was recorded."""
     event_id = make_chat_event_id("message.created", message_id)
-    sent = timestamp(sent_at)  # also when it happened, for an inbound message: written once
-    base = _base(
-        "message.created", event_id, tenant_id, client_id, chat_id, at, None if at else sent
-    )
+    sent = timestamp(sent_at)
+    occurred = timestamp(at) if at else sent  # an inbound message happened when it was sent
+    base = _base("message.created", event_id, tenant_id, client_id, chat_id, occurred)
     return {
         **base,
         "member_id": str(member_id),
@@ -205,7 +208,7 @@ def _updated(
     """`message.updated`: what changed is named by `change`; the fields of other changes are
     null."""
     return {
-        **_base("message.updated", event_id, tenant_id, client_id, chat_id, at),
+        **_base("message.updated", event_id, tenant_id, client_id, chat_id, timestamp(at)),
         "message_id": message_id,
         "change": change,
         "text": text,
