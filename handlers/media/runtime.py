@@ -20,9 +20,9 @@ from ingest.transports.http_download import media_http_client
 
 log = get_logger("crm_ingest.media")
 
-# How often the worker looks for what killed puts left in the store: one directory listing,
-# or one ListMultipartUploads, so cheap.
-SWEEP_INTERVAL_S = 300.0
+# How often the worker tidies up: one directory listing (or one ListMultipartUploads) and one
+# indexed DELETE, so cheap.
+HOUSEKEEPING_INTERVAL_S = 300.0
 
 
 def leftover_age_s(settings: Settings) -> float:
@@ -31,29 +31,29 @@ def leftover_age_s(settings: Settings) -> float:
     return 2 * settings.media_download_deadline_s
 
 
-async def sweep_store(
+async def housekeeping(
     store: ObjectStore,
+    pool: asyncpg.Pool,
     settings: Settings,
     stop: asyncio.Event,
-    interval_s: float = SWEEP_INTERVAL_S,
-    pool: asyncpg.Pool | None = None,
+    interval_s: float = HOUSEKEEPING_INTERVAL_S,
 ) -> None:
-    """At start, then every `interval_s` until `stop`: remove leftovers of killed puts, and
-    (given the pool) forget jobs stored longer ago than their retention."""
+    """At start, then every `interval_s` until `stop`: remove what killed puts left in the
+    store, and forget jobs stored longer ago than their retention. A failure waits for the
+    next round."""
     while not stop.is_set():
         try:
             removed = await store.sweep(leftover_age_s(settings))
             if removed:
                 log.info("object store leftovers removed", removed=removed)
-        except StoreError as exc:  # the store is down: the next round tries again
+        except StoreError as exc:
             log.warning("object store sweep failed, will retry", error=str(exc))
-        if pool is not None:
-            try:
-                pruned = await jobs.prune_stored(pool, settings.media_job_retention_hours)
-                if pruned:
-                    log.info("stored media jobs forgotten", pruned=pruned)
-            except DB_ERRORS as exc:
-                log.warning("media job pruning failed, will retry", error=repr(exc))
+        try:
+            pruned = await jobs.prune_stored(pool, settings.media_job_retention_hours)
+            if pruned:
+                log.info("stored media jobs forgotten", pruned=pruned)
+        except DB_ERRORS as exc:
+            log.warning("media job pruning failed, will retry", error=repr(exc))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval_s)
 
@@ -84,13 +84,13 @@ async def running_media_worker(
         )
         stop = asyncio.Event()
         task = asyncio.create_task(worker.run(stop))
-        sweeping = asyncio.create_task(sweep_store(store, settings, stop, pool=pool))
+        tidying = asyncio.create_task(housekeeping(store, pool, settings, stop))
         try:
             yield worker
         finally:
             stop.set()
             await task
-            await sweeping
+            await tidying
     finally:
         await client.aclose()
         await store.close()

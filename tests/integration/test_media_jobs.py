@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from handlers.media import jobs
-from handlers.media.runtime import running_media_worker, sweep_store
+from handlers.media.runtime import housekeeping, running_media_worker
 from ingest.embedded import ResolvedServices
 from tests.fakes.harness import Scripted
 from tests.fakes.telegram import TelegramFake
@@ -218,7 +218,7 @@ async def test_stored_jobs_are_forgotten_after_their_retention_and_nothing_else(
             return 0
 
     settings = pipeline.settings.model_copy(update={"media_job_retention_hours": 1})
-    await sweep_store(SweptStore(), settings, stop, interval_s=60, pool=pool)  # type: ignore[arg-type]
+    await housekeeping(SweptStore(), pool, settings, stop, interval_s=60)  # type: ignore[arg-type]
 
     left = {r["upload_id"]: r["status"] for r in await media_jobs(pool, channel.tenant_id)}
     assert left == {fresh_stored: "stored", old_failed: "failed", old_pending: "pending"}

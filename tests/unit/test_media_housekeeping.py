@@ -1,11 +1,14 @@
-"""The media worker's sweep of leftovers in the object store: at start, then periodically, with
-an age no live put can reach, and a store that is down does not stop it."""
+"""The media worker's housekeeping round: at start, then periodically, it sweeps the object
+store's leftovers (with an age no live put can reach) and prunes stored jobs; a store or a
+database that is down does not stop it."""
 
 from __future__ import annotations
 
 import asyncio
 
-from handlers.media.runtime import leftover_age_s, sweep_store
+import asyncpg
+
+from handlers.media.runtime import housekeeping, leftover_age_s
 from ingest.config import load_settings
 from ingest.objectstore import StoreUnavailable
 
@@ -25,20 +28,37 @@ class CountingStore:
         return 2
 
 
-async def test_sweeps_at_start_then_every_interval_and_survives_a_store_that_is_down() -> None:
-    settings = load_settings(media_download_deadline_s=120)
+class CountingPool:
+    """The one call pruning makes: `execute` of the DELETE, answering its status line."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[object, ...]] = []
+
+    async def execute(self, query: str, *args: object) -> str:
+        self.calls.append(args)
+        if len(self.calls) == 2:
+            raise asyncpg.CannotConnectNowError("the database is starting up")
+        return "DELETE 3"
+
+
+async def test_each_round_sweeps_and_prunes_and_survives_what_is_down() -> None:
+    settings = load_settings(media_download_deadline_s=120, media_job_retention_hours=48)
     stop = asyncio.Event()
-    store = CountingStore(stop, rounds=3)
-    await asyncio.wait_for(sweep_store(store, settings, stop, interval_s=0.01), 5)  # type: ignore[arg-type]
-    assert store.ages == [240.0, 240.0, 240.0]
+    store, pool = CountingStore(stop, rounds=3), CountingPool()
+    rounds = housekeeping(store, pool, settings, stop, interval_s=0.01)  # type: ignore[arg-type]
+    await asyncio.wait_for(rounds, 5)
+    assert store.ages == [240.0, 240.0, 240.0]  # twice the download deadline
     assert leftover_age_s(settings) == 2 * settings.media_download_deadline_s
+    # Round one prunes although the store was down; round two's database error is survived.
+    assert pool.calls == [(48, 5000)] * 3
 
 
-async def test_stop_ends_the_wait_between_sweeps() -> None:
+async def test_stop_ends_the_wait_between_rounds() -> None:
     stop = asyncio.Event()
     store = CountingStore(stop, rounds=99)
-    task = asyncio.create_task(sweep_store(store, load_settings(), stop, interval_s=3600))  # type: ignore[arg-type]
+    rounds = housekeeping(store, CountingPool(), load_settings(), stop, interval_s=3600)  # type: ignore[arg-type]
+    task = asyncio.create_task(rounds)
     await asyncio.sleep(0.05)
     stop.set()
     await asyncio.wait_for(task, 1)  # not an hour
-    assert len(store.ages) == 1  # the sweep at start
+    assert len(store.ages) == 1  # the round at start
